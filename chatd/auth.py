@@ -1,0 +1,175 @@
+"""JWT verification and the user identity taken from its claims."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .config import AuthConfig
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    username: str
+    profile_image: str | None = None
+    email: str | None = None
+    user_type: str | None = None
+    is_admin: bool = False
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "username": self.username, "profileImage": self.profile_image}
+
+
+class AuthError(Exception):
+    """A token was refused. `reason` is a short label for metrics and logs."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def load_or_create_secret(path: Path) -> str:
+    """The HS256 secret kept beside the database: created once, mode 0600."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def secret_path_for(store_path: Path) -> Path:
+    return store_path.with_name(store_path.name + ".jwt-secret")
+
+
+class Authenticator:
+    def __init__(self, cfg: AuthConfig, secret: str | None) -> None:
+        self.cfg = cfg
+        self.algorithms = list(cfg.algorithms)
+        if cfg.jwt_public_key_file:
+            self._key: Any = Path(cfg.jwt_public_key_file).read_text(encoding="ascii")
+            self._signing_key: str | None = None
+        else:
+            if not secret:
+                raise ValueError("an HS* algorithm needs a secret")
+            self._key = secret
+            self._signing_key = secret
+
+    def verify(self, token: str | None) -> User:
+        if not token:
+            raise AuthError("missing", "missing token")
+        options: dict[str, Any] = {"require": ["exp"]}
+        kwargs: dict[str, Any] = {}
+        if self.cfg.audience:
+            kwargs["audience"] = self.cfg.audience
+        else:
+            options["verify_aud"] = False
+        if self.cfg.issuer:
+            kwargs["issuer"] = self.cfg.issuer
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self.algorithms,
+                leeway=self.cfg.leeway_seconds,
+                options=options,
+                **kwargs,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("expired", "token expired") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("bad_signature", "token signature is invalid") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("bad_algorithm", "token algorithm is not allowed") from None
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise AuthError("bad_claims", "token issuer or audience is wrong") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError("bad_claims", f"token lacks the {exc.claim} claim") from None
+        except jwt.PyJWTError:
+            raise AuthError("malformed", "token is malformed") from None
+        return self.user_from_claims(claims)
+
+    def user_from_claims(self, claims: dict[str, Any]) -> User:
+        raw_id: Any = None
+        for name in self.cfg.user_id_claims:
+            if claims.get(name) is not None:
+                raw_id = claims[name]
+                break
+        if isinstance(raw_id, str) and raw_id.isdigit():
+            raw_id = int(raw_id)
+        if not isinstance(raw_id, int) or isinstance(raw_id, bool) or raw_id <= 0:
+            raise AuthError("bad_claims", "token has no positive integer user id")
+        username = claims.get(self.cfg.username_claim)
+        if not isinstance(username, str) or not username:
+            username = f"user{raw_id}"
+
+        def opt(name: str) -> str | None:
+            v = claims.get(name)
+            return v if isinstance(v, str) else None
+
+        admin_val = claims.get(self.cfg.admin_claim)
+        is_admin = admin_val == self.cfg.admin_value or (
+            isinstance(admin_val, list) and self.cfg.admin_value in admin_val
+        )
+        return User(
+            id=raw_id,
+            username=username,
+            profile_image=opt(self.cfg.profile_image_claim),
+            email=opt(self.cfg.email_claim),
+            user_type=opt(self.cfg.user_type_claim),
+            is_admin=is_admin,
+        )
+
+    def mint(
+        self,
+        user_id: int,
+        username: str,
+        *,
+        profile_image: str | None = None,
+        email: str | None = None,
+        user_type: str | None = None,
+        admin: bool = False,
+        ttl: float = 3600,
+    ) -> str:
+        if self._signing_key is None:
+            raise ValueError("tokens can only be minted with an HS* secret")
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "sub": str(user_id),
+            self.cfg.username_claim: username,
+            "iat": now,
+            "exp": now + int(ttl),
+        }
+        for name, value in (
+            (self.cfg.profile_image_claim, profile_image),
+            (self.cfg.email_claim, email),
+            (self.cfg.user_type_claim, user_type),
+        ):
+            if value is not None:
+                claims[name] = value
+        if admin:
+            claims[self.cfg.admin_claim] = self.cfg.admin_value
+        if self.cfg.issuer:
+            claims["iss"] = self.cfg.issuer
+        if self.cfg.audience:
+            claims["aud"] = self.cfg.audience
+        return jwt.encode(claims, self._signing_key, algorithm=self.algorithms[0])
+
+
+def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
+    """No Origin header (native apps, servers) passes: the ticket or token authenticates."""
+    if origin is None:
+        return True
+    return "*" in allowed or origin.rstrip("/") in (a.rstrip("/") for a in allowed)

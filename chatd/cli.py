@@ -1,0 +1,118 @@
+"""`chatd serve | token | check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from . import config as config_mod
+from . import logs
+
+log = logging.getLogger("chatd")
+
+EXIT_CONFIG = 2
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        default=os.environ.get("CHATD_CONFIG"),
+        help="path to chatd.toml (default: $CHATD_CONFIG, else built-in defaults)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatd", description="real-time chat server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    _config_arg(serve)
+
+    token = sub.add_parser("token", help="print a JWT this server accepts")
+    _config_arg(token)
+    token.add_argument("--user-id", type=int, required=True)
+    token.add_argument("--username", required=True)
+    token.add_argument("--profile-image")
+    token.add_argument("--email")
+    token.add_argument("--user-type")
+    token.add_argument("--admin", action="store_true")
+    token.add_argument("--ttl", type=float, default=3600, help="seconds (default 3600)")
+
+    check = sub.add_parser("check-config", help="validate and print the effective config")
+    _config_arg(check)
+    return parser
+
+
+def _load(path: str | None) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        print(f"chatd: config error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = _load(args.config)
+    if args.command == "check-config":
+        print(f"# effective config from {cfg.source}")
+        print(config_mod.to_toml(cfg))
+        return 0
+    if args.command == "token":
+        return _token(cfg, args)
+    logs.setup(cfg.log.level, cfg.log.format)
+    return trio.run(_serve_main, cfg, args.config)
+
+
+def _token(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from .server import make_authenticator
+
+    if args.user_id <= 0:
+        print("chatd: --user-id must be a positive integer", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        auth = make_authenticator(cfg)
+        token = auth.mint(
+            args.user_id,
+            args.username,
+            profile_image=args.profile_image,
+            email=args.email,
+            user_type=args.user_type,
+            admin=args.admin,
+            ttl=args.ttl,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"chatd: cannot mint a token: {exc}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+async def _serve_main(cfg: config_mod.Config, config_path: str | None) -> int:
+    from .server import serve
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(serve, cfg)
+
+            async def watch() -> None:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        running.reload(config_path)
+                        continue
+                    log.info("received %s", signal.Signals(signum).name)
+                    running.shutdown()
+                    return
+
+            nursery.start_soon(watch)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Events on the bus, each encoded once per protocol and shared by every recipient."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from .store import StoredMessage, utc_iso
+
+
+class Event:
+    """`body` is the STOMP/JSON event bytes; `chat` is the ticket protocol's text, for
+    the events that protocol carries (chat messages only). `cache` holds encodings a
+    transport derives once per event, such as a STOMP MESSAGE frame template."""
+
+    __slots__ = ("kind", "body", "chat", "cache", "message_id")
+
+    def __init__(
+        self, kind: str, body: bytes, chat: str | None = None, message_id: int | None = None
+    ) -> None:
+        self.kind = kind
+        self.body = body
+        self.chat = chat
+        self.cache: dict[Any, Any] = {}
+        self.message_id = message_id
+
+
+def now_iso() -> str:
+    return utc_iso(time.time())
+
+
+def chat_shape(msg: StoredMessage) -> dict[str, Any]:
+    """The ticket guide's message: `{id, roomId, content, timestamp, user}`."""
+    return {
+        "id": msg.id,
+        "roomId": msg.room_id,
+        "content": msg.content,
+        "timestamp": msg.created_at,
+        "messageType": msg.message_type,
+        "user": {"id": msg.user_id, "username": msg.username, "profileImage": msg.profile_image},
+    }
+
+
+def stomp_message_shape(msg: StoredMessage) -> dict[str, Any]:
+    """The STOMP guide's `new_message.message`."""
+    return {
+        "id": msg.id,
+        "room_id": msg.room_id,
+        "content": msg.content,
+        "message_type": msg.message_type,
+        "sender_id": msg.user_id,
+        "sender_name": msg.username,
+        "sender_profile_image": msg.profile_image,
+        "created_at": msg.created_at,
+    }
+
+
+def new_message(msg: StoredMessage) -> Event:
+    body = orjson.dumps(
+        {
+            "type": "new_message",
+            "roomId": msg.room_id,
+            "message": stomp_message_shape(msg),
+            "timestamp": now_iso(),
+        }
+    )
+    return Event("new_message", body, orjson.dumps(chat_shape(msg)).decode(), message_id=msg.id)
+
+
+def user_status_changed(user_id: int, status: str) -> Event:
+    return Event(
+        "user_status_changed",
+        orjson.dumps(
+            {
+                "type": "user_status_changed",
+                "userId": user_id,
+                "status": status,
+                "timestamp": now_iso(),
+            }
+        ),
+    )
+
+
+def user_typing(room_id: int, user_id: int, is_typing: bool) -> Event:
+    return Event(
+        "user_typing",
+        orjson.dumps(
+            {
+                "type": "user_typing",
+                "roomId": room_id,
+                "userId": user_id,
+                "isTyping": is_typing,
+                "timestamp": now_iso(),
+            }
+        ),
+    )
+
+
+def message_read(room_id: int, message_id: int, reader_id: int, read_at: str) -> Event:
+    return Event(
+        "message_read",
+        orjson.dumps(
+            {
+                "type": "message_read",
+                "roomId": room_id,
+                "messageId": message_id,
+                "readerId": reader_id,
+                "readAt": read_at,
+            }
+        ),
+    )
+
+
+def room_membership(kind: str, room: dict[str, Any], user_id: int) -> Event:
+    """User-queue events: `room_invited`, `room_joined`, `room_removed`."""
+    return Event(
+        kind,
+        orjson.dumps(
+            {
+                "type": kind,
+                "userId": user_id,
+                "roomId": room["id"],
+                "roomName": room["name"],
+                "destination": f"/exchange/chat.direct/room.{room['id']}",
+                "timestamp": now_iso(),
+            }
+        ),
+    )

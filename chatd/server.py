@@ -1,0 +1,187 @@
+"""Start and stop a whole chatd: store, HTTP (with /chat and /ws), STOMP listeners."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from . import config as config_mod
+from . import logs
+from .asgi_ws import AsgiWebSocket, Receive, Scope, Send
+from .auth import Authenticator, load_or_create_secret, secret_path_for
+from .chat_ws import CLOSE_GOING_AWAY, serve_chat
+from .config import Config, resolve_store_path
+from .http_api import create_app
+from .state import ServerState
+from .store import Store
+
+log = logging.getLogger("chatd.server")
+
+TICKET_SWEEP_SECONDS = 10.0
+
+
+@dataclass(eq=False)
+class Running:
+    """What `serve` hands back through `task_status`: where it listens, and a way to stop."""
+
+    state: ServerState
+    http: list[tuple[str, int]] = field(default_factory=list)
+    stomp_ws: list[tuple[str, int]] = field(default_factory=list)
+    stomp_tcp: list[tuple[str, int]] = field(default_factory=list)
+    _stop: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def http_port(self) -> int:
+        return self.http[0][1]
+
+    @property
+    def stomp_ws_port(self) -> int:
+        return self.stomp_ws[0][1]
+
+    @property
+    def stomp_tcp_port(self) -> int:
+        return self.stomp_tcp[0][1]
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    def reload(self, path: str | None) -> bool:
+        """Re-read the config and apply what can change live; keep the old one on error."""
+        state = self.state
+        try:
+            new = config_mod.load(path)
+            auth = make_authenticator(new)
+        except (config_mod.ConfigError, OSError, ValueError) as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        old = state.cfg
+        fixed = [
+            f"{section}.{key}"
+            for section, key in _RESTART_ONLY
+            if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)
+        ]
+        if fixed:
+            log.warning("reload: these settings only change on restart: %s", ", ".join(fixed))
+        state.apply_config(new, auth)
+        logs.setup(new.log.level, new.log.format)
+        log.info("reload: config applied from %s", new.source)
+        return True
+
+
+_RESTART_ONLY = [
+    ("http", "listen"),
+    ("store", "path"),
+    ("store", "batch_max"),
+    ("stomp", "websocket_listen"),
+    ("stomp", "tcp_listen"),
+]
+
+
+def make_authenticator(cfg: Config) -> Authenticator:
+    secret = cfg.auth.jwt_secret or None
+    if secret is None and not cfg.auth.jwt_public_key_file:
+        secret = load_or_create_secret(secret_path_for(resolve_store_path(cfg)))
+    return Authenticator(cfg.auth, secret)
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    hostport = bind.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def make_asgi(state: ServerState, http_app: Any) -> Any:
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            path = scope.get("path")
+            if path == "/chat":
+                await serve_chat(state, scope, receive, send)
+                return
+            ws = AsgiWebSocket(scope, receive, send)
+            await ws.wait_connect()
+            await ws.reject(404, b'{"error":"not_found","message":"no WebSocket endpoint here"}')
+            return
+        await http_app(scope, receive, send)
+
+    return asgi
+
+
+def hypercorn_config(cfg: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = list(cfg.http.listen)
+    hc.accesslog = None  # access lines would carry `?ticket=` query strings
+    hc.errorlog = logging.getLogger("chatd.http.server")
+    hc.graceful_timeout = cfg.server.shutdown_grace_seconds
+    hc.websocket_max_message_size = max(cfg.chat.max_frame_bytes, cfg.stomp.max_frame_bytes)
+    hc.include_server_header = False
+    return hc
+
+
+async def _sweep_tickets(state: ServerState) -> None:
+    while True:
+        await trio.sleep(TICKET_SWEEP_SECONDS)
+        state.tickets.sweep()
+
+
+async def _serve_http(
+    asgi: Any,
+    hc: HypercornConfig,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await hypercorn_serve(asgi, hc, shutdown_trigger=stop.wait, task_status=task_status)
+    finally:
+        done.set()
+
+
+async def serve(
+    cfg: Config,
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until `Running.shutdown()` is called, then shut down gracefully."""
+    auth = make_authenticator(cfg)
+    store = Store(resolve_store_path(cfg), cfg.store.batch_max)
+    try:
+        state = ServerState.build(cfg, auth, store)
+        running = Running(state)
+        http_stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(state.service.expire_typing)
+            nursery.start_soon(_sweep_tickets, state)
+            asgi = make_asgi(state, create_app(state))
+            http_done = trio.Event()
+            binds = await nursery.start(
+                _serve_http, asgi, hypercorn_config(cfg), http_stop, http_done
+            )
+            running.http = [_parse_bind(b) for b in binds]
+            state.ready = True
+            log.info(
+                "ready: http %s, %d rooms",
+                ", ".join(f"{h}:{p}" for h, p in running.http),
+                len(state.rooms),
+            )
+            task_status.started(running)
+            await running._stop.wait()
+
+            log.info("shutting down")
+            state.ready = False
+            state.closing.set()
+            http_stop.set()
+            state.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+            with trio.move_on_after(cfg.server.shutdown_grace_seconds):
+                await state.hub.wait_empty()
+                await http_done.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+        log.info("stopped")

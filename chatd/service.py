@@ -1,0 +1,267 @@
+"""The chat domain shared by every protocol: post, rooms, presence, typing, reads.
+
+Protocols call these methods and translate `ServiceError` into their own error shape
+(an HTTP status, a `{"type": "error"}` reply, a STOMP ERROR frame).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from . import events
+from .auth import User
+from .broker import Broker
+from .config import Config
+from .hub import Hub, Session
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+from .rooms import Room, Rooms
+from .store import Store, StoredMessage
+from .validation import Outgoing
+
+log = logging.getLogger("chatd.service")
+
+
+class ServiceError(Exception):
+    status = 400
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class RateLimited(ServiceError):
+    status = 429
+
+
+class RoomAware(Session, Protocol):
+    def room_left(self, room_id: int) -> None: ...
+
+
+class ChatService:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        rooms: Rooms,
+        hub: Hub,
+        broker: Broker,
+        metrics: Metrics,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.rooms = rooms
+        self.hub = hub
+        self.broker = broker
+        self.metrics = metrics
+        self.limiter = RateLimiter(cfg.chat.rate_per_second, cfg.chat.rate_burst, clock)
+        self._clock = clock
+        self._typing: dict[tuple[int, int], float] = {}
+        self._typing_wakeup = trio.Event()
+
+    def reconfigure(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.limiter.rate = cfg.chat.rate_per_second
+        self.limiter.burst = float(cfg.chat.rate_burst)
+
+    # --- access ---------------------------------------------------------------------
+
+    def room_for_member(self, user: User, room_id: int) -> Room:
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise NotFound("unknown_room", f"room {room_id} does not exist")
+        if user.id not in room.members:
+            raise Forbidden("not_member", f"you are not a member of room {room_id}")
+        return room
+
+    def check_rate(self, user: User, route: str) -> None:
+        if not self.limiter.allow(user.id):
+            self.metrics.rate_limited[route] += 1
+            raise RateLimited("rate_limited", "too many messages; slow down")
+
+    # --- messages -------------------------------------------------------------------
+
+    async def post(self, user: User, out: Outgoing, route: str) -> tuple[StoredMessage, bool]:
+        """Store then publish. Returns (message, created); a retried clientMessageId
+        returns the stored message with created False and publishes nothing."""
+        self.metrics.messages_received += 1
+        self.room_for_member(user, out.room_id)
+        self.check_rate(user, route)
+        msg, created = await self.store.append_message(
+            room_id=out.room_id,
+            user_id=user.id,
+            username=user.username,
+            profile_image=user.profile_image,
+            content=out.content,
+            message_type=out.message_type,
+            client_timestamp=out.client_timestamp,
+            client_message_id=out.client_message_id,
+            idempotency_window=self.cfg.chat.idempotency_window_seconds,
+        )
+        if created:
+            self.metrics.messages_stored += 1
+            self._typing.pop((out.room_id, user.id), None)
+            self.broker.publish_room(out.room_id, events.new_message(msg))
+        else:
+            self.metrics.duplicates_suppressed += 1
+        return msg, created
+
+    async def history(
+        self, user: User, room_id: int, before: int | None, limit: int
+    ) -> list[StoredMessage]:
+        self.room_for_member(user, room_id)
+        return await self.store.history(room_id, before, limit)
+
+    async def mark_read(self, user: User, room_id: int, message_id: int) -> str:
+        self.room_for_member(user, room_id)
+        msg = await self.store.get_message(message_id)
+        if msg is None or msg.room_id != room_id:
+            raise NotFound("unknown_message", f"message {message_id} is not in room {room_id}")
+        read_at = await self.store.mark_read(room_id, user.id, message_id)
+        self.broker.publish_room(
+            room_id, events.message_read(room_id, message_id, user.id, read_at)
+        )
+        return read_at
+
+    # --- rooms ----------------------------------------------------------------------
+
+    async def create_room(self, name: str, public: bool, members: list[int]) -> Room:
+        room_id = await self.store.create_room(name, public, members)
+        room = Room(room_id, name, public, set(members))
+        self.rooms.add_room(room)
+        for uid in room.members:
+            self.broker.publish_user(
+                uid, events.room_membership("room_joined", room.describe(), uid)
+            )
+        return room
+
+    def _room(self, room_id: int) -> Room:
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise NotFound("unknown_room", f"room {room_id} does not exist")
+        return room
+
+    async def add_member(self, room_id: int, user_id: int) -> Room:
+        room = self._room(room_id)
+        if await self.store.add_member(room_id, user_id) or user_id not in room.members:
+            self.rooms.add_member(room_id, user_id)
+            self.broker.publish_user(
+                user_id, events.room_membership("room_joined", room.describe(), user_id)
+            )
+        return room
+
+    async def remove_member(self, room_id: int, user_id: int) -> Room:
+        room = self._room(room_id)
+        await self.store.remove_member(room_id, user_id)
+        was_member = user_id in room.members
+        self.rooms.remove_member(room_id, user_id)
+        for session in self.hub.sessions_of(user_id):
+            left = getattr(session, "room_left", None)
+            if left is not None:
+                left(room_id)
+        if was_member:
+            self.broker.publish_user(
+                user_id, events.room_membership("room_removed", room.describe(), user_id)
+            )
+        return room
+
+    async def invite(self, room_id: int, user_id: int) -> Room:
+        room = self._room(room_id)
+        await self.store.add_invite(room_id, user_id)
+        self.rooms.invite(room_id, user_id)
+        self.broker.publish_user(
+            user_id, events.room_membership("room_invited", room.describe(), user_id)
+        )
+        return room
+
+    async def join(self, user: User, room_id: int) -> Room:
+        room = self._room(room_id)
+        if user.id in room.members:
+            return room
+        if not self.rooms.may_join(room_id, user.id):
+            raise Forbidden("not_allowed", f"room {room_id} is private and you are not invited")
+        return await self.add_member(room_id, user.id)
+
+    async def leave(self, user: User, room_id: int) -> Room:
+        room = self.room_for_member(user, room_id)
+        await self.remove_member(room_id, user.id)
+        return room
+
+    # --- presence -------------------------------------------------------------------
+
+    def session_opened(self, session: Session) -> None:
+        if self.hub.register(session):
+            self._announce(session.user_id, "online")
+
+    def session_closed(self, session: Session) -> None:
+        if self.hub.unregister(session):
+            for room_id in list(self.rooms.rooms_of(session.user_id)):
+                if self._typing.pop((room_id, session.user_id), None) is not None:
+                    self.broker.publish_room(
+                        room_id, events.user_typing(room_id, session.user_id, False)
+                    )
+            self._announce(session.user_id, "offline")
+
+    def _announce(self, user_id: int, status: str) -> None:
+        event = events.user_status_changed(user_id, status)
+        for room_id in list(self.rooms.rooms_of(user_id)):
+            self.broker.publish_room(room_id, event)
+
+    def disconnect_user(self, user_id: int, protocol: str, code: int, reason: str) -> int:
+        n = 0
+        for session in self.hub.sessions_of(user_id):
+            if session.protocol == protocol:
+                session.close(code, reason)
+                n += 1
+        return n
+
+    # --- typing ---------------------------------------------------------------------
+
+    def typing(self, user: User, room_id: int, is_typing: bool) -> None:
+        self.room_for_member(user, room_id)
+        key = (room_id, user.id)
+        if is_typing:
+            was = key in self._typing
+            self._typing[key] = self._clock() + self.cfg.chat.typing_timeout_seconds
+            self._typing_wakeup.set()
+            if was:
+                return
+        elif self._typing.pop(key, None) is None:
+            return
+        self.broker.publish_room(room_id, events.user_typing(room_id, user.id, is_typing))
+
+    async def expire_typing(self) -> None:
+        """Runs for the server's life: ends typing that nobody ended."""
+        while True:
+            if not self._typing:
+                self._typing_wakeup = trio.Event()
+                await self._typing_wakeup.wait()
+                continue
+            deadline = min(self._typing.values())
+            with trio.move_on_at(deadline):
+                self._typing_wakeup = trio.Event()
+                await self._typing_wakeup.wait()
+            now = self._clock()
+            for key, until in list(self._typing.items()):
+                if until <= now:
+                    del self._typing[key]
+                    room_id, user_id = key
+                    self.broker.publish_room(room_id, events.user_typing(room_id, user_id, False))

@@ -1,0 +1,51 @@
+"""Everything one running server shares, built once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from .auth import Authenticator
+from .broker import MemoryBroker
+from .config import Config
+from .hub import Hub
+from .metrics import Metrics
+from .rooms import Rooms
+from .service import ChatService
+from .store import Store
+from .tickets import TicketBook
+
+
+@dataclass(eq=False)
+class ServerState:
+    cfg: Config
+    auth: Authenticator
+    store: Store
+    rooms: Rooms
+    hub: Hub
+    service: ChatService
+    tickets: TicketBook
+    metrics: Metrics
+    stomp_logins: object | None = None
+    closing: trio.Event = field(default_factory=trio.Event)
+    ready: bool = False
+
+    def apply_config(self, cfg: Config, auth: Authenticator) -> None:
+        self.cfg = cfg
+        self.auth = auth
+        self.service.reconfigure(cfg)
+        self.tickets.ttl = cfg.auth.ticket_ttl_seconds
+        self.tickets.max_per_user = cfg.auth.max_tickets_per_user
+
+    @classmethod
+    def build(cls, cfg: Config, auth: Authenticator, store: Store) -> ServerState:
+        rooms = Rooms(store.load_rooms_sync())
+        hub = Hub(rooms)
+        metrics = Metrics()
+        store.set_commit_observer(metrics.observe_commit)
+        service = ChatService(cfg, store, rooms, hub, MemoryBroker(hub), metrics)
+        tickets = TicketBook(
+            cfg.auth.ticket_ttl_seconds, trio.current_time, cfg.auth.max_tickets_per_user
+        )
+        return cls(cfg, auth, store, rooms, hub, service, tickets, metrics)

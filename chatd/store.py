@@ -1,0 +1,478 @@
+"""SQLite persistence: one writer thread with group commit, one reader thread.
+
+Writes are queued to the writer thread, which takes everything waiting (up to
+`batch_max` operations), runs them in one transaction, commits, and only then wakes
+the waiting tasks. So a message is durable before anyone is told about it, and under
+load many messages share one fsync. Each operation runs in its own SAVEPOINT so one
+failing operation does not undo its neighbours in the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE rooms (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        public INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE members (
+        room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL,
+        joined_at TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members(user_id);
+    CREATE TABLE invites (
+        room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        room_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        username TEXT NOT NULL,
+        profile_image TEXT,
+        content TEXT NOT NULL,
+        message_type TEXT NOT NULL DEFAULT 'text',
+        created_at TEXT NOT NULL,
+        created_unix REAL NOT NULL,
+        client_timestamp TEXT,
+        client_message_id TEXT
+    );
+    CREATE INDEX messages_by_room ON messages(room_id, id);
+    CREATE INDEX messages_by_client_id ON messages(user_id, client_message_id)
+        WHERE client_message_id IS NOT NULL;
+    CREATE TABLE reads (
+        room_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        read_at TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID;
+    """,
+}
+
+
+class StoreError(Exception):
+    pass
+
+
+class StoreClosed(StoreError):
+    pass
+
+
+def utc_iso(ts: float) -> str:
+    t = time.gmtime(ts)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    room_id: int
+    user_id: int
+    username: str
+    profile_image: str | None
+    content: str
+    message_type: str
+    created_at: str
+    created_unix: float = 0.0
+    client_message_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> StoredMessage:
+        return cls(*row)
+
+
+_MSG_COLUMNS = (
+    "id, room_id, user_id, username, profile_image, content, message_type, created_at,"
+    " created_unix, client_message_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRow:
+    id: int
+    name: str
+    public: bool
+    members: frozenset[int]
+    invited: frozenset[int] = frozenset()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration newer than the file's user_version; returns the new version."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"database schema {version} is newer than this chatd ({SCHEMA_VERSION})")
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _MIGRATIONS[v].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {v}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+class _Job:
+    __slots__ = ("fn", "result", "error", "done")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+
+
+class _Worker:
+    """A thread that owns one sqlite3 connection and runs jobs from a queue."""
+
+    def __init__(self, name: str, path: Path, batch_max: int, transactional: bool) -> None:
+        self.conn = _connect(path)
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._batch_max = batch_max
+        self._transactional = transactional
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.commit_seconds: list[float] = []
+        self.on_commit: Callable[[float, int], None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreClosed("store is closed")
+        job = _Job(fn)
+        self._queue.put(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            if self._transactional:
+                self._run_batch(batch)
+            else:
+                for job in batch:
+                    self._run_one(job)
+            self._wake(batch)
+        self.conn.close()
+
+    def _run_one(self, job: _Job) -> None:
+        try:
+            job.result = job.fn(self.conn)
+        except Exception as exc:  # handed back to the awaiting task
+            job.error = exc
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                self._run_one(job)
+                if job.error is None:
+                    conn.execute("RELEASE job")
+                else:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for job in batch:
+                job.result, job.error = None, StoreError(f"commit failed: {exc}")
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(batch))
+
+    def _wake(self, batch: list[_Job]) -> None:
+        def wake() -> None:
+            for job in batch:
+                job.done.set()
+
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(wake)
+
+
+class Store:
+    """The async face of the database. Open it with `Store.open(path)` inside trio."""
+
+    def __init__(self, path: Path, batch_max: int = 512) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        boot = _connect(path)
+        try:
+            migrate(boot)
+        finally:
+            boot.close()
+        self._writer = _Worker("chatd-store-writer", path, batch_max, transactional=True)
+        self._reader = _Worker("chatd-store-reader", path, 64, transactional=False)
+        self._writer.start()
+        self._reader.start()
+
+    def set_commit_observer(self, fn: Callable[[float, int], None]) -> None:
+        self._writer.on_commit = fn
+
+    async def aclose(self) -> None:
+        """Finish every queued write, then close both connections."""
+        self._writer.stop()
+        self._reader.stop()
+        await trio.to_thread.run_sync(self._writer.join)
+        await trio.to_thread.run_sync(self._reader.join)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._writer.call(fn)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._reader.call(fn)
+
+    # --- rooms -----------------------------------------------------------------
+
+    def load_rooms_sync(self) -> list[RoomRow]:
+        conn = _connect(self.path)
+        try:
+            members: dict[int, set[int]] = {}
+            for room_id, user_id in conn.execute("SELECT room_id, user_id FROM members"):
+                members.setdefault(room_id, set()).add(user_id)
+            invited: dict[int, set[int]] = {}
+            for room_id, user_id in conn.execute("SELECT room_id, user_id FROM invites"):
+                invited.setdefault(room_id, set()).add(user_id)
+            return [
+                RoomRow(
+                    rid,
+                    name,
+                    bool(public),
+                    frozenset(members.get(rid, ())),
+                    frozenset(invited.get(rid, ())),
+                )
+                for rid, name, public in conn.execute("SELECT id, name, public FROM rooms")
+            ]
+        finally:
+            conn.close()
+
+    async def create_room(self, name: str, public: bool, members: Iterable[int]) -> int:
+        now = utc_iso(time.time())
+        member_list = sorted(set(members))
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO rooms(name, public, created_at) VALUES (?, ?, ?)",
+                (name, int(public), now),
+            )
+            room_id = int(cur.lastrowid or 0)
+            conn.executemany(
+                "INSERT INTO members(room_id, user_id, joined_at) VALUES (?, ?, ?)",
+                [(room_id, uid, now) for uid in member_list],
+            )
+            return room_id
+
+        return await self.write(op)
+
+    async def add_member(self, room_id: int, user_id: int) -> bool:
+        now = utc_iso(time.time())
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO members(room_id, user_id, joined_at) VALUES (?, ?, ?)",
+                (room_id, user_id, now),
+            )
+            return cur.rowcount > 0
+
+        return await self.write(op)
+
+    async def remove_member(self, room_id: int, user_id: int) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "DELETE FROM members WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+            )
+            return cur.rowcount > 0
+
+        return await self.write(op)
+
+    async def add_invite(self, room_id: int, user_id: int) -> None:
+        await self.write(
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO invites(room_id, user_id) VALUES (?, ?)", (room_id, user_id)
+            )
+        )
+
+    # --- messages --------------------------------------------------------------
+
+    async def append_message(
+        self,
+        *,
+        room_id: int,
+        user_id: int,
+        username: str,
+        profile_image: str | None,
+        content: str,
+        message_type: str,
+        client_timestamp: str | None,
+        client_message_id: str | None,
+        idempotency_window: float,
+    ) -> tuple[StoredMessage, bool]:
+        """Store a message; returns (message, created). With a client message id seen
+        from this user within the window, returns the earlier message and False."""
+        now = time.time()
+        created_at = utc_iso(now)
+
+        def op(conn: sqlite3.Connection) -> tuple[StoredMessage, bool]:
+            if client_message_id is not None:
+                row = conn.execute(
+                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = ? AND"
+                    " client_message_id = ? AND created_unix >= ? ORDER BY id DESC LIMIT 1",
+                    (user_id, client_message_id, now - idempotency_window),
+                ).fetchone()
+                if row is not None:
+                    return StoredMessage.from_row(row), False
+            cur = conn.execute(
+                "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
+                " message_type, created_at, created_unix, client_timestamp, client_message_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    room_id,
+                    user_id,
+                    username,
+                    profile_image,
+                    content,
+                    message_type,
+                    created_at,
+                    now,
+                    client_timestamp,
+                    client_message_id,
+                ),
+            )
+            msg = StoredMessage(
+                int(cur.lastrowid or 0),
+                room_id,
+                user_id,
+                username,
+                profile_image,
+                content,
+                message_type,
+                created_at,
+                now,
+                client_message_id,
+            )
+            return msg, True
+
+        return await self.write(op)
+
+    async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
+        """Newest first."""
+
+        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
+            if before is None:
+                rows = conn.execute(
+                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = ?"
+                    " ORDER BY id DESC LIMIT ?",
+                    (room_id, limit),
+                )
+            else:
+                rows = conn.execute(
+                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = ? AND id < ?"
+                    " ORDER BY id DESC LIMIT ?",
+                    (room_id, before, limit),
+                )
+            return [StoredMessage.from_row(r) for r in rows]
+
+        return await self.read(op)
+
+    async def messages_since(
+        self, room_ids: Iterable[int], since: int, limit: int
+    ) -> list[StoredMessage]:
+        """Oldest first, across the given rooms."""
+        ids = sorted(set(room_ids))
+        if not ids:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE id > ? AND room_id IN ({marks})"
+                " ORDER BY id LIMIT ?",
+                (since, *ids, limit),
+            )
+            return [StoredMessage.from_row(r) for r in rows]
+
+        return await self.read(op)
+
+    async def get_message(self, message_id: int) -> StoredMessage | None:
+        def op(conn: sqlite3.Connection) -> StoredMessage | None:
+            row = conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            return None if row is None else StoredMessage.from_row(row)
+
+        return await self.read(op)
+
+    async def mark_read(self, room_id: int, user_id: int, message_id: int) -> str:
+        read_at = utc_iso(time.time())
+
+        def op(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO reads(room_id, user_id, message_id, read_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(room_id, user_id) DO UPDATE SET"
+                " message_id = max(message_id, excluded.message_id), read_at = excluded.read_at",
+                (room_id, user_id, message_id, read_at),
+            )
+            return read_at
+
+        return await self.write(op)

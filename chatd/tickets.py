@@ -1,0 +1,78 @@
+"""Single-use WebSocket tickets: short-lived, bound to a user, kept in memory only."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .auth import User
+
+
+class TicketError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # "unknown", "used" or "expired"
+
+
+class TooManyTickets(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Ticket:
+    user: User
+    expires_at: float
+    used: bool = False
+
+
+class TicketBook:
+    """Tickets are uuid4 strings. A redeemed ticket is remembered until it would have
+    expired, so a replay is told apart from a ticket that never existed."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float], max_per_user: int = 32) -> None:
+        self.ttl = ttl
+        self.max_per_user = max_per_user
+        self._clock = clock
+        self._tickets: dict[str, _Ticket] = {}
+        self._per_user: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def issue(self, user: User) -> str:
+        if self._per_user.get(user.id, 0) >= self.max_per_user:
+            self.sweep()
+            if self._per_user.get(user.id, 0) >= self.max_per_user:
+                raise TooManyTickets(user.id)
+        ticket = str(uuid.uuid4())
+        self._tickets[ticket] = _Ticket(user, self._clock() + self.ttl)
+        self._per_user[user.id] = self._per_user.get(user.id, 0) + 1
+        return ticket
+
+    def redeem(self, ticket: str) -> User:
+        entry = self._tickets.get(ticket)
+        if entry is None:
+            raise TicketError("unknown")
+        if entry.used:
+            raise TicketError("used")
+        if self._clock() >= entry.expires_at:
+            self._drop(ticket, entry)
+            raise TicketError("expired")
+        entry.used = True
+        return entry.user
+
+    def sweep(self) -> int:
+        now = self._clock()
+        dead = [(t, e) for t, e in self._tickets.items() if now >= e.expires_at]
+        for t, e in dead:
+            self._drop(t, e)
+        return len(dead)
+
+    def _drop(self, ticket: str, entry: _Ticket) -> None:
+        del self._tickets[ticket]
+        left = self._per_user[entry.user.id] - 1
+        if left:
+            self._per_user[entry.user.id] = left
+        else:
+            del self._per_user[entry.user.id]

@@ -1,0 +1,114 @@
+"""Checks on what clients send, shared by every protocol. Pure: no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+class InvalidMessage(Exception):
+    """A client sent something we refuse; `code` is the machine-readable error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    room_id: int
+    content: str
+    message_type: str = "text"
+    client_timestamp: str | None = None
+    client_message_id: str | None = None
+
+
+MESSAGE_TYPES = frozenset({"text", "image", "file", "system"})
+MAX_CLIENT_ID = 128
+
+
+def parse_json_object(data: str | bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise InvalidMessage("bad_json", "message is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage("bad_json", "message must be a JSON object")
+    return obj
+
+
+def room_id_of(value: Any) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidMessage("bad_room_id", "roomId must be a positive integer")
+    return value
+
+
+def check_content(content: Any, max_chars: int) -> str:
+    if not isinstance(content, str):
+        raise InvalidMessage("bad_content", "content must be a string")
+    if not content.strip():
+        raise InvalidMessage("empty_content", "content must not be empty")
+    if len(content) > max_chars:
+        raise InvalidMessage("content_too_long", f"content is longer than {max_chars} characters")
+    return content
+
+
+def _opt_str(obj: dict[str, Any], key: str, limit: int) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise InvalidMessage(f"bad_{key}", f"{key} must be a string of at most {limit} characters")
+    return value
+
+
+def check_message_type(value: Any) -> str:
+    if value is None:
+        return "text"
+    if not isinstance(value, str) or value not in MESSAGE_TYPES:
+        raise InvalidMessage(
+            "bad_message_type", f"message_type must be one of {', '.join(sorted(MESSAGE_TYPES))}"
+        )
+    return value
+
+
+def chat_message(obj: dict[str, Any], max_chars: int) -> Outgoing:
+    """The ticket protocol's `{roomId, content, timestamp}` (plus optional clientMessageId)."""
+    return Outgoing(
+        room_id=room_id_of(obj.get("roomId")),
+        content=check_content(obj.get("content"), max_chars),
+        message_type=check_message_type(obj.get("messageType", obj.get("message_type"))),
+        client_timestamp=_opt_str(obj, "timestamp", 64),
+        client_message_id=_opt_str(obj, "clientMessageId", MAX_CLIENT_ID),
+    )
+
+
+def stomp_send_body(obj: dict[str, Any], room_id: int, max_chars: int) -> Outgoing:
+    """A STOMP SEND body `{content, message_type}` to a room destination."""
+    return Outgoing(
+        room_id=room_id,
+        content=check_content(obj.get("content"), max_chars),
+        message_type=check_message_type(obj.get("message_type")),
+        client_message_id=_opt_str(obj, "clientMessageId", MAX_CLIENT_ID),
+    )
+
+
+def http_send_message(obj: dict[str, Any], max_chars: int) -> Outgoing:
+    """`/chat-ws/send-message`: `{roomId, message: {message_type, content}}`."""
+    inner = obj.get("message")
+    if not isinstance(inner, dict):
+        raise InvalidMessage("bad_message", "message must be an object with content")
+    cmid = _opt_str(obj, "clientMessageId", MAX_CLIENT_ID) or _opt_str(
+        inner, "clientMessageId", MAX_CLIENT_ID
+    )
+    return Outgoing(
+        room_id=room_id_of(obj.get("roomId")),
+        content=check_content(inner.get("content"), max_chars),
+        message_type=check_message_type(inner.get("message_type")),
+        client_message_id=cmid,
+    )
