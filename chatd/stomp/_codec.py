@@ -1,0 +1,517 @@
+"""Sans-I/O STOMP 1.0/1.1/1.2 frame reader and writer.
+
+Wire grammar (STOMP 1.2, which 1.0 and 1.1 peers also satisfy)::
+
+    frame  = command EOL *( header EOL ) EOL *OCTET NUL *( EOL )
+    EOL    = [CR] LF
+    header = name ":" value
+
+Deliberate choices where the specifications leave room:
+
+* CRLF is accepted as a line ending in every version, because the version is
+  only known after the CONNECT frame has been parsed.
+* A raw CR *inside* a header line (not directly before the LF) is kept
+  literally instead of being rejected.
+* A NUL byte in the command or header section is rejected: NUL terminates
+  frames, so it almost always means a client forgot the blank line before the
+  body, and many STOMP implementations split frames on NUL before parsing.
+* The STOMP command is escaped like any other 1.1+ frame; only CONNECT and
+  CONNECTED are exempt, exactly as the specification says.
+"""
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._frames import (
+    CLOSED,
+    COMMANDS,
+    NEED_DATA,
+    SUPPORTED_VERSIONS,
+    Event,
+    Frame,
+    HeartBeat,
+)
+
+__all__ = ["FrameReader", "FrameTemplate", "FrameWriter"]
+
+_LF: Final = 0x0A
+_CR: Final = 0x0D
+_NUL: Final = 0x00
+
+_COMMAND_BYTES: Final = frozenset(c.encode("ascii") for c in COMMANDS)
+_MAX_COMMAND_LEN: Final = max(len(c) for c in COMMANDS)
+# Kept unescaped in every version so that 1.0-only peers can still negotiate.
+_UNESCAPED_COMMANDS: Final = frozenset({"CONNECT", "CONNECTED"})
+# "Only the SEND, MESSAGE, and ERROR frames MAY have a body."
+_BODY_COMMANDS: Final = frozenset({"SEND", "MESSAGE", "ERROR"})
+
+_UNESCAPES: Final[dict[str, dict[str, str]]] = {
+    "1.1": {"n": "\n", "c": ":", "\\": "\\"},
+    "1.2": {"n": "\n", "c": ":", "\\": "\\", "r": "\r"},
+}
+# `.?` also matches at end of input, so a trailing lone backslash is reported.
+_ESCAPE_RE: Final = re.compile(r"\\(.?)", re.DOTALL)
+_ESCAPE_11: Final = str.maketrans({"\\": "\\\\", ":": "\\c", "\n": "\\n"})
+_ESCAPE_12: Final = str.maketrans({"\\": "\\\\", ":": "\\c", "\n": "\\n", "\r": "\\r"})
+
+_HEARTBEAT: Final = HeartBeat()
+
+# Reader states.
+_COMMAND: Final = 0
+_HEADERS: Final = 1
+_BODY: Final = 2
+
+
+def _check_version(version: str) -> str:
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"unsupported STOMP version {version!r}")
+    return version
+
+
+def _unescape(text: str, table: dict[str, str], version: str) -> str:
+    if "\\" not in text:
+        return text
+
+    def replace(match: re.Match[str]) -> str:
+        try:
+            return table[match.group(1)]
+        except KeyError:
+            raise RemoteProtocolError(
+                "Invalid header escape",
+                f"Undefined escape sequence {match.group(0)!r} in header "
+                f"{text!r}; STOMP {version} only defines " + ", ".join("\\" + k for k in table),
+            ) from None
+
+    return _ESCAPE_RE.sub(replace, text)
+
+
+def _show_command(line: bytes) -> str:
+    # Bounded so that the partial-line check and the complete-line check
+    # produce the same message however the input was chunked.
+    limit = _MAX_COMMAND_LEN + 1
+    shown = line[:limit].decode("utf-8", "backslashreplace")
+    return repr(shown + "...") if len(line) > limit else repr(shown)
+
+
+class FrameReader:
+    """Incremental STOMP frame parser.
+
+    Feed bytes with :meth:`receive_data` (``b""`` means EOF), then call
+    :meth:`next_event` until it returns :data:`NEED_DATA` (or :data:`CLOSED`).
+    Each call does work proportional to the newly received bytes only.
+
+    ``version`` selects the header escaping rules and may be changed between
+    :meth:`next_event` calls; set it right after the CONNECT/STOMP frame has
+    been returned and the version negotiated. CONNECT and CONNECTED frames
+    are never unescaped, so the default (``"1.2"``) is safe before that.
+
+    Limits: ``max_frame_size`` bounds the bytes of one frame up to (not
+    including) its terminating NUL, ``max_headers`` the number of header lines
+    and ``max_header_length`` the length of one header line without its EOL.
+    """
+
+    def __init__(
+        self,
+        max_frame_size: int = 4 * 1024 * 1024,
+        max_headers: int = 100,
+        max_header_length: int = 8192,
+        version: str = "1.2",
+    ) -> None:
+        if max_frame_size < 1 or max_headers < 0 or max_header_length < 1:
+            raise ValueError("limits must be positive")
+        self.max_frame_size = max_frame_size
+        self.max_headers = max_headers
+        self.max_header_length = max_header_length
+        self._version = _check_version(version)
+        self._buf = bytearray()
+        # Offset up to which the buffer is known not to contain the delimiter
+        # we are looking for, so chunked input is never re-scanned.
+        self._scan = 0
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self._state = _COMMAND
+        self._command = ""
+        self._raw_headers: list[tuple[str, str]] = []
+        self._headers: tuple[tuple[str, str], ...] = ()
+        self._content_length: int | None = None
+        self._frame_size = 0
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @version.setter
+    def version(self, value: str) -> None:
+        self._version = _check_version(value)
+
+    @property
+    def broken(self) -> bool:
+        """True once a protocol error has been raised."""
+        return self._error is not None
+
+    def receive_data(self, data: bytes) -> None:
+        """Append received bytes; ``b""`` signals EOF from the peer."""
+        if self._error is not None:
+            raise self._broken_error()
+        if self._eof:
+            if data:
+                raise RuntimeError("receive_data() called after EOF")
+            return
+        if data:
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event:
+        """Return the next Frame/HeartBeat, or NEED_DATA/CLOSED.
+
+        Raises :class:`RemoteProtocolError` on malformed input; afterwards
+        the reader stays broken and every call raises again.
+        """
+        if self._error is not None:
+            raise self._broken_error()
+        try:
+            while True:
+                if self._state == _COMMAND:
+                    event = self._read_command()
+                elif self._state == _HEADERS:
+                    event = self._read_header_line()
+                else:
+                    event = self._read_body()
+                if event is not None:
+                    return event
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._buf = bytearray()
+            raise
+
+    # -- internals ---------------------------------------------------------
+
+    def _broken_error(self) -> RemoteProtocolError:
+        assert self._error is not None
+        return RemoteProtocolError(self._error.message, self._error.detail)
+
+    def _need_data(self, where: str) -> Event:
+        if self._eof:
+            raise RemoteProtocolError(
+                "Unexpected EOF", f"Connection closed in the middle of a frame ({where})"
+            )
+        return NEED_DATA
+
+    def _too_large(self) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            "Frame too large",
+            f"Frame exceeds the maximum frame size of {self.max_frame_size} bytes",
+        )
+
+    def _line_too_long(self) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            "Header line too long",
+            f"A header line exceeds the maximum of {self.max_header_length} bytes",
+        )
+
+    def _read_command(self) -> Event | None:
+        buf = self._buf
+        if not buf:
+            return CLOSED if self._eof else NEED_DATA
+        if buf[0] == _LF:
+            del buf[:1]
+            return _HEARTBEAT
+        idx = buf.find(b"\n", self._scan)
+        if idx < 0:
+            if len(buf) > _MAX_COMMAND_LEN + 2:
+                raise self._unknown_command(bytes(buf))
+            self._scan = len(buf)
+            return self._need_data("reading the command")
+        self._scan = 0
+        end = idx - 1 if idx and buf[idx - 1] == _CR else idx
+        if end == 0:
+            del buf[: idx + 1]
+            return _HEARTBEAT
+        command = bytes(buf[:end])
+        if command not in _COMMAND_BYTES:
+            raise self._unknown_command(command)
+        del buf[: idx + 1]
+        self._command = command.decode("ascii")
+        self._raw_headers = []
+        self._frame_size = idx + 1
+        if self._frame_size > self.max_frame_size:
+            raise self._too_large()
+        self._state = _HEADERS
+        return None
+
+    def _unknown_command(self, line: bytes) -> RemoteProtocolError:
+        shown = _show_command(line.split(b"\n", 1)[0].removesuffix(b"\r"))
+        return RemoteProtocolError(
+            f"Unknown command {shown}",
+            f"Unknown command {shown}; expected one of {', '.join(sorted(COMMANDS))}",
+        )
+
+    def _read_header_line(self) -> Event | None:
+        buf = self._buf
+        idx = buf.find(b"\n", self._scan)
+        if idx < 0:
+            size = len(buf)
+            # +1 leaves room for a CR that may turn out to belong to the EOL.
+            if size > self.max_header_length + 1:
+                raise self._line_too_long()
+            if self._frame_size + size > self.max_frame_size:
+                raise self._too_large()
+            if buf.find(_NUL, self._scan) >= 0:
+                raise _nul_in_headers()
+            self._scan = size
+            return self._need_data("reading headers")
+        self._scan = 0
+        end = idx - 1 if idx and buf[idx - 1] == _CR else idx
+        if end > self.max_header_length:
+            raise self._line_too_long()
+        self._frame_size += idx + 1
+        if self._frame_size > self.max_frame_size:
+            raise self._too_large()
+        if end == 0:
+            del buf[: idx + 1]
+            self._finish_headers()
+            return None
+        if len(self._raw_headers) >= self.max_headers:
+            raise RemoteProtocolError(
+                "Too many headers",
+                f"Frame has more than the maximum of {self.max_headers} headers",
+            )
+        line = bytes(buf[:end])
+        del buf[: idx + 1]
+        if _NUL in line:
+            raise _nul_in_headers()
+        colon = line.find(b":")
+        if colon < 0:
+            raise RemoteProtocolError(
+                "Malformed header", f"Header line without a colon: {_preview(line)}"
+            )
+        if colon == 0:
+            raise RemoteProtocolError(
+                "Malformed header", f"Header line with an empty name: {_preview(line)}"
+            )
+        try:
+            name = line[:colon].decode("utf-8")
+            value = line[colon + 1 :].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError(
+                "Invalid UTF-8", f"Header line is not valid UTF-8: {_preview(line)}"
+            ) from None
+        self._raw_headers.append((name, value))
+        return None
+
+    def _finish_headers(self) -> None:
+        # Unescaping happens here rather than per line so that a version
+        # switch between next_event() calls applies to whole frames only.
+        version = self._version
+        if version == "1.0" or self._command in _UNESCAPED_COMMANDS:
+            headers = tuple(self._raw_headers)
+        else:
+            table = _UNESCAPES[version]
+            headers = tuple(
+                (_unescape(name, table, version), _unescape(value, table, version))
+                for name, value in self._raw_headers
+            )
+        self._raw_headers = []
+        self._headers = headers
+        self._content_length = None
+        for name, value in headers:
+            if name == "content-length":
+                if not (value.isascii() and value.isdigit()):
+                    raise RemoteProtocolError(
+                        "Invalid content-length",
+                        "content-length must be a non-negative decimal integer, "
+                        f"got {value[:40]!r}",
+                    )
+                # Stripping zeros keeps int() clear of its 4300-digit limit;
+                # anything still long is far beyond any sane frame size.
+                digits = value.lstrip("0")
+                if len(digits) > 20:
+                    raise self._too_large()
+                length = int(digits or "0")
+                if self._frame_size + length > self.max_frame_size:
+                    raise self._too_large()
+                self._content_length = length
+                break
+        self._state = _BODY
+
+    def _read_body(self) -> Event | None:
+        buf = self._buf
+        length = self._content_length
+        if length is not None:
+            if len(buf) <= length:
+                return self._need_data("reading the body")
+            if buf[length] != _NUL:
+                raise RemoteProtocolError(
+                    "Content-length mismatch",
+                    f"Expected a NUL byte after the {length}-byte body given by content-length",
+                )
+        else:
+            length = buf.find(_NUL, self._scan)
+            if length < 0:
+                if self._frame_size + len(buf) > self.max_frame_size:
+                    raise self._too_large()
+                self._scan = len(buf)
+                return self._need_data("reading the body")
+            if self._frame_size + length > self.max_frame_size:
+                raise self._too_large()
+        body = bytes(buf[:length])
+        del buf[: length + 1]
+        self._scan = 0
+        self._state = _COMMAND
+        frame = Frame(self._command, self._headers, body)
+        self._headers = ()
+        return frame
+
+
+def _nul_in_headers() -> RemoteProtocolError:
+    return RemoteProtocolError(
+        "Unexpected NUL in headers",
+        "NUL byte before the end of the headers (missing blank line before the body?)",
+    )
+
+
+def _preview(line: bytes) -> str:
+    return repr(line[:64].decode("utf-8", "backslashreplace"))
+
+
+def _header_text(name: str, value: str, version: str, escape: bool) -> str:
+    if not name:
+        raise LocalProtocolError("Empty header name", "Header names must not be empty")
+    if "\0" in name or "\0" in value:
+        raise LocalProtocolError("Unencodable header", f"Header {name!r} contains a NUL character")
+    if escape:
+        if version == "1.2":
+            return f"{name.translate(_ESCAPE_12)}:{value.translate(_ESCAPE_12)}\n"
+        if "\r" not in name and "\r" not in value:
+            return f"{name.translate(_ESCAPE_11)}:{value.translate(_ESCAPE_11)}\n"
+        why = "STOMP 1.1 has no escape for CR"
+    elif ":" in name or "\n" in name or "\r" in name or "\n" in value or "\r" in value:
+        why = (
+            f"headers are not escaped in STOMP {version}"
+            if version == "1.0"
+            else "CONNECT/CONNECTED headers are never escaped"
+        )
+    else:
+        return f"{name}:{value}\n"
+    raise LocalProtocolError(
+        "Unencodable header",
+        f"Header {name!r}: {value!r} cannot be represented ({why})",
+    )
+
+
+def _encode_parts(frame: Frame, version: str) -> tuple[bytes, bytes, bool]:
+    """Return (command line, headers + blank line + body + NUL, escaping?)."""
+    command = frame.command
+    if command not in COMMANDS:
+        raise LocalProtocolError("Unknown command", f"Refusing to send unknown command {command!r}")
+    body = frame.body
+    if body and command not in _BODY_COMMANDS:
+        raise LocalProtocolError("Body not allowed", f"{command} frames must not have a body")
+    escape = version != "1.0" and command not in _UNESCAPED_COMMANDS
+    lines: list[str] = []
+    has_length = False
+    for name, value in frame.headers:
+        if name == "content-length" and not has_length:
+            has_length = True
+            if value != str(len(body)):
+                raise LocalProtocolError(
+                    "Content-length mismatch",
+                    f"content-length header is {value!r} but the body has {len(body)} bytes",
+                )
+        lines.append(_header_text(name, value, version, escape))
+    if body and not has_length:
+        lines.append(f"content-length:{len(body)}\n")
+    lines.append("\n")
+    try:
+        head = "".join(lines).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(
+            "Unencodable header", f"Header text is not encodable as UTF-8: {exc}"
+        ) from None
+    return command.encode("ascii") + b"\n", head + body + b"\0", escape
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTemplate:
+    """A frame serialised once, with a slot for per-recipient headers.
+
+    ``prefix`` is the command line and ``suffix`` is everything after it (the
+    template frame's headers, the blank line, the body and the NUL), so::
+
+        template.prefix + b"subscription:" + escaped(sub_id) + b"\\n" + template.suffix
+
+    is a complete, valid frame. Per-recipient headers are placed *before* the
+    shared ones, so they win under the "first occurrence wins" rule even if
+    the template frame carries a header of the same name.
+
+    Use :meth:`render` for convenience or, on the hottest path, cache
+    :meth:`header_line` results (e.g. one per subscription) and join them with
+    :meth:`assemble`. A template is tied to one protocol version: keep one per
+    version when fanning out to peers that negotiated different versions.
+    """
+
+    prefix: bytes
+    suffix: bytes
+    version: str
+    escape: bool
+
+    def header_line(self, name: str, value: str) -> bytes:
+        """Encode ``name:value\\n`` with this template's escaping rules."""
+        if name == "content-length":
+            raise LocalProtocolError(
+                "Content-length not allowed",
+                "content-length is computed from the template body",
+            )
+        try:
+            return _header_text(name, value, self.version, self.escape).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(
+                "Unencodable header", f"Header text is not encodable as UTF-8: {exc}"
+            ) from None
+
+    def render(self, headers: Iterable[tuple[str, str]] = ()) -> bytes:
+        """The full frame with ``headers`` inserted after the command line."""
+        return b"".join([self.prefix, *(self.header_line(n, v) for n, v in headers), self.suffix])
+
+    def assemble(self, *header_lines: bytes) -> bytes:
+        """Like :meth:`render` for lines already built by :meth:`header_line`."""
+        return b"".join((self.prefix, *header_lines, self.suffix))
+
+
+class FrameWriter:
+    """Serialises frames for one peer.
+
+    ``version`` selects escaping and may be reassigned after negotiation
+    (CONNECTED is never escaped, so switch either before or after sending it).
+    The writer emits LF line endings and adds ``content-length`` whenever the
+    body is non-empty and the frame does not already carry one.
+    """
+
+    def __init__(self, version: str = "1.2") -> None:
+        self._version = _check_version(version)
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @version.setter
+    def version(self, value: str) -> None:
+        self._version = _check_version(value)
+
+    def send(self, frame: Frame) -> bytes:
+        """Serialise ``frame``; raises :class:`LocalProtocolError` if invalid."""
+        command_line, rest, _ = _encode_parts(frame, self._version)
+        return command_line + rest
+
+    def heartbeat(self) -> bytes:
+        """Bytes of one heart-beat."""
+        return b"\n"
+
+    def template(self, frame: Frame) -> FrameTemplate:
+        """Pre-serialise ``frame`` for fan-out; see :class:`FrameTemplate`."""
+        command_line, rest, escape = _encode_parts(frame, self._version)
+        return FrameTemplate(command_line, rest, self._version, escape)
