@@ -18,6 +18,8 @@ from .chat_ws import CLOSE_GOING_AWAY, serve_chat
 from .config import Config, resolve_store_path
 from .http_api import create_app
 from .state import ServerState
+from .stomp_logins import StompLogins, stomp_key_path
+from .stomp_transports import serve_stomp_asgi, serve_stomp_tcp, serve_stomp_websocket
 from .store import Store
 
 log = logging.getLogger("chatd.server")
@@ -102,6 +104,9 @@ def make_asgi(state: ServerState, http_app: Any) -> Any:
             if path == "/chat":
                 await serve_chat(state, scope, receive, send)
                 return
+            if path == "/ws":
+                await serve_stomp_asgi(state, scope, receive, send)
+                return
             ws = AsgiWebSocket(scope, receive, send)
             await ws.wait_connect()
             await ws.reject(404, b'{"error":"not_found","message":"no WebSocket endpoint here"}')
@@ -142,6 +147,27 @@ async def _serve_http(
         done.set()
 
 
+async def _serve_stomp(
+    state: ServerState,
+    scope: trio.CancelScope,
+    handler_nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    cfg = state.cfg.stomp
+    with scope:
+        async with trio.open_nursery() as nursery:
+            ws = [
+                await nursery.start(serve_stomp_websocket, state, addr, handler_nursery)
+                for addr in cfg.websocket_listen
+            ]
+            tcp = [
+                await nursery.start(serve_stomp_tcp, state, addr, handler_nursery)
+                for addr in cfg.tcp_listen
+            ]
+            task_status.started((ws, tcp))
+
+
 async def serve(
     cfg: Config,
     *,
@@ -152,8 +178,13 @@ async def serve(
     store = Store(resolve_store_path(cfg), cfg.store.batch_max)
     try:
         state = ServerState.build(cfg, auth, store)
+        state.stomp_logins = StompLogins(
+            load_or_create_secret(stomp_key_path(resolve_store_path(cfg))).encode(),
+            cfg.stomp.login_ttl_seconds,
+        )
         running = Running(state)
         http_stop = trio.Event()
+        listen_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(state.service.expire_typing)
             nursery.start_soon(_sweep_tickets, state)
@@ -163,6 +194,9 @@ async def serve(
                 _serve_http, asgi, hypercorn_config(cfg), http_stop, http_done
             )
             running.http = [_parse_bind(b) for b in binds]
+            running.stomp_ws, running.stomp_tcp = await nursery.start(
+                _serve_stomp, state, listen_scope, nursery
+            )
             state.ready = True
             log.info(
                 "ready: http %s, %d rooms",
@@ -176,6 +210,7 @@ async def serve(
             state.ready = False
             state.closing.set()
             http_stop.set()
+            listen_scope.cancel()
             state.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
             with trio.move_on_after(cfg.server.shutdown_grace_seconds):
                 await state.hub.wait_empty()

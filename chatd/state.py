@@ -13,6 +13,7 @@ from .hub import Hub
 from .metrics import Metrics
 from .rooms import Rooms
 from .service import ChatService
+from .stomp_logins import StompLogins
 from .store import Store
 from .tickets import TicketBook
 
@@ -27,7 +28,7 @@ class ServerState:
     service: ChatService
     tickets: TicketBook
     metrics: Metrics
-    stomp_logins: object | None = None
+    stomp_logins: StompLogins | None = None
     closing: trio.Event = field(default_factory=trio.Event)
     ready: bool = False
 
@@ -37,6 +38,8 @@ class ServerState:
         self.service.reconfigure(cfg)
         self.tickets.ttl = cfg.auth.ticket_ttl_seconds
         self.tickets.max_per_user = cfg.auth.max_tickets_per_user
+        if self.stomp_logins is not None:
+            self.stomp_logins.ttl = cfg.stomp.login_ttl_seconds
 
     @classmethod
     def build(cls, cfg: Config, auth: Authenticator, store: Store) -> ServerState:

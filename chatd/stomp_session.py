@@ -1,0 +1,514 @@
+"""One STOMP connection: version and heart-beat negotiation, login, subscriptions, SEND,
+receipts, transactions. Transports (WebSocket, TCP) only move bytes; this decides.
+
+Every ERROR frame ends the connection, as the STOMP specification requires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from .auth import AuthError, User
+from .events import Event
+from .outbox import Outbox
+from .service import ServiceError
+from .state import ServerState
+from .stomp import (
+    CLOSED,
+    NEED_DATA,
+    Frame,
+    FrameReader,
+    FrameTemplate,
+    FrameWriter,
+    HeartBeat,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from .validation import InvalidMessage, parse_json_object, stomp_send_body
+
+log = logging.getLogger("chatd.stomp")
+
+VERSIONS = ("1.0", "1.1", "1.2")
+SERVER_NAME = "chatd/0.1"
+CHAT_EXCHANGE = "/exchange/chat.direct/"
+CONNECT_TIMEOUT = 10.0
+CLOSE_SLOW_CONSUMER = 4008
+
+_CHAT_DEST = re.compile(r"/exchange/chat\.direct/(room|user)\.([1-9][0-9]{0,17})")
+_message_ids = itertools.count(1)
+
+
+class StompTransport(Protocol):
+    async def receive(self) -> bytes | None: ...
+    async def send_frames(self, frames: list[bytes]) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class Fatal(Exception):
+    """Answer with an ERROR frame and close."""
+
+    def __init__(self, message: str, detail: str = "", **headers: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.headers = headers
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    session: StompSession
+    id: str
+    destination: str
+    topic: str
+    ack: str
+    line: bytes  # the encoded `subscription:` header, built once
+
+    def offer(self, event: Event) -> None:
+        self.session.deliver(self, event)
+
+
+def chat_destination(dest: str) -> tuple[str, int] | None:
+    m = _CHAT_DEST.fullmatch(dest)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def _parse_heartbeat(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return 0, 0
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise Fatal("Invalid heart-beat header", f"heart-beat must be 'cx,cy', got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+class StompSession:
+    protocol = "stomp"
+
+    def __init__(self, state: ServerState, kind: str) -> None:
+        cfg = state.cfg.stomp
+        self.state = state
+        self.kind = kind
+        self.reader = FrameReader(
+            max_frame_size=cfg.max_frame_bytes,
+            max_headers=cfg.max_headers,
+            max_header_length=cfg.max_header_bytes,
+        )
+        self.writer = FrameWriter("1.2")
+        self.outbox: Outbox[bytes] = Outbox(state.cfg.chat.outbox_messages)
+        self.user: User | None = None
+        self.user_id = 0
+        self.login = ""
+        self.version = "1.0"
+        self.session_id = "session-" + secrets.token_urlsafe(12)
+        self.subs: dict[str, Subscription] = {}
+        self.transactions: dict[str, list[Frame]] = {}
+        self.registered = False
+        self.heart_out = 0.0
+        self.heart_in = 0.0
+        now = trio.current_time()
+        self.last_recv = now
+        self.last_send = now
+        self._heart_changed = trio.Event()
+        self._finished = False
+        self._abort = trio.CancelScope()
+
+    # --- run --------------------------------------------------------------------------
+
+    async def run(self, transport: StompTransport) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_loop, transport, nursery.cancel_scope)
+                nursery.start_soon(self._heartbeat_loop)
+                await self._write_loop(transport)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._teardown()
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                # The peer may be gone already; there is nothing left to tell it.
+                with contextlib.suppress(Exception):
+                    await transport.aclose()
+
+    async def _read_loop(self, transport: StompTransport, scope: trio.CancelScope) -> None:
+        try:
+            while not self._finished:
+                data = await transport.receive()
+                if data is None:
+                    break
+                self.last_recv = trio.current_time()
+                await self.receive_data(data)
+        except Exception:
+            log.exception("stomp session %s: unexpected error", self.session_id)
+            self._fail(Fatal("Internal error", "the server hit an unexpected error"))
+            return
+        if not self._finished:
+            scope.cancel()
+
+    async def _write_loop(self, transport: StompTransport) -> None:
+        with self._abort:
+            while True:
+                batch = await self.outbox.get_batch()
+                if not batch:
+                    return
+                await transport.send_frames(batch)
+                self.last_send = trio.current_time()
+
+    async def _heartbeat_loop(self) -> None:
+        tolerance = self.state.cfg.stomp.heartbeat_tolerance
+        connect_deadline = trio.current_time() + CONNECT_TIMEOUT
+        while True:
+            if not self.registered:
+                with trio.move_on_at(connect_deadline):
+                    await self._heart_changed.wait()
+                if not self.registered:
+                    self._fail(Fatal("Timed out", "no CONNECT frame in time"))
+                    return
+            if not self.heart_out and not self.heart_in:
+                return
+            deadlines = []
+            if self.heart_out:
+                deadlines.append(self.last_send + self.heart_out)
+            if self.heart_in:
+                deadlines.append(self.last_recv + self.heart_in * tolerance)
+            await trio.sleep_until(min(deadlines))
+            now = trio.current_time()
+            if self.heart_in and now >= self.last_recv + self.heart_in * tolerance:
+                log.info("stomp session %s: heart-beats stopped, closing", self.session_id)
+                self._finished = True
+                self.outbox.close()
+                self._abort.cancel()
+                return
+            if self.heart_out and now >= self.last_send + self.heart_out:
+                self.last_send = now
+                self.outbox.put(b"\n")
+
+    def _teardown(self) -> None:
+        self._finished = True
+        self.outbox.close()
+        for sub in list(self.subs.values()):
+            self._drop_sub(sub)
+        if self.registered:
+            self.registered = False
+            self.state.service.session_closed(self)
+
+    # --- hub-facing (never block) ---------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        if code == CLOSE_SLOW_CONSUMER:
+            self._finished = True
+            self.outbox.close()
+            self._abort.cancel()
+            return
+        self._fail(Fatal(reason[:1].upper() + reason[1:], reason))
+
+    def room_left(self, room_id: int) -> None:
+        topic = f"room.{room_id}"
+        for sub in [s for s in self.subs.values() if s.topic == topic]:
+            self._drop_sub(sub)
+
+    def deliver(self, sub: Subscription, event: Event) -> None:
+        key = (sub.destination, self.version)
+        template: FrameTemplate | None = event.cache.get(key)
+        if template is None:
+            mid = event.cache.get("mid")
+            if mid is None:
+                mid = event.cache["mid"] = f"T-{next(_message_ids)}"
+            template = event.cache[key] = self.writer.template(
+                Frame(
+                    "MESSAGE",
+                    (
+                        ("destination", sub.destination),
+                        ("message-id", mid),
+                        ("redelivered", "false"),
+                        ("content-type", "application/json"),
+                    ),
+                    event.body,
+                )
+            )
+        if sub.ack == "auto":
+            frame = template.assemble(sub.line)
+        else:
+            frame = template.assemble(sub.line, template.header_line("ack", event.cache["mid"]))
+        if not self.outbox.put(frame):
+            self.state.metrics.slow_consumer_disconnects += 1
+            log.warning("stomp session %s: slow consumer, closing", self.session_id)
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    # --- frames -----------------------------------------------------------------------
+
+    async def receive_data(self, data: bytes) -> None:
+        if self._finished:
+            return
+        self.reader.receive_data(data)
+        while not self._finished:
+            try:
+                event = self.reader.next_event()
+            except RemoteProtocolError as exc:
+                self._fail(Fatal(exc.message, exc.detail))
+                return
+            if event is NEED_DATA or event is CLOSED:
+                return
+            if isinstance(event, HeartBeat):
+                continue
+            assert isinstance(event, Frame)
+            try:
+                await self._handle(event)
+            except Fatal as exc:
+                receipt = event.get("receipt")
+                if receipt is not None and "receipt-id" not in exc.headers:
+                    exc.headers["receipt-id"] = receipt
+                self._fail(exc)
+                return
+
+    def _send(self, frame: Frame) -> None:
+        try:
+            data = self.writer.send(frame)
+        except LocalProtocolError as exc:  # pragma: no cover - a bug of ours
+            log.error("stomp: cannot encode %s: %s", frame.command, exc)
+            return
+        self.outbox.put(data)
+
+    def _fail(self, exc: Fatal) -> None:
+        if self._finished:
+            return
+        headers = [("message", exc.message), *exc.headers.items()]
+        body = exc.detail.encode() if exc.detail else b""
+        if body:
+            headers.append(("content-type", "text/plain"))
+        self._send(Frame("ERROR", tuple(headers), body))
+        self._finished = True
+        self.outbox.close()
+
+    def _receipt(self, frame: Frame) -> None:
+        receipt = frame.get("receipt")
+        if receipt is not None:
+            self._send(Frame("RECEIPT", (("receipt-id", receipt),)))
+
+    async def _handle(self, frame: Frame) -> None:
+        command = frame.command
+        if command in ("CONNECT", "STOMP"):
+            if self.registered:
+                raise Fatal("Already connected", "CONNECT was sent twice")
+            self._connect(frame)
+            return
+        if not self.registered:
+            raise Fatal("Not connected", f"{command} before CONNECT")
+        tx = frame.get("transaction")
+        if tx is not None and command in ("SEND", "ACK", "NACK"):
+            if tx not in self.transactions:
+                raise Fatal("Bad transaction", f"transaction {tx!r} was not begun")
+            self.transactions[tx].append(frame)
+            self._receipt(frame)
+            return
+        handler = self._handlers.get(command)
+        if handler is None:
+            raise Fatal("Bad command", f"{command} is not a client frame")
+        await handler(self, frame)
+
+    # --- CONNECT ----------------------------------------------------------------------
+
+    def _connect(self, frame: Frame) -> None:
+        state = self.state
+        cfg = state.cfg.stomp
+        offered = (frame.get("accept-version") or "1.0").replace(" ", "").split(",")
+        common = [v for v in VERSIONS if v in offered]
+        if not common:
+            raise Fatal(
+                "Unsupported version",
+                f"supported protocol versions are {','.join(VERSIONS)}",
+                version=",".join(VERSIONS),
+            )
+        version = common[-1]
+        host = frame.get("host")
+        if cfg.vhosts and host is not None and host not in cfg.vhosts:
+            raise Fatal("Bad CONNECT", f"Virtual host '{host}' access denied")
+        cx, cy = _parse_heartbeat(frame.get("heart-beat"))
+        login = frame.get("login") or ""
+        passcode = frame.get("passcode") or ""
+        user = self._authenticate(login, passcode)
+        if user is None and not (cfg.allow_anonymous and login == "guest" and passcode == "guest"):
+            state.metrics.auth_failures["stomp_login"] += 1
+            raise Fatal("Bad CONNECT", f"Access refused for user '{login}'")
+
+        floor = 1000
+        sx = max(cy, floor) if cy else 0
+        sy = max(cx, floor) if cx else 0
+        self.heart_out = sx / 1000
+        self.heart_in = sy / 1000
+        self.version = version
+        self.user = user
+        self.user_id = user.id if user is not None else 0
+        self.login = login
+        headers = [
+            ("version", version),
+            ("heart-beat", f"{sx},{sy}"),
+            ("server", SERVER_NAME),
+            ("session", self.session_id),
+        ]
+        self._send(Frame("CONNECTED", tuple(headers)))
+        self.reader.version = version
+        self.writer.version = version
+        self.registered = True
+        state.service.session_opened(self)
+        self._heart_changed.set()
+
+    def _authenticate(self, login: str, passcode: str) -> User | None:
+        state = self.state
+        if state.stomp_logins is not None:
+            user = state.stomp_logins.check(login, passcode)
+            if user is not None:
+                return user
+        if passcode.count(".") == 2:
+            try:
+                return state.auth.verify(passcode)
+            except AuthError as exc:
+                state.metrics.auth_failures[exc.reason] += 1
+        return None
+
+    # --- destinations -----------------------------------------------------------------
+
+    def _check_read(self, dest: str) -> str:
+        """The hub topic for `dest`, if this session may read it."""
+        parsed = chat_destination(dest)
+        if parsed is None:
+            raise Fatal("Bad destination", f"destination {dest!r} is not available")
+        kind, n = parsed
+        if kind == "user":
+            if self.user is None or n != self.user.id:
+                raise Fatal("Access refused", f"you may not read {dest}")
+            return f"user.{n}"
+        room = self.state.rooms.get(n)
+        if room is None:
+            raise Fatal("Not found", f"room {n} does not exist")
+        if self.user is not None and self.user.id in room.members:
+            return f"room.{n}"
+        if self.user is None and room.public:
+            return f"room.{n}"
+        raise Fatal("Access refused", f"you are not a member of room {n}")
+
+    async def _subscribe(self, frame: Frame) -> None:
+        dest = frame.get("destination")
+        if not dest:
+            raise Fatal("Missing destination", "SUBSCRIBE needs a destination header")
+        sub_id = frame.get("id")
+        if sub_id is None:
+            if self.version != "1.0":
+                raise Fatal("Missing id", "SUBSCRIBE needs an id header")
+            sub_id = dest
+        if sub_id in self.subs:
+            raise Fatal("Duplicate subscription", f"subscription id {sub_id!r} is in use")
+        ack = frame.get("ack") or "auto"
+        if ack not in ("auto", "client", "client-individual"):
+            raise Fatal("Bad ack mode", f"ack must be auto, client or client-individual: {ack!r}")
+        topic = self._check_read(dest)
+        line = self.writer.template(Frame("RECEIPT")).header_line("subscription", sub_id)
+        sub = Subscription(self, sub_id, dest, topic, ack, line)
+        self.subs[sub_id] = sub
+        self.state.hub.subscribe(topic, sub)
+        self._receipt(frame)
+
+    async def _unsubscribe(self, frame: Frame) -> None:
+        sub_id = frame.get("id")
+        if sub_id is None and self.version == "1.0":
+            sub_id = frame.get("destination")
+        if sub_id is None:
+            raise Fatal("Missing id", "UNSUBSCRIBE needs an id header")
+        sub = self.subs.get(sub_id)
+        if sub is None:
+            raise Fatal("Unknown subscription", f"no subscription with id {sub_id!r}")
+        self._drop_sub(sub)
+        self._receipt(frame)
+
+    def _drop_sub(self, sub: Subscription) -> None:
+        self.subs.pop(sub.id, None)
+        self.state.hub.unsubscribe(sub.topic, sub)
+
+    async def _send_frame(self, frame: Frame) -> None:
+        dest = frame.get("destination")
+        if not dest:
+            raise Fatal("Missing destination", "SEND needs a destination header")
+        parsed = chat_destination(dest)
+        if parsed is None:
+            raise Fatal("Bad destination", f"destination {dest!r} is not available")
+        kind, room_id = parsed
+        if kind != "room" or self.user is None:
+            raise Fatal("Access refused", f"you may not send to {dest}")
+        try:
+            out = stomp_send_body(
+                parse_json_object(frame.body), room_id, self.state.cfg.chat.max_content_chars
+            )
+            await self.state.service.post(self.user, out, "stomp")
+        except (InvalidMessage, ServiceError) as exc:
+            raise Fatal("Bad SEND", f"{exc.code}: {exc.message}") from None
+        self._receipt(frame)
+
+    async def _ack(self, frame: Frame) -> None:
+        # Chat destinations are fan-out with nothing to redeliver, so an ACK or NACK
+        # only needs to be well formed.
+        if self.version == "1.2":
+            if frame.get("id") is None:
+                raise Fatal("Missing id", f"{frame.command} needs an id header")
+        elif frame.get("message-id") is None:
+            raise Fatal("Missing message-id", f"{frame.command} needs a message-id header")
+        self._receipt(frame)
+
+    async def _begin(self, frame: Frame) -> None:
+        tx = frame.get("transaction")
+        if not tx:
+            raise Fatal("Missing transaction", "BEGIN needs a transaction header")
+        if tx in self.transactions:
+            raise Fatal("Bad transaction", f"transaction {tx!r} is already open")
+        self.transactions[tx] = []
+        self._receipt(frame)
+
+    async def _commit(self, frame: Frame) -> None:
+        frames = self._end_tx(frame)
+        for queued in frames:
+            plain = Frame(
+                queued.command,
+                tuple(h for h in queued.headers if h[0] not in ("transaction", "receipt")),
+                queued.body,
+            )
+            await self._handlers[plain.command](self, plain)
+        self._receipt(frame)
+
+    async def _abort_tx(self, frame: Frame) -> None:
+        self._end_tx(frame)
+        self._receipt(frame)
+
+    def _end_tx(self, frame: Frame) -> list[Frame]:
+        tx = frame.get("transaction")
+        if not tx:
+            raise Fatal("Missing transaction", f"{frame.command} needs a transaction header")
+        if tx not in self.transactions:
+            raise Fatal("Bad transaction", f"transaction {tx!r} was not begun")
+        return self.transactions.pop(tx)
+
+    async def _disconnect(self, frame: Frame) -> None:
+        self._receipt(frame)
+        self._finished = True
+        self.outbox.close()
+
+    _handlers: dict[str, Callable[[StompSession, Frame], Awaitable[None]]] = {}
+
+
+StompSession._handlers = {
+    "SUBSCRIBE": StompSession._subscribe,
+    "UNSUBSCRIBE": StompSession._unsubscribe,
+    "SEND": StompSession._send_frame,
+    "ACK": StompSession._ack,
+    "NACK": StompSession._ack,
+    "BEGIN": StompSession._begin,
+    "COMMIT": StompSession._commit,
+    "ABORT": StompSession._abort_tx,
+    "DISCONNECT": StompSession._disconnect,
+}
