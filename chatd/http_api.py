@@ -12,6 +12,7 @@ from typing import Any
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
+from . import chatws_api
 from .auth import AuthError, User, origin_allowed
 from .events import chat_shape
 from .service import ServiceError
@@ -221,6 +222,8 @@ def create_app(state: ServerState) -> QuartTrio:
         user_id = await _user_id_body()
         room = await state.service.invite(room_id, user_id)
         return jsonify({"roomId": room.id, "invited": user_id})
+
+    chatws_api.register(app, state)
 
     # --- health -----------------------------------------------------------------------
 

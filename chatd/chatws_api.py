@@ -1,0 +1,115 @@
+"""The `/chat-ws/*` HTTP API of the STOMP guide (Authorization: Bearer JWT)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Response, jsonify
+from quart_trio import QuartTrio
+
+from .events import stomp_message_shape
+from .state import ServerState
+from .stomp_session import CHAT_EXCHANGE
+from .validation import InvalidMessage, http_send_message, room_id_of
+
+
+def room_destination(room_id: int) -> str:
+    return f"{CHAT_EXCHANGE}room.{room_id}"
+
+
+def register(app: QuartTrio, state: ServerState) -> None:
+    authenticate = app.authenticate  # type: ignore[attr-defined]
+    json_body = app.json_body  # type: ignore[attr-defined]
+
+    async def room_id_body() -> int:
+        body = await json_body()
+        return room_id_of(body.get("roomId"))
+
+    @app.post("/chat-ws/connect")
+    async def connect() -> Response:
+        user = authenticate()
+        assert state.stomp_logins is not None
+        login, passcode = state.stomp_logins.issue(user)
+        subs: list[dict[str, Any]] = []
+        for rid in sorted(state.rooms.rooms_of(user.id)):
+            room = state.rooms.get(rid)
+            if room is not None:
+                subs.append(
+                    {"destination": room_destination(rid), "roomId": rid, "roomName": room.name}
+                )
+        return jsonify(
+            {
+                "status": "success",
+                "connectionInfo": {
+                    "stompUrl": state.cfg.stomp.public_url,
+                    "username": login,
+                    "password": passcode,
+                    "vhost": "/",
+                },
+                "subscriptions": subs,
+                "userDestination": f"{CHAT_EXCHANGE}user.{user.id}",
+                "userInfo": {
+                    "userId": user.id,
+                    "username": user.username,
+                    "email": user.email,
+                    "userType": user.user_type,
+                },
+            }
+        )
+
+    @app.post("/chat-ws/send-message")
+    async def send_message() -> Response:
+        user = authenticate()
+        out = http_send_message(await json_body(), state.cfg.chat.max_content_chars)
+        msg, created = await state.service.post(user, out, "http")
+        return jsonify(
+            {"status": "success", "duplicate": not created, "message": stomp_message_shape(msg)}
+        )
+
+    @app.post("/chat-ws/typing-start")
+    async def typing_start() -> Response:
+        user = authenticate()
+        state.service.typing(user, await room_id_body(), True)
+        return jsonify({"status": "success"})
+
+    @app.post("/chat-ws/typing-end")
+    async def typing_end() -> Response:
+        user = authenticate()
+        state.service.typing(user, await room_id_body(), False)
+        return jsonify({"status": "success"})
+
+    @app.post("/chat-ws/join-room")
+    async def join_room() -> Response:
+        user = authenticate()
+        room = await state.service.join(user, await room_id_body())
+        return jsonify(
+            {"status": "joined", "roomId": room.id, "subscription": room_destination(room.id)}
+        )
+
+    @app.post("/chat-ws/leave-room/<int:room_id>")
+    async def leave_room(room_id: int) -> Response:
+        user = authenticate()
+        await state.service.leave(user, room_id)
+        return jsonify({"status": "left", "roomId": room_id})
+
+    @app.post("/chat-ws/read")
+    async def read() -> Response:
+        user = authenticate()
+        body = await json_body()
+        room_id = room_id_of(body.get("roomId"))
+        try:
+            message_id = room_id_of(body.get("messageId"))
+        except InvalidMessage:
+            raise InvalidMessage("bad_message_id", "messageId must be a positive integer") from None
+        read_at = await state.service.mark_read(user, room_id, message_id)
+        return jsonify(
+            {"status": "success", "roomId": room_id, "messageId": message_id, "readAt": read_at}
+        )
+
+    @app.post("/chat-ws/disconnect")
+    async def disconnect() -> Response:
+        user = authenticate()
+        assert state.stomp_logins is not None
+        state.stomp_logins.revoke(user.id)
+        n = state.service.disconnect_user(user.id, "stomp", 1000, "disconnected by request")
+        return jsonify({"status": "disconnected", "closedSessions": n})
