@@ -101,6 +101,7 @@ class StompConfig:
     allow_anonymous: bool = False
     broker_enabled: bool = False
     broker_destinations: list[str] = field(default_factory=list)
+    broker_queue_max_messages: int = _pos(10000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from .hub import Hub
 from .metrics import Metrics
 from .rooms import Rooms
 from .service import ChatService
+from .stomp_broker import GeneralBroker
 from .stomp_logins import StompLogins
 from .store import Store
 from .tickets import TicketBook
@@ -29,6 +30,7 @@ class ServerState:
     tickets: TicketBook
     metrics: Metrics
     stomp_logins: StompLogins | None = None
+    stomp_broker: GeneralBroker | None = None
     closing: trio.Event = field(default_factory=trio.Event)
     ready: bool = False
 
@@ -48,7 +50,12 @@ class ServerState:
         metrics = Metrics()
         store.set_commit_observer(metrics.observe_commit)
         service = ChatService(cfg, store, rooms, hub, MemoryBroker(hub), metrics)
+        general = (
+            GeneralBroker(cfg.stomp.broker_destinations, cfg.stomp.broker_queue_max_messages)
+            if cfg.stomp.broker_enabled
+            else None
+        )
         tickets = TicketBook(
             cfg.auth.ticket_ttl_seconds, trio.current_time, cfg.auth.max_tickets_per_user
         )
-        return cls(cfg, auth, store, rooms, hub, service, tickets, metrics)
+        return cls(cfg, auth, store, rooms, hub, service, tickets, metrics, stomp_broker=general)

@@ -33,6 +33,7 @@ from .stomp import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from .stomp_broker import BrokerError, Consumer
 from .validation import InvalidMessage, parse_json_object, stomp_send_body
 
 log = logging.getLogger("chatd.stomp")
@@ -110,6 +111,7 @@ class StompSession:
         self.version = "1.0"
         self.session_id = "session-" + secrets.token_urlsafe(12)
         self.subs: dict[str, Subscription] = {}
+        self.broker_subs: dict[str, Consumer] = {}
         self.transactions: dict[str, list[Frame]] = {}
         self.registered = False
         self.heart_out = 0.0
@@ -196,6 +198,9 @@ class StompSession:
         self.outbox.close()
         for sub in list(self.subs.values()):
             self._drop_sub(sub)
+        if self.broker_subs and self.state.stomp_broker is not None:
+            self.state.stomp_broker.peer_gone(self)
+            self.broker_subs.clear()
         if self.registered:
             self.registered = False
             self.state.service.session_closed(self)
@@ -214,6 +219,12 @@ class StompSession:
         topic = f"room.{room_id}"
         for sub in [s for s in self.subs.values() if s.topic == topic]:
             self._drop_sub(sub)
+
+    def push_frame(self, data: bytes) -> None:
+        """The general broker's way out (it builds one frame per consumer)."""
+        if not self.outbox.put(data):
+            self.state.metrics.slow_consumer_disconnects += 1
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def deliver(self, sub: Subscription, event: Event) -> None:
         key = (sub.destination, self.version)
@@ -404,11 +415,15 @@ class StompSession:
             if self.version != "1.0":
                 raise Fatal("Missing id", "SUBSCRIBE needs an id header")
             sub_id = dest
-        if sub_id in self.subs:
+        if sub_id in self.subs or sub_id in self.broker_subs:
             raise Fatal("Duplicate subscription", f"subscription id {sub_id!r} is in use")
         ack = frame.get("ack") or "auto"
         if ack not in ("auto", "client", "client-individual"):
             raise Fatal("Bad ack mode", f"ack must be auto, client or client-individual: {ack!r}")
+        if chat_destination(dest) is None:
+            self.broker_subs[sub_id] = self._broker_subscribe(frame, sub_id, dest, ack)
+            self._receipt(frame)
+            return
         topic = self._check_read(dest)
         line = self.writer.template(Frame("RECEIPT")).header_line("subscription", sub_id)
         sub = Subscription(self, sub_id, dest, topic, ack, line)
@@ -416,12 +431,29 @@ class StompSession:
         self.state.hub.subscribe(topic, sub)
         self._receipt(frame)
 
+    def _broker_subscribe(self, frame: Frame, sub_id: str, dest: str, ack: str) -> Consumer:
+        broker = self.state.stomp_broker
+        if broker is None or self.user is None:
+            raise Fatal("Bad destination", f"destination {dest!r} is not available")
+        raw = frame.get("prefetch-count") or "0"
+        if not raw.isdigit():
+            raise Fatal("Bad prefetch-count", f"prefetch-count must be a whole number: {raw!r}")
+        try:
+            return broker.subscribe(self, sub_id, dest, ack, int(raw))
+        except BrokerError as exc:
+            raise Fatal(exc.message, exc.detail) from None
+
     async def _unsubscribe(self, frame: Frame) -> None:
         sub_id = frame.get("id")
         if sub_id is None and self.version == "1.0":
             sub_id = frame.get("destination")
         if sub_id is None:
             raise Fatal("Missing id", "UNSUBSCRIBE needs an id header")
+        consumer = self.broker_subs.pop(sub_id, None)
+        if consumer is not None and self.state.stomp_broker is not None:
+            self.state.stomp_broker.unsubscribe(consumer)
+            self._receipt(frame)
+            return
         sub = self.subs.get(sub_id)
         if sub is None:
             raise Fatal("Unknown subscription", f"no subscription with id {sub_id!r}")
@@ -438,7 +470,9 @@ class StompSession:
             raise Fatal("Missing destination", "SEND needs a destination header")
         parsed = chat_destination(dest)
         if parsed is None:
-            raise Fatal("Bad destination", f"destination {dest!r} is not available")
+            self._broker_publish(frame, dest)
+            self._receipt(frame)
+            return
         kind, room_id = parsed
         if kind != "room" or self.user is None:
             raise Fatal("Access refused", f"you may not send to {dest}")
@@ -451,14 +485,35 @@ class StompSession:
             raise Fatal("Bad SEND", f"{exc.code}: {exc.message}") from None
         self._receipt(frame)
 
+    def _broker_publish(self, frame: Frame, dest: str) -> None:
+        broker = self.state.stomp_broker
+        if broker is None or self.user is None:
+            raise Fatal("Bad destination", f"destination {dest!r} is not available")
+        try:
+            broker.publish(dest, frame.headers, frame.body)
+        except BrokerError as exc:
+            raise Fatal(exc.message, exc.detail) from None
+
     async def _ack(self, frame: Frame) -> None:
-        # Chat destinations are fan-out with nothing to redeliver, so an ACK or NACK
-        # only needs to be well formed.
         if self.version == "1.2":
-            if frame.get("id") is None:
+            ack_id = frame.get("id")
+            if ack_id is None:
                 raise Fatal("Missing id", f"{frame.command} needs an id header")
-        elif frame.get("message-id") is None:
-            raise Fatal("Missing message-id", f"{frame.command} needs a message-id header")
+        else:
+            ack_id = frame.get("message-id")
+            if ack_id is None:
+                raise Fatal("Missing message-id", f"{frame.command} needs a message-id header")
+        broker = self.state.stomp_broker
+        if self.broker_subs and broker is not None:
+            broker.settle(
+                self,
+                ack_id,
+                frame.get("subscription"),
+                ack=frame.command == "ACK",
+                requeue=frame.get("requeue", "true") != "false",
+            )
+        # Chat destinations are fan-out with nothing to redeliver: their ACKs and NACKs
+        # (and ones for deliveries already settled) only need to be well formed.
         self._receipt(frame)
 
     async def _begin(self, frame: Frame) -> None:
