@@ -116,6 +116,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # Prometheus /metrics gets its own listener so it can stay private however public
+    # [http] is; an empty list turns it off.
+    listen: list[str] = _listen(["127.0.0.1:9464"])
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -124,6 +131,7 @@ class Config:
     stomp: StompConfig = field(default_factory=StompConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="", metadata={"internal": True}, compare=False)
 
 

@@ -24,6 +24,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> config_mod.Config
         "auth": {"jwt_secret": SECRET, "allowed_origins": ["http://allowed.example"]},
         "stomp": {"websocket_listen": ["127.0.0.1:0"], "tcp_listen": ["127.0.0.1:0"]},
         "server": {"shutdown_grace_seconds": 5.0},
+        "metrics": {"listen": ["127.0.0.1:0"]},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
