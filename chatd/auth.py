@@ -12,6 +12,7 @@ from typing import Any
 import jwt
 
 from .config import AuthConfig
+from .validation import MAX_ID, id_of_digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +108,9 @@ class Authenticator:
             if claims.get(name) is not None:
                 raw_id = claims[name]
                 break
-        if isinstance(raw_id, str) and raw_id.isdigit():
-            raw_id = int(raw_id)
-        if not isinstance(raw_id, int) or isinstance(raw_id, bool) or raw_id <= 0:
+        if isinstance(raw_id, str):
+            raw_id = id_of_digits(raw_id)
+        if not isinstance(raw_id, int) or isinstance(raw_id, bool) or not 0 < raw_id <= MAX_ID:
             raise AuthError("bad_claims", "token has no positive integer user id")
         username = claims.get(self.cfg.username_claim)
         if not isinstance(username, str) or not username:

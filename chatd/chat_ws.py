@@ -23,7 +23,7 @@ from .outbox import Outbox
 from .service import ServiceError
 from .state import ServerState
 from .tickets import TicketError
-from .validation import InvalidMessage, chat_message, parse_json_object
+from .validation import InvalidMessage, chat_message, id_of_digits, parse_json_object
 
 log = logging.getLogger("chatd.chat")
 
@@ -202,11 +202,10 @@ async def serve_chat(state: ServerState, scope: Scope, receive: Receive, send: S
         return
     since: int | None = None
     if "since" in query:
-        raw = query["since"][0]
-        if not raw.isdigit():
+        since = id_of_digits(query["since"][0])
+        if since is None:
             await refuse(CLOSE_TICKET_MISSING, "since must be a non-negative integer")
             return
-        since = int(raw)
     try:
         user = state.tickets.redeem(ticket)
     except TicketError as exc:

@@ -18,7 +18,7 @@ from .events import chat_shape
 from .service import ServiceError
 from .state import ServerState
 from .tickets import TooManyTickets
-from .validation import InvalidMessage, room_id_of
+from .validation import MAX_ID, InvalidMessage, id_of_digits, room_id_of
 
 log = logging.getLogger("chatd.http")
 
@@ -213,6 +213,8 @@ def create_app(state: ServerState) -> QuartTrio:
     @app.delete("/admin/rooms/<int:room_id>/members/<int:user_id>")
     async def remove_member(room_id: int, user_id: int) -> Response:
         admin()
+        if user_id > MAX_ID:
+            raise ApiError(400, "bad_user_id", "userId must be a positive integer")
         room = await state.service.remove_member(room_id, user_id)
         return jsonify(room.describe())
 
@@ -251,6 +253,7 @@ def _int_arg(name: str, default: int | None, minimum: int) -> int | None:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < minimum:
+    value = id_of_digits(raw)
+    if value is None or value < minimum:
         raise ApiError(400, f"bad_{name}", f"{name} must be an integer of at least {minimum}")
-    return int(raw)
+    return value

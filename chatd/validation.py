@@ -28,6 +28,15 @@ class Outgoing:
 
 MESSAGE_TYPES = frozenset({"text", "image", "file", "system"})
 MAX_CLIENT_ID = 128
+# Ids are SQLite INTEGERs; a bigger number would fail in the store, not here.
+MAX_ID = 2**63 - 1
+
+
+def id_of_digits(raw: str) -> int | None:
+    """An id written as ASCII digits ("²".isdigit() is True but int("²") fails), or None."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= MAX_ID:
+        return int(raw)
+    return None
 
 
 def parse_json_object(data: str | bytes) -> dict[str, Any]:
@@ -41,9 +50,9 @@ def parse_json_object(data: str | bytes) -> dict[str, Any]:
 
 
 def room_id_of(value: Any) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if isinstance(value, str):
+        value = id_of_digits(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_ID:
         raise InvalidMessage("bad_room_id", "roomId must be a positive integer")
     return value
 
