@@ -114,14 +114,16 @@ class ChatConnection:
         """Stored messages after `since`, then live ones; live events already queued are
         skipped when their id was replayed, so the seam has no gap and no double."""
         state = self.state
-        self.replayed_upto = since
+        # A `since` beyond the newest message (a client that kept an id across a database
+        # reset, say) means "from now on"; taken as is, it would mute every live message
+        # with an id up to it.
+        self.replayed_upto = min(since, await state.store.last_message_id())
         limit = state.cfg.chat.resume_max_messages
         sent = 0
         while sent < limit:
+            want = min(_RESUME_PAGE, limit - sent)
             page = await state.store.messages_since(
-                state.rooms.rooms_of(self.user_id),
-                self.replayed_upto,
-                min(_RESUME_PAGE, limit - sent),
+                state.rooms.rooms_of(self.user_id), self.replayed_upto, want
             )
             for msg in page:
                 # A room the user left while we were paging is no longer theirs to read.
@@ -129,7 +131,7 @@ class ChatConnection:
                     await self.ws.send_text(orjson.dumps(chat_shape(msg)).decode())
                 self.replayed_upto = msg.id
             sent += len(page)
-            if len(page) < _RESUME_PAGE:
+            if len(page) < want:
                 return
         self.reply(
             error_reply(

@@ -454,6 +454,15 @@ class Store:
 
         return await self.read(op)
 
+    async def last_message_id(self) -> int:
+        """The newest message id, 0 when there is none."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
+            return int(last)
+
+        return await self.read(op)
+
     async def get_message(self, message_id: int) -> StoredMessage | None:
         def op(conn: sqlite3.Connection) -> StoredMessage | None:
             row = conn.execute(
