@@ -166,9 +166,14 @@ class ChatConnection:
             return
         try:
             out = chat_message(parse_json_object(data), cfg.max_content_chars)
-            await state.service.post(self.user, out, "chat")
+            msg, created = await state.service.post(self.user, out, "chat")
         except (InvalidMessage, ServiceError) as exc:
             self.reply(error_reply(exc.code, exc.message))
+            return
+        if not created:
+            # A retried clientMessageId publishes nothing; the sender still learns the
+            # stored message (and its id) on this socket.
+            self.reply(orjson.dumps(chat_shape(msg)).decode())
 
 
 def _query(scope: Scope) -> dict[str, list[str]]:
