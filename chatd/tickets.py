@@ -28,14 +28,15 @@ class _Ticket:
 
 class TicketBook:
     """Tickets are uuid4 strings. A redeemed ticket is remembered until it would have
-    expired, so a replay is told apart from a ticket that never existed."""
+    expired, so a replay is told apart from a ticket that never existed. The per-user
+    cap counts unused tickets only: redeeming one frees its slot."""
 
     def __init__(self, ttl: float, clock: Callable[[], float], max_per_user: int = 32) -> None:
         self.ttl = ttl
         self.max_per_user = max_per_user
         self._clock = clock
         self._tickets: dict[str, _Ticket] = {}
-        self._per_user: dict[int, int] = {}
+        self._per_user: dict[int, int] = {}  # unused tickets by user
 
     def __len__(self) -> int:
         return len(self._tickets)
@@ -60,6 +61,7 @@ class TicketBook:
             self._drop(ticket, entry)
             raise TicketError("expired")
         entry.used = True
+        self._release(entry.user.id)
         return entry.user
 
     def sweep(self) -> int:
@@ -71,8 +73,12 @@ class TicketBook:
 
     def _drop(self, ticket: str, entry: _Ticket) -> None:
         del self._tickets[ticket]
-        left = self._per_user[entry.user.id] - 1
+        if not entry.used:
+            self._release(entry.user.id)
+
+    def _release(self, user_id: int) -> None:
+        left = self._per_user[user_id] - 1
         if left:
-            self._per_user[entry.user.id] = left
+            self._per_user[user_id] = left
         else:
-            del self._per_user[entry.user.id]
+            del self._per_user[user_id]
