@@ -71,7 +71,9 @@ class Authenticator:
     def verify(self, token: str | None) -> User:
         if not token:
             raise AuthError("missing", "missing token")
-        options: dict[str, Any] = {"require": ["exp"]}
+        # pyjwt >= 2.10 refuses a non-string `sub`; issuers that put the numeric user id
+        # there are common, and user_from_claims checks the id itself.
+        options: dict[str, Any] = {"require": ["exp"], "verify_sub": False}
         kwargs: dict[str, Any] = {}
         if self.cfg.audience:
             kwargs["audience"] = self.cfg.audience
