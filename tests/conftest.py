@@ -35,6 +35,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> config_mod.Config
 class Server:
     running: Running
     cfg: config_mod.Config
+    stopped: trio.Event = dataclasses.field(default_factory=trio.Event)
 
     @property
     def state(self) -> Any:
@@ -57,6 +58,11 @@ class Server:
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base, timeout=10)
 
+    async def stop(self) -> None:
+        """Shut the server down gracefully and wait until `serve` has returned."""
+        self.running.shutdown()
+        await self.stopped.wait()
+
 
 StartServer = Callable[..., Any]
 
@@ -70,9 +76,17 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
 
         async def start(**sections: dict[str, Any]) -> Server:
             cfg = make_config(tmp_path, **sections)
-            running: Running = await nursery.start(serve, cfg)
+            stopped = trio.Event()
+
+            async def run(*, task_status: trio.TaskStatus[Running]) -> None:
+                try:
+                    await serve(cfg, task_status=task_status)
+                finally:
+                    stopped.set()
+
+            running: Running = await nursery.start(run)
             started.append(running)
-            return Server(running, cfg)
+            return Server(running, cfg, stopped)
 
         yield start
         for r in started:
