@@ -1,0 +1,318 @@
+"""The SQLite store: restart keeps everything, group commit, schema, the generated secret."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from chatd.store import SCHEMA_VERSION, Store, StoreClosed, StoreError
+
+from ._chat import (
+    Gate,
+    chat,
+    chat_url,
+    close_code_for,
+    create_room,
+    history,
+    new_ticket,
+    recv_message,
+    roundtrip,
+    send,
+)
+from .conftest import SECRET, StartServer
+
+FAST = {"rate_per_second": 100000, "rate_burst": 100000}
+
+
+def db_rows(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read the database file with a connection of our own, as another process would."""
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.execute(sql, args))
+    finally:
+        conn.close()
+
+
+# --- restart ------------------------------------------------------------------------------
+
+
+async def test_restart_with_the_same_database_keeps_rooms_members_history(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    with trio.fail_after(10):
+        first = await start_server()
+        room = await create_room(first, [1, 2], name="kept")
+        other = await create_room(first, [2], name="other", public=True)
+        async with first.client() as http:
+            await http.post(
+                f"/admin/rooms/{room}/members",
+                json={"userId": 3},
+                headers={"Authorization": f"Bearer {first.admin_token()}"},
+            )
+            await http.delete(
+                f"/admin/rooms/{room}/members/2",
+                headers={"Authorization": f"Bearer {first.admin_token()}"},
+            )
+        async with chat(first, 1, username="john") as ws:
+            before = [await roundtrip(ws, room, f"m{i}") for i in range(3)]
+        leftover = await new_ticket(first, 1)
+        await first.stop()
+
+        second = await start_server()
+        assert (tmp_path / "chatd.db").exists()
+        async with second.client() as http:
+            rooms = await http.get("/chat/rooms", headers={"accessToken": second.token(3)})
+            assert rooms.json()["rooms"] == [
+                {"id": room, "name": "kept", "public": False, "members": [1, 3]}
+            ]
+            rooms = await http.get("/chat/rooms", headers={"accessToken": second.token(2)})
+            assert rooms.json()["rooms"] == [
+                {"id": other, "name": "other", "public": True, "members": [2]}
+            ]
+        assert await history(second, 3, room) == before
+        # Membership works as before on the live side, and ids carry on increasing.
+        async with chat(second, 1) as ws, chat(second, 3) as member:
+            after = await roundtrip(ws, room, "after restart")
+            assert after["id"] > before[-1]["id"]
+            assert await recv_message(member) == after
+        # Tickets live in memory only: one from before the restart is unknown.
+        reason = await close_code_for(second, chat_url(second, leftover))
+        assert reason.code == 1003
+
+
+async def test_a_received_message_is_already_committed(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    with trio.fail_after(10):
+        server = await start_server(chat=FAST)
+        room = await create_room(server, [1, 2])
+        db = tmp_path / "chatd.db"
+        async with chat(server, 1) as ws, chat(server, 2) as peer:
+            for i in range(20):
+                await send(ws, room, f"m{i}")
+                got = await recv_message(peer)
+                rows = await trio.to_thread.run_sync(
+                    db_rows, db, "SELECT content FROM messages WHERE id = ?", got["id"]
+                )
+                assert rows == [(f"m{i}",)]
+                await recv_message(ws)
+
+
+# --- group commit ----------------------------------------------------------------------------
+
+
+async def test_many_concurrent_posts_are_all_stored_in_order(start_server: StartServer) -> None:
+    with trio.fail_after(10):
+        server = await start_server(chat=FAST)
+        users = list(range(1, 9))
+        room = await create_room(server, users)
+        per_user = 25
+        received: dict[int, list[dict[str, Any]]] = {}
+
+        async def member(user: int) -> None:
+            async with chat(server, user) as ws:
+                ready.append(user)
+                if len(ready) == len(users):
+                    all_ready.set()
+                await all_ready.wait()
+                for i in range(per_user):
+                    await send(ws, room, f"u{user}-{i}")
+                received[user] = [await recv_message(ws) for _ in range(per_user * len(users))]
+
+        ready: list[int] = []
+        all_ready = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for user in users:
+                nursery.start_soon(member, user)
+        total = per_user * len(users)
+        stored = await history(server, 1, room, limit=200)
+        assert len(stored) == total
+        ids = [m["id"] for m in stored]
+        assert ids == sorted(set(ids))
+        assert sorted(m["content"] for m in stored) == sorted(
+            f"u{u}-{i}" for u in users for i in range(per_user)
+        )
+        for user in users:
+            # Everyone saw every message, and each sender's own in the order sent.
+            got = received[user]
+            assert sorted(m["id"] for m in got) == ids
+            for u in users:
+                mine = [m["content"] for m in got if m["user"]["id"] == u]
+                assert mine == [f"u{u}-{i}" for i in range(per_user)]
+            assert got == received[users[0]]
+        metrics = server.state.metrics
+        assert metrics.messages_stored == total
+        assert metrics.commit_ops >= total
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(tmp_path / "unit.db", batch_max=512)
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+async def post(store: Store, content: str, results: list[Any], cmid: str | None = None) -> None:
+    msg, created = await store.append_message(
+        room_id=1,
+        user_id=1,
+        username="u",
+        profile_image=None,
+        content=content,
+        message_type="text",
+        client_timestamp=None,
+        client_message_id=cmid,
+        idempotency_window=600,
+    )
+    results.append((msg, created))
+
+
+async def test_writes_waiting_together_share_one_commit(store: Store) -> None:
+    with trio.fail_after(10):
+        commits: list[int] = []
+        store.set_commit_observer(lambda _seconds, ops: commits.append(ops))
+        gate = Gate()
+        results: list[Any] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.write, gate.job)
+                await gate.wait_entered()
+                for i in range(100):
+                    nursery.start_soon(post, store, f"m{i}", results)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.release.set()
+        finally:
+            gate.release.set()
+        assert commits == [1, 100]
+        ids = sorted(msg.id for msg, _ in results)
+        assert ids == list(range(1, 101))
+        assert len(await store.history(1, None, 200)) == 100
+
+
+async def test_a_failing_write_does_not_undo_its_batch_neighbours(store: Store) -> None:
+    with trio.fail_after(10):
+        gate = Gate()
+        results: list[Any] = []
+        failures: list[BaseException] = []
+
+        def broken(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO rooms(name, public, created_at) VALUES ('x', 0, 'now')")
+            raise ValueError("half-done work")
+
+        async def run_broken() -> None:
+            try:
+                await store.write(broken)
+            except ValueError as exc:
+                failures.append(exc)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.write, gate.job)
+                await gate.wait_entered()
+                nursery.start_soon(post, store, "before", results)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(run_broken)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(post, store, "after", results)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.release.set()
+        finally:
+            gate.release.set()
+        assert [str(e) for e in failures] == ["half-done work"]
+        assert sorted(m.content for m, _ in results) == ["after", "before"]
+        # The broken job's own insert was rolled back to its savepoint.
+        assert await store.read(lambda c: c.execute("SELECT count(*) FROM rooms").fetchone()) == (
+            0,
+        )
+
+
+async def test_idempotency_window(store: Store) -> None:
+    with trio.fail_after(10):
+        results: list[Any] = []
+        await post(store, "a", results, cmid="x")
+        await post(store, "b", results, cmid="x")
+        await post(store, "c", results, cmid="y")
+        (a, a_new), (b, b_new), (c, c_new) = results
+        assert (a_new, b_new, c_new) == (True, False, True)
+        assert b == a and b.content == "a"
+        assert c.id > a.id
+
+
+async def test_close_finishes_queued_writes_then_refuses(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        s = Store(tmp_path / "c.db")
+        results: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(post, s, f"m{i}", results)
+            await trio.testing.wait_all_tasks_blocked()
+            await s.aclose()
+        assert len(results) == 10
+        with pytest.raises(StoreClosed):
+            await post(s, "late", results)
+        assert db_rows(tmp_path / "c.db", "SELECT count(*) FROM messages") == [(10,)]
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+async def test_fresh_file_gets_the_current_schema(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "fresh.db"
+    s = Store(path)
+    await s.aclose()
+    assert db_rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert db_rows(path, "PRAGMA journal_mode") == [("wal",)]
+    tables = {r[0] for r in db_rows(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"rooms", "members", "messages"} <= tables
+    # Opening again migrates nothing and keeps the data.
+    s = Store(path)
+    room_id = await s.create_room("r", False, [1])
+    await s.aclose()
+    s = Store(path)
+    assert [r.id for r in s.load_rooms_sync()] == [room_id]
+    await s.aclose()
+    assert db_rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(path)
+
+
+# --- the generated secret ---------------------------------------------------------------------
+
+
+async def test_generated_secret_is_private_and_survives_restart(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    with trio.fail_after(10):
+        first = await start_server(auth={"jwt_secret": ""})
+        secret_file = tmp_path / "chatd.db.jwt-secret"
+        assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+        secret = secret_file.read_text().strip()
+        assert len(secret) >= 32 and secret != SECRET
+        room = await create_room(first, [1])
+        token = first.token(1)
+        await first.stop()
+
+        second = await start_server(auth={"jwt_secret": ""})
+        assert secret_file.read_text().strip() == secret
+        async with second.client() as http:
+            resp = await http.post("/chat/ticket", headers={"accessToken": token})
+            assert resp.status_code == 200
+        async with chat(second, 1) as ws:
+            await roundtrip(ws, room, "same secret")
