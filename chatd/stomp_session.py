@@ -19,7 +19,6 @@ import trio
 
 from .auth import AuthError, User
 from .events import Event
-from .outbox import Outbox
 from .service import ServiceError
 from .state import ServerState
 from .stomp import (
@@ -35,6 +34,7 @@ from .stomp import (
 )
 from .stomp_broker import BrokerError, Consumer
 from .validation import InvalidMessage, parse_json_object, stomp_send_body
+from .wire import WireWriter
 
 log = logging.getLogger("chatd.stomp")
 
@@ -49,8 +49,10 @@ _message_ids = itertools.count(1)
 
 
 class StompTransport(Protocol):
+    out: WireWriter
+
+    def wire(self, frame: bytes) -> bytes: ...
     async def receive(self) -> bytes | None: ...
-    async def send_frames(self, frames: list[bytes]) -> None: ...
     async def aclose(self) -> None: ...
 
 
@@ -94,7 +96,7 @@ def _parse_heartbeat(value: str | None) -> tuple[int, int]:
 class StompSession:
     protocol = "stomp"
 
-    def __init__(self, state: ServerState, kind: str) -> None:
+    def __init__(self, state: ServerState, kind: str, transport: StompTransport) -> None:
         cfg = state.cfg.stomp
         self.state = state
         self.kind = kind
@@ -104,7 +106,9 @@ class StompSession:
             max_header_length=cfg.max_header_bytes,
         )
         self.writer = FrameWriter("1.2")
-        self.outbox: Outbox[bytes] = Outbox(state.cfg.chat.outbox_messages)
+        self.transport = transport
+        self.out = transport.out
+        self._wire = transport.wire
         self.user: User | None = None
         self.user_id = 0
         self.login = ""
@@ -116,21 +120,19 @@ class StompSession:
         self.registered = False
         self.heart_out = 0.0
         self.heart_in = 0.0
-        now = trio.current_time()
-        self.last_recv = now
-        self.last_send = now
+        self.last_recv = trio.current_time()
         self._heart_changed = trio.Event()
         self._finished = False
-        self._abort = trio.CancelScope()
 
     # --- run --------------------------------------------------------------------------
 
-    async def run(self, transport: StompTransport) -> None:
+    async def run(self) -> None:
+        transport = self.transport
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop, transport, nursery.cancel_scope)
+                nursery.start_soon(self._read_loop, nursery.cancel_scope)
                 nursery.start_soon(self._heartbeat_loop)
-                await self._write_loop(transport)
+                await self.out.run()
                 nursery.cancel_scope.cancel()
         finally:
             self._teardown()
@@ -140,10 +142,11 @@ class StompSession:
                 with contextlib.suppress(Exception):
                     await transport.aclose()
 
-    async def _read_loop(self, transport: StompTransport, scope: trio.CancelScope) -> None:
+    async def _read_loop(self, scope: trio.CancelScope) -> None:
+        receive = self.transport.receive
         try:
             while not self._finished:
-                data = await transport.receive()
+                data = await receive()
                 if data is None:
                     break
                 self.last_recv = trio.current_time()
@@ -155,47 +158,35 @@ class StompSession:
         if not self._finished:
             scope.cancel()
 
-    async def _write_loop(self, transport: StompTransport) -> None:
-        with self._abort:
-            while True:
-                batch = await self.outbox.get_batch()
-                if not batch:
-                    return
-                await transport.send_frames(batch)
-                self.last_send = trio.current_time()
-
     async def _heartbeat_loop(self) -> None:
         tolerance = self.state.cfg.stomp.heartbeat_tolerance
-        connect_deadline = trio.current_time() + CONNECT_TIMEOUT
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            await self._heart_changed.wait()
+        if not self.registered:
+            self._fail(Fatal("Timed out", "no CONNECT frame in time"))
+            return
+        if not self.heart_out and not self.heart_in:
+            return
+        # Checking at half the send interval: a beat goes out when a whole check period
+        # passed with no write, so the peer never waits longer than the agreed interval.
+        step = min(x for x in (self.heart_out / 2, self.heart_in) if x)
+        seen = self.out.writes
         while True:
-            if not self.registered:
-                with trio.move_on_at(connect_deadline):
-                    await self._heart_changed.wait()
-                if not self.registered:
-                    self._fail(Fatal("Timed out", "no CONNECT frame in time"))
-                    return
-            if not self.heart_out and not self.heart_in:
-                return
-            deadlines = []
-            if self.heart_out:
-                deadlines.append(self.last_send + self.heart_out)
-            if self.heart_in:
-                deadlines.append(self.last_recv + self.heart_in * tolerance)
-            await trio.sleep_until(min(deadlines))
+            await trio.sleep(step)
             now = trio.current_time()
             if self.heart_in and now >= self.last_recv + self.heart_in * tolerance:
                 log.info("stomp session %s: heart-beats stopped, closing", self.session_id)
                 self._finished = True
-                self.outbox.close()
-                self._abort.cancel()
+                self.out.abort()
                 return
-            if self.heart_out and now >= self.last_send + self.heart_out:
-                self.last_send = now
-                self.outbox.put(b"\n")
+            if self.heart_out:
+                if self.out.writes == seen:
+                    self._emit(b"\n")
+                seen = self.out.writes
 
     def _teardown(self) -> None:
         self._finished = True
-        self.outbox.close()
+        self.out.close_soon()
         for sub in list(self.subs.values()):
             self._drop_sub(sub)
         if self.broker_subs and self.state.stomp_broker is not None:
@@ -210,8 +201,7 @@ class StompSession:
     def close(self, code: int, reason: str) -> None:
         if code == CLOSE_SLOW_CONSUMER:
             self._finished = True
-            self.outbox.close()
-            self._abort.cancel()
+            self.out.abort()
             return
         self._fail(Fatal(reason[:1].upper() + reason[1:], reason))
 
@@ -220,11 +210,13 @@ class StompSession:
         for sub in [s for s in self.subs.values() if s.topic == topic]:
             self._drop_sub(sub)
 
-    def push_frame(self, data: bytes) -> None:
-        """The general broker's way out (it builds one frame per consumer)."""
-        if not self.outbox.put(data):
+    def _emit(self, frame: bytes) -> None:
+        if not self.out.offer(self._wire(frame)):
             self.state.metrics.slow_consumer_disconnects += 1
+            log.warning("stomp session %s: slow consumer, closing", self.session_id)
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    push_frame = _emit  # the general broker's way out
 
     def deliver(self, sub: Subscription, event: Event) -> None:
         key = (sub.destination, self.version)
@@ -249,10 +241,7 @@ class StompSession:
             frame = template.assemble(sub.line)
         else:
             frame = template.assemble(sub.line, template.header_line("ack", event.cache["mid"]))
-        if not self.outbox.put(frame):
-            self.state.metrics.slow_consumer_disconnects += 1
-            log.warning("stomp session %s: slow consumer, closing", self.session_id)
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+        self._emit(frame)
 
     # --- frames -----------------------------------------------------------------------
 
@@ -286,7 +275,7 @@ class StompSession:
         except LocalProtocolError as exc:  # pragma: no cover - a bug of ours
             log.error("stomp: cannot encode %s: %s", frame.command, exc)
             return
-        self.outbox.put(data)
+        self._emit(data)
 
     def _fail(self, exc: Fatal) -> None:
         if self._finished:
@@ -297,7 +286,7 @@ class StompSession:
             headers.append(("content-type", "text/plain"))
         self._send(Frame("ERROR", tuple(headers), body))
         self._finished = True
-        self.outbox.close()
+        self.out.close_soon()
 
     def _receipt(self, frame: Frame) -> None:
         receipt = frame.get("receipt")
@@ -551,7 +540,7 @@ class StompSession:
     async def _disconnect(self, frame: Frame) -> None:
         self._receipt(frame)
         self._finished = True
-        self.outbox.close()
+        self.out.close_soon()
 
     _handlers: dict[str, Callable[[StompSession, Frame], Awaitable[None]]] = {}
 

@@ -16,7 +16,9 @@ from .asgi_ws import AsgiWebSocket, Disconnected, Receive, Scope, Send, header
 from .auth import origin_allowed
 from .config import parse_listen
 from .state import ServerState
-from .stomp_session import StompSession
+from .stomp_session import StompSession, StompTransport
+from .wire import Disconnected as WireClosed
+from .wire import WireWriter
 
 log = logging.getLogger("chatd.stomp")
 
@@ -32,17 +34,26 @@ def choose_subprotocol(offered: list[str]) -> str | None:
     return None
 
 
-def _as_message(frame: bytes) -> str | bytes:
+def _is_text(frame: bytes) -> bool:
     """A frame goes as a text message when it is valid UTF-8, else as binary."""
+    if frame.isascii():
+        return True
     try:
-        return frame.decode("utf-8")
+        frame.decode("utf-8")
     except UnicodeDecodeError:
-        return frame
+        return False
+    return True
 
 
 class AsgiTransport:
-    def __init__(self, ws: AsgiWebSocket) -> None:
-        self.ws = ws
+    """`/ws` on hypercorn: hypercorn frames each message, so no direct writes here."""
+
+    def __init__(self, ws_: AsgiWebSocket, limit: int) -> None:
+        self.ws = ws_
+        self.out = WireWriter(limit, self._send, None)
+
+    def wire(self, frame: bytes) -> bytes:
+        return frame
 
     async def receive(self) -> bytes | None:
         try:
@@ -51,34 +62,64 @@ class AsgiTransport:
             return None
         return data.encode("utf-8") if isinstance(data, str) else data
 
-    async def send_frames(self, frames: list[bytes]) -> None:
-        for frame in frames:
-            msg = _as_message(frame)
-            if isinstance(msg, str):
-                await self.ws.send_text(msg)
-            else:
-                await self.ws.send_bytes(msg)
+    async def _send(self, frames: list[bytes]) -> None:
+        try:
+            for frame in frames:
+                if _is_text(frame):
+                    await self.ws.send_text(frame.decode("utf-8"))
+                else:
+                    await self.ws.send_bytes(frame)
+        except Disconnected:
+            raise WireClosed() from None
 
     async def aclose(self) -> None:
         await self.ws.close(1000, "")
 
 
-class LeanWebSocketTransport:
-    """STOMP over our own small WebSocket layer (see wsproto_lite for why)."""
-
-    def __init__(self, stream: trio.SocketStream, parser: ws.FrameParser) -> None:
+class _StreamTransport:
+    def __init__(self, stream: trio.SocketStream, limit: int) -> None:
         self.stream = stream
+        self.out = WireWriter(limit, self._send, stream.socket.fileno())
+
+    async def _send(self, chunks: list[bytes]) -> None:
+        try:
+            await self.stream.send_all(b"".join(chunks))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise WireClosed() from None
+
+    async def _receive_some(self) -> bytes | None:
+        try:
+            data = await self.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        return data or None
+
+
+class TcpTransport(_StreamTransport):
+    def wire(self, frame: bytes) -> bytes:
+        return frame
+
+    async def receive(self) -> bytes | None:
+        return await self._receive_some()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class LeanWebSocketTransport(_StreamTransport):
+    """STOMP over our own small WebSocket layer (see wsproto_lite for why). Every write,
+    pongs and the close frame included, goes through the one WireWriter so frames never
+    interleave."""
+
+    def __init__(self, stream: trio.SocketStream, parser: ws.FrameParser, limit: int) -> None:
+        super().__init__(stream, limit)
         self.parser = parser
-        self._lock = trio.Lock()
         self._closed = False
         self._events: deque[ws.Message | ws.Ping | ws.Close] = deque()
 
-    async def _write(self, data: bytes) -> None:
-        try:
-            async with self._lock:
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise Disconnected() from None
+    def wire(self, frame: bytes) -> bytes:
+        opcode = ws.OP_TEXT if _is_text(frame) else ws.OP_BINARY
+        return ws.frame_header(opcode, len(frame)) + frame
 
     async def receive(self) -> bytes | None:
         events = self._events
@@ -89,80 +130,42 @@ class LeanWebSocketTransport:
                     data = ev.data
                     return data.encode("utf-8") if isinstance(data, str) else data
                 if isinstance(ev, ws.Ping):
-                    await self._write(ws.encode_frame(ws.OP_PONG, ev.payload))
+                    self.out.offer(ws.encode_frame(ws.OP_PONG, ev.payload))
                 else:
-                    await self._close(ws.CLOSE_NORMAL if ev.code == 1005 else ev.code, "")
+                    self._close(ws.CLOSE_NORMAL if ev.code == 1005 else ev.code, "")
                     return None
             try:
                 events.extend(self.parser.events())
             except ws.ProtocolError as exc:
-                await self._close(exc.code, exc.message)
+                self._close(exc.code, exc.message)
                 return None
             if events:
                 continue
-            try:
-                chunk = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
-            if not chunk:
+            chunk = await self._receive_some()
+            if chunk is None:
                 return None
             self.parser.receive_data(chunk)
 
-    async def send_frames(self, frames: list[bytes]) -> None:
-        parts: list[bytes] = []
-        for frame in frames:
-            opcode = ws.OP_TEXT if frame.isascii() or _is_utf8(frame) else ws.OP_BINARY
-            parts.append(ws.frame_header(opcode, len(frame)))
-            parts.append(frame)
-        await self._write(b"".join(parts))
-
-    async def _close(self, code: int, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with trio.move_on_after(1), contextlib.suppress(Disconnected):
-            await self._write(ws.close_frame(code, reason))
+    def _close(self, code: int, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self.out.offer(ws.close_frame(code, reason))
+            self.out.close_soon()
 
     async def aclose(self) -> None:
-        await self._close(ws.CLOSE_NORMAL, "")
+        if not self._closed and not self.out.broken:
+            self._closed = True
+            with trio.move_on_after(1), contextlib.suppress(WireClosed):
+                await self._send([ws.close_frame(ws.CLOSE_NORMAL)])
         await self.stream.aclose()
 
 
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-class TcpTransport:
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-
-    async def receive(self) -> bytes | None:
-        try:
-            data = await self.stream.receive_some(65536)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-        return data or None
-
-    async def send_frames(self, frames: list[bytes]) -> None:
-        try:
-            await self.stream.send_all(b"".join(frames))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise Disconnected() from None
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
-async def run_session(state: ServerState, kind: str, transport: object) -> None:
+async def run_session(state: ServerState, kind: str, transport: StompTransport) -> None:
     """Never raises: one connection's failure stays with that connection."""
-    session = StompSession(state, kind)
+    session = StompSession(state, kind, transport)
     try:
-        await session.run(transport)  # type: ignore[arg-type]
-    except Disconnected:
+        await session.run()
+    except (Disconnected, WireClosed):
         pass
     except Exception:
         log.exception("stomp %s session failed", kind)
@@ -183,7 +186,7 @@ async def serve_stomp_asgi(state: ServerState, scope: Scope, receive: Receive, s
         await ws.reject(503, b'{"error":"shutting_down","message":"server shutting down"}')
         return
     await ws.accept(choose_subprotocol(list(scope.get("subprotocols", ()))))
-    await run_session(state, "websocket", AsgiTransport(ws))
+    await run_session(state, "websocket", AsgiTransport(ws, state.cfg.chat.outbox_messages))
 
 
 async def _handle_websocket(state: ServerState, stream: trio.SocketStream) -> None:
@@ -219,7 +222,8 @@ async def _handle_websocket(state: ServerState, stream: trio.SocketStream) -> No
         return
     parser = ws.FrameParser(state.cfg.stomp.max_frame_bytes + 1024)
     parser.receive_data(buf[buf.index(b"\r\n\r\n") + 4 :])
-    await run_session(state, "websocket", LeanWebSocketTransport(stream, parser))
+    transport = LeanWebSocketTransport(stream, parser, state.cfg.chat.outbox_messages)
+    await run_session(state, "websocket", transport)
 
 
 def _check_request(state: ServerState, request: ws.Request) -> tuple[int, bytes]:
@@ -237,7 +241,7 @@ async def _handle_tcp(state: ServerState, stream: trio.SocketStream) -> None:
     if state.closing.is_set():
         await stream.aclose()
         return
-    await run_session(state, "tcp", TcpTransport(stream))
+    await run_session(state, "tcp", TcpTransport(stream, state.cfg.chat.outbox_messages))
 
 
 async def serve_stomp_websocket(
