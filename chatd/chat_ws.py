@@ -4,6 +4,8 @@ Close codes (documented in the README):
   1000 normal close          1001 server shutting down
   1002 ticket missing, bad query or Origin refused
   1003 ticket unknown, used or expired
+  1009 frame above the transport limit, the larger of [chat] and [stomp]
+       max_frame_bytes (frames above [chat] max_frame_bytes alone get an error reply)
   1011 unexpected server fault (the server carries on)
   4008 slow consumer: the connection's outbox filled up
 """
