@@ -400,6 +400,21 @@ async def test_frame_over_the_size_limit_gets_an_error_reply(start_server: Start
             assert len(await history(server, 2, room)) == 2
 
 
+async def test_frame_over_the_transport_limit_closes_1009(start_server: StartServer) -> None:
+    with trio.fail_after(10):
+        # hypercorn refuses frames above the larger of the two protocols' limits.
+        server = await start_server(chat={"max_frame_bytes": 1000}, stomp={"max_frame_bytes": 2000})
+        room = await create_room(server, [1, 2])
+        async with chat(server, 2) as peer:
+            async with chat(server, 1) as ws:
+                await ws.send_message("x" * 3000)
+                assert (await expect_close(ws)).code == 1009
+            ok = await roundtrip(peer, room, "unaffected")
+            async with chat(server, 1) as again:
+                assert await roundtrip(again, room, "back") != ok
+            assert len(await history(server, 2, room)) == 2
+
+
 async def test_rate_limit_gets_an_error_reply_and_the_connection_stays_open(
     start_server: StartServer,
 ) -> None:

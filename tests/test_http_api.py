@@ -431,3 +431,24 @@ async def test_unknown_endpoints_are_json_404(server: Server) -> None:
             assert_error(await http.get("/nope"), 404, "not_found")
             assert_error(await http.get("/chat/rooms/abc/messages"), 404, "not_found")
             assert_error(await http.put("/healthz"), 405, "method_not_allowed")
+
+
+async def test_unexpected_fault_is_a_json_500_and_the_server_carries_on(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(10):
+        room = await create_room(server, [1])
+
+        async def broken(*_args: Any, **_kwargs: Any) -> Any:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(server.state.service, "history", broken)
+        h = {"accessToken": server.token(1)}
+        async with server.client() as http:
+            resp = await http.get(f"/chat/rooms/{room}/messages", headers=h)
+            body = assert_error(resp, 500, "server_error")
+            assert "fire" not in body["message"]
+            monkeypatch.undo()
+            resp = await http.get(f"/chat/rooms/{room}/messages", headers=h)
+            assert resp.status_code == 200
+            assert (await http.get("/healthz")).status_code == 200
