@@ -105,6 +105,16 @@ class ChatService:
         self.metrics.messages_received += 1
         self.room_for_member(user, out.room_id)
         self.check_rate(user, route)
+
+        def published(result: tuple[StoredMessage, bool]) -> None:
+            msg, created = result
+            if created:
+                self.metrics.messages_stored += 1
+                self._typing.pop((out.room_id, user.id), None)
+                self.broker.publish_room(out.room_id, events.new_message(msg))
+            else:
+                self.metrics.duplicates_suppressed += 1
+
         msg, created = await self.store.append_message(
             room_id=out.room_id,
             user_id=user.id,
@@ -115,13 +125,8 @@ class ChatService:
             client_timestamp=out.client_timestamp,
             client_message_id=out.client_message_id,
             idempotency_window=self.cfg.chat.idempotency_window_seconds,
+            on_commit=published,
         )
-        if created:
-            self.metrics.messages_stored += 1
-            self._typing.pop((out.room_id, user.id), None)
-            self.broker.publish_room(out.room_id, events.new_message(msg))
-        else:
-            self.metrics.duplicates_suppressed += 1
         return msg, created
 
     async def history(

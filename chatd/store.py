@@ -10,6 +10,7 @@ failing operation does not undo its neighbours in the batch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -22,6 +23,8 @@ from typing import Any, TypeVar
 import trio
 
 T = TypeVar("T")
+
+log = logging.getLogger("chatd.store")
 
 SCHEMA_VERSION = 1
 
@@ -147,10 +150,15 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class _Job:
-    __slots__ = ("fn", "result", "error", "done")
+    __slots__ = ("fn", "after", "result", "error", "done")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        after: Callable[[Any], None] | None = None,
+    ) -> None:
         self.fn = fn
+        self.after = after
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = trio.Event()
@@ -173,10 +181,14 @@ class _Worker:
     def start(self) -> None:
         self._thread.start()
 
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def call(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        after: Callable[[T], None] | None = None,
+    ) -> T:
         if self._closed:
             raise StoreClosed("store is closed")
-        job = _Job(fn)
+        job = _Job(fn, after)
         self._queue.put(job)
         await job.done.wait()
         if job.error is not None:
@@ -244,7 +256,15 @@ class _Worker:
 
     def _wake(self, batch: list[_Job]) -> None:
         def wake() -> None:
+            # Runs in the trio thread in commit order; `after` hooks run here, before any
+            # waiting task resumes, so whatever they publish goes out in commit order
+            # (trio resumes the woken tasks themselves in no promised order).
             for job in batch:
+                if job.after is not None and job.error is None:
+                    try:
+                        job.after(job.result)
+                    except Exception:
+                        log.exception("store: commit hook failed")
                 job.done.set()
 
         with contextlib.suppress(trio.RunFinishedError):
@@ -277,8 +297,12 @@ class Store:
         await trio.to_thread.run_sync(self._writer.join)
         await trio.to_thread.run_sync(self._reader.join)
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._writer.call(fn)
+    async def write(
+        self, fn: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None
+    ) -> T:
+        """Run `fn` in the writer thread; `after(result)` runs in the trio thread right
+        after the commit, in commit order."""
+        return await self._writer.call(fn, after)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._reader.call(fn)
@@ -367,6 +391,7 @@ class Store:
         client_timestamp: str | None,
         client_message_id: str | None,
         idempotency_window: float,
+        on_commit: Callable[[tuple[StoredMessage, bool]], None] | None = None,
     ) -> tuple[StoredMessage, bool]:
         """Store a message; returns (message, created). With a client message id seen
         from this user within the window, returns the earlier message and False."""
@@ -413,7 +438,7 @@ class Store:
             )
             return msg, True
 
-        return await self.write(op)
+        return await self.write(op, on_commit)
 
     async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
         """Newest first."""

@@ -261,12 +261,6 @@ async def test_two_clients_sending_at_once_see_the_same_order(start_server: Star
             assert sorted(ids) == [m["id"] for m in stored]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.post publishes after `await store.append_message`; messages committed in"
-    " one batch resume in trio's (randomised) scheduling order, so delivery order is not id"
-    " order and a client resuming with since=<last id seen> can miss a message",
-)
 async def test_delivery_follows_id_order(start_server: StartServer) -> None:
     with trio.fail_after(10):
         server = await start_server(chat=FAST)
