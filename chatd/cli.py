@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from . import config as config_mod
-from . import logs
+from . import logs, sdnotify
 
 log = logging.getLogger("chatd")
 
@@ -104,7 +104,11 @@ async def _serve_main(cfg: config_mod.Config, config_path: str | None) -> int:
             async def watch() -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
+                        # Type=notify: systemd shows "reloading" until READY=1 comes back,
+                        # which it sends whether or not the new config was accepted.
+                        sdnotify.reloading()
                         running.reload(config_path)
+                        sdnotify.ready(running.status())
                         continue
                     log.info("received %s", signal.Signals(signum).name)
                     running.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,11 +12,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from . import config as config_mod
-from . import logs
+from . import logs, sdnotify
 from .asgi_ws import AsgiWebSocket, Receive, Scope, Send
 from .auth import Authenticator, load_or_create_secret, secret_path_for
 from .chat_ws import CLOSE_GOING_AWAY, serve_chat
 from .config import Config, resolve_store_path
+from .exporter import serve_metrics
 from .http_api import create_app
 from .state import ServerState
 from .stomp_logins import StompLogins, stomp_key_path
@@ -35,6 +37,9 @@ class Running:
     http: list[tuple[str, int]] = field(default_factory=list)
     stomp_ws: list[tuple[str, int]] = field(default_factory=list)
     stomp_tcp: list[tuple[str, int]] = field(default_factory=list)
+    metrics: list[tuple[str, int]] = field(default_factory=list)
+    # True when the HTTP listeners came from systemd (socket activation).
+    socket_activated: bool = False
     _stop: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -52,6 +57,11 @@ class Running:
     def shutdown(self) -> None:
         self._stop.set()
 
+    def status(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status chatd`)."""
+        hub = self.state.hub
+        return f"{hub.count('chat')} /chat, {hub.count('stomp')} STOMP connections"
+
     def reload(self, path: str | None) -> bool:
         """Re-read the config and apply what can change live; keep the old one on error."""
         state = self.state
@@ -62,6 +72,11 @@ class Running:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
         old = state.cfg
+        if self.socket_activated:
+            # The listeners are systemd's, whatever the file says.
+            new = dataclasses.replace(
+                new, http=dataclasses.replace(new.http, listen=old.http.listen)
+            )
         fixed = [
             f"{section}.{key}"
             for section, key in _RESTART_ONLY
@@ -81,6 +96,7 @@ _RESTART_ONLY = [
     ("store", "batch_max"),
     ("stomp", "websocket_listen"),
     ("stomp", "tcp_listen"),
+    ("metrics", "listen"),
 ]
 
 
@@ -168,12 +184,22 @@ async def _serve_stomp(
             task_status.started((ws, tcp))
 
 
+def _addrs(addrs: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{h}:{p}" for h, p in addrs) or "-"
+
+
 async def serve(
     cfg: Config,
     *,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until `Running.shutdown()` is called, then shut down gracefully."""
+    inherited = sdnotify.listen_fds()
+    if inherited:
+        # Socket activation (systemd/chatd.socket): systemd holds the HTTP listeners, so
+        # connections wait in their backlog across restarts instead of being refused.
+        fds = [f"fd://{fd}" for fd in inherited]
+        cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, listen=fds))
     auth = make_authenticator(cfg)
     store = Store(resolve_store_path(cfg), cfg.store.batch_max)
     try:
@@ -182,12 +208,13 @@ async def serve(
             load_or_create_secret(stomp_key_path(resolve_store_path(cfg))).encode(),
             cfg.stomp.login_ttl_seconds,
         )
-        running = Running(state)
+        running = Running(state, socket_activated=bool(inherited))
         http_stop = trio.Event()
         listen_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(state.service.expire_typing)
             nursery.start_soon(_sweep_tickets, state)
+            nursery.start_soon(sdnotify.watchdog_loop)
             asgi = make_asgi(state, create_app(state))
             http_done = trio.Event()
             binds = await nursery.start(
@@ -197,16 +224,26 @@ async def serve(
             running.stomp_ws, running.stomp_tcp = await nursery.start(
                 _serve_stomp, state, listen_scope, nursery
             )
+            running.metrics = [
+                await nursery.start(serve_metrics, state, addr) for addr in cfg.metrics.listen
+            ]
             state.ready = True
             log.info(
-                "ready: http %s, %d rooms",
-                ", ".join(f"{h}:{p}" for h, p in running.http),
+                "ready: http %s; stomp websocket %s; stomp tcp %s; metrics %s; %d rooms",
+                _addrs(running.http),
+                _addrs(running.stomp_ws),
+                _addrs(running.stomp_tcp),
+                _addrs(running.metrics),
                 len(state.rooms),
             )
+            status = running.status()
+            sdnotify.ready(status)
+            nursery.start_soon(sdnotify.status_loop, running.status, status)
             task_status.started(running)
             await running._stop.wait()
 
             log.info("shutting down")
+            sdnotify.stopping()
             state.ready = False
             state.closing.set()
             http_stop.set()
