@@ -4,8 +4,8 @@ Close codes (documented in the README):
   1000 normal close          1001 server shutting down
   1002 ticket missing, bad query or Origin refused
   1003 ticket unknown, used or expired
-  1009 frame above the transport limit, the larger of [chat] and [stomp]
-       max_frame_bytes (frames above [chat] max_frame_bytes alone get an error reply)
+  1009 frame over twice [chat] max_frame_bytes (frames over the limit but within
+       twice it get an error reply and the connection stays open)
   1011 unexpected server fault (the server carries on)
   4008 slow consumer: the connection's outbox filled up
 """
@@ -18,14 +18,14 @@ from urllib.parse import parse_qs
 import orjson
 import trio
 
-from .asgi_ws import AsgiWebSocket, Disconnected, Receive, Scope, Send, header
+from . import wsproto_lite as wsl
 from .auth import User, origin_allowed
 from .events import Event, chat_shape
-from .outbox import Outbox
 from .service import ServiceError
 from .state import ServerState
 from .tickets import TicketError
 from .validation import InvalidMessage, chat_message, id_of_digits, parse_json_object
+from .ws_transport import WebSocketTransport
 
 log = logging.getLogger("chatd.chat")
 
@@ -43,42 +43,55 @@ def error_reply(code: str, message: str, **extra: object) -> str:
     return orjson.dumps({"type": "error", "code": code, "message": message, **extra}).decode()
 
 
+def _chat_frame(event: Event) -> bytes:
+    """The ticket protocol's frame for an event: built once, the same bytes for all."""
+    data = event.cache.get("chat_ws")
+    if data is None:
+        data = event.cache["chat_ws"] = WebSocketTransport.text_frame(event.chat.encode())  # type: ignore[union-attr]
+    return data
+
+
 class ChatConnection:
-    """One `/chat` WebSocket. The reader handles what the client sends; the writer drains
-    the outbox, so a slow client never blocks whoever publishes to its rooms."""
+    """One `/chat` WebSocket. Its reader handles what the client sends; what the server
+    sends goes through the transport's WireWriter, so a slow client never blocks whoever
+    publishes to its rooms."""
 
     protocol = "chat"
 
-    def __init__(self, state: ServerState, user: User, ws: AsgiWebSocket) -> None:
+    def __init__(self, state: ServerState, user: User, ws: WebSocketTransport) -> None:
         self.state = state
         self.user = user
         self.user_id = user.id
         self.ws = ws
-        self.outbox: Outbox[Event | str] = Outbox(state.cfg.chat.outbox_messages)
         self.replayed_upto = 0
-        self._close: tuple[int, str] | None = None
-        self._abort = trio.CancelScope()
+        # While replaying stored messages, live ones wait here (bounded like the outbox).
+        self._held: list[Event] | None = None
 
     # --- called by the hub and the service (never block) ----------------------------
 
     def offer_chat(self, event: Event) -> None:
-        if not self.outbox.put(event):
-            self.state.metrics.slow_consumer_disconnects += 1
-            log.warning("user %s: slow consumer, closing", self.user_id)
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer", flush=False)
+        held = self._held
+        if held is not None:
+            if len(held) < self.state.cfg.chat.outbox_messages:
+                held.append(event)
+                return
+        elif self.ws.out.offer(_chat_frame(event)):
+            return
+        self.state.metrics.slow_consumer_disconnects += 1
+        log.warning("user %s: slow consumer, closing", self.user_id)
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer", flush=False)
 
     def close(self, code: int, reason: str, flush: bool = True) -> None:
-        if self._close is None:
-            self._close = (code, reason)
-            self.outbox.close()
-        if not flush:
-            self._abort.cancel()
+        if flush:
+            self.ws.close(code, reason)
+        else:
+            self.ws.abort(code, reason)
 
     def room_left(self, room_id: int) -> None:
         """Delivery follows membership, so there is nothing to undo here."""
 
     def reply(self, text: str) -> None:
-        if not self.outbox.put(text):
+        if not self.ws.out.offer(WebSocketTransport.text_frame(text.encode())):
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer", flush=False)
 
     # --- tasks ------------------------------------------------------------------------
@@ -86,31 +99,18 @@ class ChatConnection:
     async def run(self, since: int | None) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_loop, nursery.cancel_scope)
-            await self._write_loop(since)
+            if since is not None:
+                self._held = []
+                nursery.start_soon(self._replay_then_live, since)
+            await self.ws.out.run()
             nursery.cancel_scope.cancel()
 
-    async def _write_loop(self, since: int | None) -> None:
-        ws = self.ws
-        try:
-            with self._abort:
-                if since is not None:
-                    await self._replay(since)
-                while True:
-                    batch = await self.outbox.get_batch()
-                    if not batch:
-                        break
-                    for item in batch:
-                        if isinstance(item, str):
-                            await ws.send_text(item)
-                            continue
-                        if item.message_id is not None and item.message_id <= self.replayed_upto:
-                            continue
-                        await ws.send_text(item.chat)  # type: ignore[arg-type]
-        except Disconnected:
-            return
-        code, reason = self._close or (CLOSE_NORMAL, "")
-        with trio.move_on_after(2):
-            await ws.close(code, reason)
+    async def _replay_then_live(self, since: int) -> None:
+        await self._replay(since)
+        held, self._held = self._held or [], None
+        for event in held:
+            if event.message_id is None or event.message_id > self.replayed_upto:
+                self.offer_chat(event)
 
     async def _replay(self, since: int) -> None:
         """Stored messages after `since`, then live ones; live events already queued are
@@ -130,7 +130,11 @@ class ChatConnection:
             for msg in page:
                 # A room the user left while we were paging is no longer theirs to read.
                 if state.rooms.is_member(msg.room_id, self.user_id):
-                    await self.ws.send_text(orjson.dumps(chat_shape(msg)).decode())
+                    frame = WebSocketTransport.text_frame(orjson.dumps(chat_shape(msg)))
+                    await self.ws.out.wait_space()
+                    if not self.ws.out.offer(frame):
+                        self.close(CLOSE_SLOW_CONSUMER, "slow consumer", flush=False)
+                        return
                 self.replayed_upto = msg.id
             sent += len(page)
             if len(page) < want:
@@ -148,13 +152,17 @@ class ChatConnection:
         try:
             while True:
                 data = await self.ws.receive()
+                if data is None:
+                    break
                 await self._handle(data)
-        except Disconnected:
-            pass
         except Exception:
             log.exception("user %s: unexpected error on /chat", self.user_id)
             self.close(CLOSE_SERVER_ERROR, "server error")
             return
+        # The peer closed or went away: let the writer send our close frame, but do not
+        # wait long for a peer that is gone.
+        self.ws.close(CLOSE_NORMAL)
+        await trio.sleep(2)
         scope.cancel()
 
     async def _handle(self, data: str | bytes) -> None:
@@ -178,32 +186,39 @@ class ChatConnection:
             self.reply(orjson.dumps(chat_shape(msg)).decode())
 
 
-def _query(scope: Scope) -> dict[str, list[str]]:
-    try:
-        return parse_qs(scope.get("query_string", b"").decode("ascii"), keep_blank_values=True)
-    except UnicodeDecodeError:
-        return {}
+def _query(path: str) -> dict[str, list[str]]:
+    return parse_qs(path.partition("?")[2], keep_blank_values=True)
 
 
-async def serve_chat(state: ServerState, scope: Scope, receive: Receive, send: Send) -> None:
-    ws = AsgiWebSocket(scope, receive, send)
+async def serve_chat(
+    state: ServerState, stream: trio.SocketStream, request: wsl.Request, leftover: bytes
+) -> None:
+    """A `/chat` upgrade from the front door: check, accept, then run the connection.
+    Refusals are a completed handshake and a close code, as the guide's clients expect."""
+    cfg = state.cfg
+    parser = wsl.FrameParser(2 * cfg.chat.max_frame_bytes)
+    parser.receive_data(leftover)
+    ws = WebSocketTransport(stream, parser, cfg.chat.outbox_messages)
     try:
-        await ws.wait_connect()
-    except Disconnected:
+        await stream.send_all(wsl.accept_response(request.key, None))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.aclose()
         return
 
     async def refuse(code: int, reason: str) -> None:
-        await ws.accept()
-        await ws.close(code, reason)
+        ws.close(code, reason)
+        with trio.move_on_after(2):
+            await ws.out.run()
+        await stream.aclose()
 
     if state.closing.is_set():
         await refuse(CLOSE_GOING_AWAY, "server shutting down")
         return
-    if not origin_allowed(header(scope, b"origin"), state.cfg.auth.allowed_origins):
+    if not origin_allowed(request.headers.get("origin"), cfg.auth.allowed_origins):
         state.metrics.auth_failures["origin"] += 1
         await refuse(CLOSE_TICKET_MISSING, "origin not allowed")
         return
-    query = _query(scope)
+    query = _query(request.path)
     ticket = (query.get("ticket") or [""])[0]
     if not ticket:
         state.metrics.tickets_rejected["missing"] += 1
@@ -222,7 +237,6 @@ async def serve_chat(state: ServerState, scope: Scope, receive: Receive, send: S
         await refuse(CLOSE_TICKET_INVALID, f"ticket {exc.reason}")
         return
 
-    await ws.accept()
     conn = ChatConnection(state, user, ws)
     state.service.session_opened(conn)
     try:
@@ -230,7 +244,10 @@ async def serve_chat(state: ServerState, scope: Scope, receive: Receive, send: S
     except Exception:
         # Last line of defence: one connection's fault never reaches the server.
         log.exception("user %s: /chat connection failed", user.id)
+        ws.close(CLOSE_SERVER_ERROR, "server error")
         with trio.move_on_after(1):
-            await ws.close(CLOSE_SERVER_ERROR, "server error")
+            await ws.out.run()
     finally:
         state.service.session_closed(conn)
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await ws.aclose()

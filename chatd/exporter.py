@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
@@ -142,12 +143,23 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+class _ProcessCollector(ProcessCollector):
+    """prometheus-client reads the boot time from /proc/stat, which systemd's
+    ProcSubset=pid hides; without it every process_* series would silently vanish."""
+
+    def _boot_time(self) -> float:
+        try:
+            return float(super()._boot_time())
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def make_registry(state: ServerState) -> CollectorRegistry:
     """A registry of our own (not the global one), so several servers in one test process
     each report their own numbers."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ChatdCollector(state))
-    ProcessCollector(registry=registry)
+    _ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry

@@ -5,23 +5,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from . import config as config_mod
 from . import logs, sdnotify
-from .asgi_ws import AsgiWebSocket, Receive, Scope, Send
 from .auth import Authenticator, load_or_create_secret, secret_path_for
 from .chat_ws import CLOSE_GOING_AWAY, serve_chat
 from .config import Config, resolve_store_path
 from .exporter import serve_metrics
+from .front import serve_front
 from .http_api import create_app
 from .state import ServerState
 from .stomp_logins import StompLogins, stomp_key_path
-from .stomp_transports import serve_stomp_asgi, serve_stomp_tcp, serve_stomp_websocket
+from .stomp_transports import serve_stomp_tcp, serve_stomp_websocket, serve_stomp_ws
 from .store import Store
 
 log = logging.getLogger("chatd.server")
@@ -107,38 +107,12 @@ def make_authenticator(cfg: Config) -> Authenticator:
     return Authenticator(cfg.auth, secret)
 
 
-def _parse_bind(bind: str) -> tuple[str, int]:
-    hostport = bind.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def make_asgi(state: ServerState, http_app: Any) -> Any:
-    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            path = scope.get("path")
-            if path == "/chat":
-                await serve_chat(state, scope, receive, send)
-                return
-            if path == "/ws":
-                await serve_stomp_asgi(state, scope, receive, send)
-                return
-            ws = AsgiWebSocket(scope, receive, send)
-            await ws.wait_connect()
-            await ws.reject(404, b'{"error":"not_found","message":"no WebSocket endpoint here"}')
-            return
-        await http_app(scope, receive, send)
-
-    return asgi
-
-
 def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = list(cfg.http.listen)
     hc.accesslog = None  # access lines would carry `?ticket=` query strings
     hc.errorlog = logging.getLogger("chatd.http.server")
     hc.graceful_timeout = cfg.server.shutdown_grace_seconds
-    hc.websocket_max_message_size = max(cfg.chat.max_frame_bytes, cfg.stomp.max_frame_bytes)
     hc.include_server_header = False
     return hc
 
@@ -150,15 +124,25 @@ async def _sweep_tickets(state: ServerState) -> None:
 
 
 async def _serve_http(
-    asgi: Any,
-    hc: HypercornConfig,
+    state: ServerState,
     stop: trio.Event,
     done: trio.Event,
     *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    routes = {
+        "/chat": partial(serve_chat, state),
+        "/ws": partial(serve_stomp_ws, state),
+    }
     try:
-        await hypercorn_serve(asgi, hc, shutdown_trigger=stop.wait, task_status=task_status)
+        await serve_front(
+            state,
+            create_app(state),
+            hypercorn_config(state.cfg),
+            routes,
+            stop,
+            task_status=task_status,
+        )
     finally:
         done.set()
 
@@ -215,12 +199,8 @@ async def serve(
             nursery.start_soon(state.service.expire_typing)
             nursery.start_soon(_sweep_tickets, state)
             nursery.start_soon(sdnotify.watchdog_loop)
-            asgi = make_asgi(state, create_app(state))
             http_done = trio.Event()
-            binds = await nursery.start(
-                _serve_http, asgi, hypercorn_config(cfg), http_stop, http_done
-            )
-            running.http = [_parse_bind(b) for b in binds]
+            running.http = await nursery.start(_serve_http, state, http_stop, http_done)
             running.stomp_ws, running.stomp_tcp = await nursery.start(
                 _serve_stomp, state, listen_scope, nursery
             )

@@ -200,8 +200,10 @@ class StompSession:
 
     def close(self, code: int, reason: str) -> None:
         if code == CLOSE_SLOW_CONSUMER:
-            self._finished = True
-            self.out.abort()
+            if not self._finished:
+                self._finished = True
+                error = Frame("ERROR", (("message", "Slow consumer"),))
+                self.out.abort(self._wire(self.writer.send(error)))
             return
         self._fail(Fatal(reason[:1].upper() + reason[1:], reason))
 

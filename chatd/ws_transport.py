@@ -1,0 +1,116 @@
+"""A WebSocket connection over a trio stream, on wsproto_lite, for /chat and STOMP.
+
+Every write, pongs and the close frame included, goes through one WireWriter, so frames
+never interleave, and an idle socket is written directly (see wire.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+import trio
+
+from . import wsproto_lite as ws
+from .wire import Disconnected, WireWriter
+
+HEAD_TIMEOUT = 10.0
+
+
+async def read_head(stream: trio.SocketStream) -> bytes:
+    """Bytes up to and including the blank line after an HTTP request head (and any that
+    came with it), or what arrived before the size limit, EOF or the timeout."""
+    buf = b""
+    with trio.move_on_after(HEAD_TIMEOUT):
+        while b"\r\n\r\n" not in buf and len(buf) <= ws.MAX_HANDSHAKE:
+            chunk = await stream.receive_some(16384)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+class WebSocketTransport:
+    def __init__(self, stream: trio.SocketStream, parser: ws.FrameParser, limit: int) -> None:
+        self.stream = stream
+        self.parser = parser
+        self.out = WireWriter(limit, self._send, stream.socket.fileno())
+        self.closed = False
+        self._events: deque[ws.Message | ws.Ping | ws.Close] = deque()
+
+    async def _send(self, chunks: list[bytes]) -> None:
+        try:
+            await self.stream.send_all(b"".join(chunks))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Disconnected() from None
+
+    async def receive(self) -> str | bytes | None:
+        """The next whole message; None once the peer closed or broke the protocol."""
+        events = self._events
+        while True:
+            while events:
+                ev = events.popleft()
+                if isinstance(ev, ws.Message):
+                    return ev.data
+                if isinstance(ev, ws.Ping):
+                    self.out.offer(ws.encode_frame(ws.OP_PONG, ev.payload))
+                else:
+                    self.close(ws.CLOSE_NORMAL if ev.code == 1005 else ev.code)
+                    return None
+            try:
+                events.extend(self.parser.events())
+            except ws.ProtocolError as exc:
+                self.close(exc.code, exc.message)
+                return None
+            if events:
+                continue
+            try:
+                chunk = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not chunk:
+                return None
+            self.parser.receive_data(chunk)
+
+    @staticmethod
+    def text_frame(data: bytes) -> bytes:
+        return ws.frame_header(ws.OP_TEXT, len(data)) + data
+
+    @staticmethod
+    def frame(data: bytes) -> bytes:
+        """Text when the bytes are UTF-8, binary otherwise."""
+        opcode = ws.OP_TEXT if _is_utf8(data) else ws.OP_BINARY
+        return ws.frame_header(opcode, len(data)) + data
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Queue the close frame after what is already queued; the writer then stops."""
+        if not self.closed:
+            self.closed = True
+            self.out.offer(ws.close_frame(code, reason))
+            self.out.close_soon()
+
+    def abort(self, code: int, reason: str) -> None:
+        """Cut a consumer that stopped reading: queued messages are dropped, the close
+        frame follows whatever frame was already begun, and the writer gives up soon."""
+        if not self.closed:
+            self.closed = True
+            self.out.abort(ws.close_frame(code, reason))
+        else:
+            self.out.abort()
+
+    async def aclose(self) -> None:
+        if not self.closed and not self.out.broken:
+            self.closed = True
+            with trio.move_on_after(1), contextlib.suppress(Disconnected):
+                await self._send([ws.close_frame(ws.CLOSE_NORMAL)])
+        await self.stream.aclose()
+
+
+def _is_utf8(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
