@@ -63,6 +63,8 @@ def create_app(state: ServerState) -> QuartTrio:
             return state.auth.verify(token)
         except AuthError as exc:
             state.metrics.auth_failures[exc.reason] += 1
+            # The reason only: the token itself never goes to the log.
+            log.info("refused %s %s: %s", request.method, request.path, exc.reason)
             raise ApiError(401, "unauthorized", exc.message) from None
 
     def admin() -> User:

@@ -184,6 +184,9 @@ async def serve(
         # connections wait in their backlog across restarts instead of being refused.
         fds = [f"fd://{fd}" for fd in inherited]
         cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, listen=fds))
+    if log.isEnabledFor(logging.DEBUG):
+        # to_toml masks the JWT secret.
+        log.debug("effective config from %s: %s", cfg.source, config_mod.to_toml(cfg))
     auth = make_authenticator(cfg)
     store = Store(resolve_store_path(cfg), cfg.store.batch_max)
     try:
