@@ -44,7 +44,7 @@ def register(app: QuartTrio, state: ServerState) -> None:
                     "stompUrl": state.cfg.stomp.public_url,
                     "username": login,
                     "password": passcode,
-                    "vhost": "/",
+                    "vhost": (state.cfg.stomp.vhosts or ["/"])[0],
                 },
                 "subscriptions": subs,
                 "userDestination": f"{CHAT_EXCHANGE}user.{user.id}",

@@ -94,8 +94,7 @@ class StompConfig:
     max_frame_bytes: int = _pos(4 * 1024 * 1024)
     max_headers: int = _pos(100)
     max_header_bytes: int = _pos(8192)
-    heartbeat_send_ms: int = _nonneg(10000)
-    heartbeat_receive_ms: int = _nonneg(10000)
+    heartbeat_min_ms: int = _pos(1000)
     heartbeat_tolerance: float = _pos(2.0)
     login_ttl_seconds: float = _pos(86400.0)
     allow_anonymous: bool = False

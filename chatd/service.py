@@ -110,8 +110,12 @@ class ChatService:
             msg, created = result
             if created:
                 self.metrics.messages_stored += 1
-                self._typing.pop((out.room_id, user.id), None)
                 self.broker.publish_room(out.room_id, events.new_message(msg))
+                # Sending ends typing, as every chat client shows it.
+                if self._typing.pop((out.room_id, user.id), None) is not None:
+                    self.broker.publish_room(
+                        out.room_id, events.user_typing(out.room_id, user.id, False)
+                    )
             else:
                 self.metrics.duplicates_suppressed += 1
 

@@ -341,7 +341,7 @@ class StompSession:
             state.metrics.auth_failures["stomp_login"] += 1
             raise Fatal("Bad CONNECT", f"Access refused for user '{login}'")
 
-        floor = 1000
+        floor = cfg.heartbeat_min_ms
         sx = max(cy, floor) if cy else 0
         sy = max(cx, floor) if cx else 0
         self.heart_out = sx / 1000

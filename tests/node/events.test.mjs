@@ -68,12 +68,7 @@ test('typing-start / typing-end reach subscribers as user_typing', TEST, async (
 
 test(
   'sending a message while typing ends the typing with a user_typing false event',
-  {
-    ...TEST,
-    todo:
-      'server bug: ChatService.post() drops the typing state silently, so subscribers that saw ' +
-      'isTyping:true never get isTyping:false (neither at once nor after the typing timeout)',
-  },
+  TEST,
   async (t) => {
     const watcher = await connectUser(t, 20);
     await subscribe(watcher, roomDest(room.id));
