@@ -116,10 +116,7 @@ class ChatConnection:
         """Stored messages after `since`, then live ones; live events already queued are
         skipped when their id was replayed, so the seam has no gap and no double."""
         state = self.state
-        # A `since` beyond the newest message (a client that kept an id across a database
-        # reset, say) means "from now on"; taken as is, it would mute every live message
-        # with an id up to it.
-        self.replayed_upto = min(since, await state.store.last_message_id())
+        self.replayed_upto = since
         limit = state.cfg.chat.resume_max_messages
         sent = 0
         while sent < limit:
@@ -237,6 +234,12 @@ async def serve_chat(
         await refuse(CLOSE_TICKET_INVALID, f"ticket {exc.reason}")
         return
 
+    if since is not None:
+        # A `since` beyond the newest message (a client that kept an id across a database
+        # reset, say) means "from now on"; taken as is, it would mute every live message
+        # with an id up to it. The newest id is read before the connection starts hearing
+        # live messages, so any message after it is replayed or heard live.
+        since = min(since, await state.store.last_message_id())
     conn = ChatConnection(state, user, ws)
     state.service.session_opened(conn)
     try:
