@@ -25,7 +25,7 @@ from .service import ServiceError
 from .state import ServerState
 from .tickets import TicketError
 from .validation import InvalidMessage, chat_message, id_of_digits, parse_json_object
-from .ws_transport import WebSocketTransport
+from .ws_transport import Upgrade, WebSocketTransport
 
 log = logging.getLogger("chatd.chat")
 
@@ -187,14 +187,14 @@ def _query(path: str) -> dict[str, list[str]]:
     return parse_qs(path.partition("?")[2], keep_blank_values=True)
 
 
-async def serve_chat(
-    state: ServerState, stream: trio.SocketStream, request: wsl.Request, leftover: bytes
-) -> None:
+async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upgrade) -> None:
     """A `/chat` upgrade from the front door: check, accept, then run the connection.
     Refusals are a completed handshake and a close code, as the guide's clients expect."""
     cfg = state.cfg
+    request, leftover = upgrade.take()
     parser = wsl.FrameParser(2 * cfg.chat.max_frame_bytes)
     parser.receive_data(leftover)
+    del leftover
     ws = WebSocketTransport(stream, parser, cfg.chat.outbox_messages)
     try:
         await stream.send_all(wsl.accept_response(request.key, None))
@@ -216,6 +216,7 @@ async def serve_chat(
         await refuse(CLOSE_TICKET_MISSING, "origin not allowed")
         return
     query = _query(request.path)
+    del request
     ticket = (query.get("ticket") or [""])[0]
     if not ticket:
         state.metrics.tickets_rejected["missing"] += 1

@@ -94,9 +94,7 @@ class ChatdCollector(Collector):
         yield _labelled(
             "chatd_tickets_rejected", "/chat tickets refused", "reason", m.tickets_rejected
         )
-        yield _labelled(
-            "chatd_auth_failures", "Refused authentications", "reason", m.auth_failures
-        )
+        yield _labelled("chatd_auth_failures", "Refused authentications", "reason", m.auth_failures)
         yield _labelled(
             "chatd_rate_limited", "Requests refused by a rate limit", "route", m.rate_limited
         )

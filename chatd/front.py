@@ -30,11 +30,11 @@ from hypercorn.utils import wrap_app
 from . import wsproto_lite as ws
 from .config import parse_listen
 from .state import ServerState
-from .ws_transport import read_head
+from .ws_transport import Upgrade, read_head
 
 log = logging.getLogger("chatd.http")
 
-WsHandler = Callable[[trio.SocketStream, ws.Request, bytes], Awaitable[None]]
+WsHandler = Callable[[trio.SocketStream, Upgrade], Awaitable[None]]
 
 
 class _Replay:
@@ -114,7 +114,9 @@ async def serve_front(
                 await stream.aclose()
                 return
             if _is_upgrade(head):
-                await _websocket(stream, head)
+                box = [head]
+                del head
+                await _websocket(stream, box)
                 return
             await TCPServer(
                 app, hc, context, ConnectionState(lifespan_state.copy()), _Replay(stream, head)
@@ -125,7 +127,8 @@ async def serve_front(
             log.exception("connection failed")
             await stream.aclose()
 
-    async def _websocket(stream: trio.SocketStream, head: bytes) -> None:
+    async def _websocket(stream: trio.SocketStream, box: list[bytes]) -> None:
+        head = box.pop()
         try:
             request = ws.parse_request(head)
         except ws.HandshakeError as exc:
@@ -141,8 +144,9 @@ async def serve_front(
             await stream.send_all(ws.reject_response(404, _json("not_found", "no WebSocket here")))
             await stream.aclose()
             return
-        leftover = head[head.index(b"\r\n\r\n") + 4 :]
-        await handler(stream, request, leftover)
+        upgrade = Upgrade(request, head[head.index(b"\r\n\r\n") + 4 :])
+        del head, request
+        await handler(stream, upgrade)
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)

@@ -1,26 +1,55 @@
-"""A bounded per-connection queue of encoded frames, drained by one writer task."""
+"""A bounded per-connection queue, drained by one writer task.
+
+Kept small on purpose: with ten thousand connections, every object here is multiplied by
+ten thousand, so the queue is a plain list and the waiting writer is parked with trio's
+lowest-level primitives instead of a ParkingLot (whose OrderedDict alone costs more
+than the rest of this object).
+"""
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Generic, TypeVar
 
-import trio
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
 T = TypeVar("T")
+
+
+class _Waiter:
+    """At most one parked task, woken by `wake`."""
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: Task | None = None
+
+    async def park(self) -> None:
+        self.task = current_task()
+
+        def abort(_: object) -> Abort:
+            self.task = None
+            return Abort.SUCCEEDED
+
+        await wait_task_rescheduled(abort)
+
+    def wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task)
 
 
 class Outbox(Generic[T]):
     """`put` never blocks: a full outbox means the consumer is too slow, and the caller
     cuts that one connection instead of slowing every other member of the room."""
 
-    __slots__ = ("_items", "_limit", "_lot", "_space", "closed")
+    __slots__ = ("_items", "_limit", "_reader", "_space", "closed")
 
     def __init__(self, limit: int) -> None:
-        self._items: deque[T] = deque()
+        self._items: list[T] = []
         self._limit = limit
-        self._lot = trio.lowlevel.ParkingLot()
-        self._space: trio.lowlevel.ParkingLot | None = None  # made on first wait_space
+        self._reader = _Waiter()
+        self._space: _Waiter | None = None  # made on first wait_space
         self.closed = False
 
     def __len__(self) -> int:
@@ -29,36 +58,34 @@ class Outbox(Generic[T]):
     def put(self, item: T) -> bool:
         if self.closed:
             return True
-        if len(self._items) >= self._limit:
+        items = self._items
+        if len(items) >= self._limit:
             return False
-        self._items.append(item)
-        if len(self._items) == 1:
-            self._lot.unpark()
+        items.append(item)
+        if len(items) == 1:
+            self._reader.wake()
         return True
 
     def drop_queued(self, keep_first: bool) -> None:
         """Forget what is queued, except perhaps the first item."""
-        first = self._items[0] if keep_first and self._items else None
-        self._items.clear()
-        if first is not None:
-            self._items.append(first)
+        del self._items[1 if keep_first else 0 :]
 
     def close(self) -> None:
         self.closed = True
-        self._lot.unpark_all()
+        self._reader.wake()
         if self._space is not None:
-            self._space.unpark_all()
+            self._space.wake()
 
     async def get_batch(self) -> list[T]:
         """Everything queued, waiting if nothing is; [] once closed and empty."""
         while not self._items:
             if self.closed:
                 return []
-            await self._lot.park()
-        items = list(self._items)
-        self._items.clear()
+            await self._reader.park()
+        items = self._items
+        self._items = []
         if self._space is not None:
-            self._space.unpark_all()
+            self._space.wake()
         return items
 
     async def wait_space(self, below: int) -> None:
@@ -66,5 +93,5 @@ class Outbox(Generic[T]):
         producer that can wait, unlike fan-out, keeps from overrunning the limit."""
         while len(self._items) >= below and not self.closed:
             if self._space is None:
-                self._space = trio.lowlevel.ParkingLot()
+                self._space = _Waiter()
             await self._space.park()

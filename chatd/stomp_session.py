@@ -95,6 +95,29 @@ def _parse_heartbeat(value: str | None) -> tuple[int, int]:
 
 class StompSession:
     protocol = "stomp"
+    __slots__ = (
+        "state",
+        "kind",
+        "reader",
+        "writer",
+        "transport",
+        "out",
+        "_wire",
+        "user",
+        "user_id",
+        "login",
+        "version",
+        "session_id",
+        "subs",
+        "broker_subs",
+        "transactions",
+        "registered",
+        "heart_out",
+        "heart_in",
+        "last_recv",
+        "_finished",
+        "_nursery",
+    )
 
     def __init__(self, state: ServerState, kind: str, transport: StompTransport) -> None:
         cfg = state.cfg.stomp
@@ -121,8 +144,8 @@ class StompSession:
         self.heart_out = 0.0
         self.heart_in = 0.0
         self.last_recv = trio.current_time()
-        self._heart_changed = trio.Event()
         self._finished = False
+        self._nursery: trio.Nursery | None = None
 
     # --- run --------------------------------------------------------------------------
 
@@ -130,8 +153,8 @@ class StompSession:
         transport = self.transport
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._read_loop, nursery.cancel_scope)
-                nursery.start_soon(self._heartbeat_loop)
                 await self.out.run()
                 nursery.cancel_scope.cancel()
         finally:
@@ -145,6 +168,14 @@ class StompSession:
     async def _read_loop(self, scope: trio.CancelScope) -> None:
         receive = self.transport.receive
         try:
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                while not self._finished and not self.registered:
+                    data = await receive()
+                    if data is None:
+                        break
+                    await self.receive_data(data)
+            if not self.registered and not self._finished:
+                self._fail(Fatal("Timed out", "no CONNECT frame in time"))
             while not self._finished:
                 data = await receive()
                 if data is None:
@@ -159,14 +190,9 @@ class StompSession:
             scope.cancel()
 
     async def _heartbeat_loop(self) -> None:
+        """Started after CONNECT only when heart-beats were agreed: an idle connection
+        without them costs no task."""
         tolerance = self.state.cfg.stomp.heartbeat_tolerance
-        with trio.move_on_after(CONNECT_TIMEOUT):
-            await self._heart_changed.wait()
-        if not self.registered:
-            self._fail(Fatal("Timed out", "no CONNECT frame in time"))
-            return
-        if not self.heart_out and not self.heart_in:
-            return
         # Checking at half the send interval: a beat goes out when a whole check period
         # passed with no write, so the peer never waits longer than the agreed interval.
         step = min(x for x in (self.heart_out / 2, self.heart_in) if x)
@@ -361,7 +387,8 @@ class StompSession:
         self.writer.version = version
         self.registered = True
         state.service.session_opened(self)
-        self._heart_changed.set()
+        if (self.heart_out or self.heart_in) and self._nursery is not None:
+            self._nursery.start_soon(self._heartbeat_loop)
 
     def _authenticate(self, login: str, passcode: str) -> User | None:
         state = self.state

@@ -17,7 +17,7 @@ from .state import ServerState
 from .stomp_session import StompSession, StompTransport
 from .wire import Disconnected as WireClosed
 from .wire import WireWriter
-from .ws_transport import WebSocketTransport, read_head
+from .ws_transport import Upgrade, WebSocketTransport, read_head
 
 log = logging.getLogger("chatd.stomp")
 
@@ -33,23 +33,9 @@ def choose_subprotocol(offered: list[str]) -> str | None:
     return None
 
 
-class WebSocketStomp:
-    """STOMP over chatd's own WebSocket layer: one STOMP frame per WebSocket message."""
-
-    def __init__(self, ws_: WebSocketTransport) -> None:
-        self.ws = ws_
-        self.out = ws_.out
-        self.wire = ws_.frame
-
-    async def receive(self) -> bytes | None:
-        data = await self.ws.receive()
-        return data.encode("utf-8") if isinstance(data, str) else data
-
-    async def aclose(self) -> None:
-        await self.ws.aclose()
-
-
 class TcpTransport:
+    __slots__ = ("stream", "out")
+
     def __init__(self, stream: trio.SocketStream, limit: int) -> None:
         self.stream = stream
         self.out = WireWriter(limit, self._send, stream.socket.fileno())
@@ -85,10 +71,9 @@ async def run_session(state: ServerState, kind: str, transport: StompTransport) 
         log.exception("stomp %s session failed", kind)
 
 
-async def serve_stomp_ws(
-    state: ServerState, stream: trio.SocketStream, request: ws.Request, leftover: bytes
-) -> None:
+async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade: Upgrade) -> None:
     """A `/ws` upgrade, from the front door or the dedicated listener."""
+    request, leftover = upgrade.take()
     status, body = _check_request(state, request)
     if status:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -103,8 +88,9 @@ async def serve_stomp_ws(
         return
     parser = ws.FrameParser(state.cfg.stomp.max_frame_bytes + 1024)
     parser.receive_data(leftover)
+    del request, leftover
     transport = WebSocketTransport(stream, parser, state.cfg.chat.outbox_messages)
-    await run_session(state, "websocket", WebSocketStomp(transport))
+    await run_session(state, "websocket", transport)
 
 
 async def _handle_websocket(state: ServerState, stream: trio.SocketStream) -> None:
@@ -124,7 +110,9 @@ async def _handle_websocket(state: ServerState, stream: trio.SocketStream) -> No
     if request is None:
         await stream.aclose()
         return
-    await serve_stomp_ws(state, stream, request, head[head.index(b"\r\n\r\n") + 4 :])
+    upgrade = Upgrade(request, head[head.index(b"\r\n\r\n") + 4 :])
+    del head, request
+    await serve_stomp_ws(state, stream, upgrade)
 
 
 def _check_request(state: ServerState, request: ws.Request) -> tuple[int, bytes]:

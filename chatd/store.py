@@ -402,8 +402,9 @@ class Store:
             if client_message_id is not None:
                 row = conn.execute(
                     f"SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = ? AND"
-                    " client_message_id = ? AND created_unix >= ? ORDER BY id DESC LIMIT 1",
-                    (user_id, client_message_id, now - idempotency_window),
+                    " client_message_id = ? AND room_id = ? AND created_unix >= ?"
+                    " ORDER BY id DESC LIMIT 1",
+                    (user_id, client_message_id, room_id, now - idempotency_window),
                 ).fetchone()
                 if row is not None:
                     return StoredMessage.from_row(row), False

@@ -7,7 +7,6 @@ never interleave, and an idle socket is written directly (see wire.py).
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 
 import trio
 
@@ -15,6 +14,24 @@ from . import wsproto_lite as ws
 from .wire import Disconnected, WireWriter
 
 HEAD_TIMEOUT = 10.0
+
+
+class Upgrade:
+    """A handshake handed from the listener to a protocol. `take` empties it: a
+    coroutine frame keeps its arguments for the connection's whole life, and with ten
+    thousand connections a kept request head is ten megabytes."""
+
+    __slots__ = ("_request", "_leftover")
+
+    def __init__(self, request: ws.Request, leftover: bytes) -> None:
+        self._request: ws.Request | None = request
+        self._leftover = leftover
+
+    def take(self) -> tuple[ws.Request, bytes]:
+        request, leftover = self._request, self._leftover
+        assert request is not None, "an upgrade is taken once"
+        self._request, self._leftover = None, b""
+        return request, leftover
 
 
 async def read_head(stream: trio.SocketStream) -> bytes:
@@ -31,12 +48,14 @@ async def read_head(stream: trio.SocketStream) -> bytes:
 
 
 class WebSocketTransport:
+    __slots__ = ("stream", "parser", "out", "closed", "_events")
+
     def __init__(self, stream: trio.SocketStream, parser: ws.FrameParser, limit: int) -> None:
         self.stream = stream
         self.parser = parser
         self.out = WireWriter(limit, self._send, stream.socket.fileno())
         self.closed = False
-        self._events: deque[ws.Message | ws.Ping | ws.Close] = deque()
+        self._events: list[ws.Message | ws.Ping | ws.Close] = []
 
     async def _send(self, chunks: list[bytes]) -> None:
         try:
@@ -44,12 +63,12 @@ class WebSocketTransport:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise Disconnected() from None
 
-    async def receive(self) -> str | bytes | None:
+    async def receive(self) -> bytes | None:
         """The next whole message; None once the peer closed or broke the protocol."""
         events = self._events
         while True:
             while events:
-                ev = events.popleft()
+                ev = events.pop(0)
                 if isinstance(ev, ws.Message):
                     return ev.data
                 if isinstance(ev, ws.Ping):
@@ -77,7 +96,7 @@ class WebSocketTransport:
         return ws.frame_header(ws.OP_TEXT, len(data)) + data
 
     @staticmethod
-    def frame(data: bytes) -> bytes:
+    def wire(data: bytes) -> bytes:
         """Text when the bytes are UTF-8, binary otherwise."""
         opcode = ws.OP_TEXT if _is_utf8(data) else ws.OP_BINARY
         return ws.frame_header(opcode, len(data)) + data

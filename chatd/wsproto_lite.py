@@ -152,7 +152,11 @@ def _unmask(payload: bytes, mask: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    data: str | bytes
+    """A whole message. Text messages are checked to be UTF-8 but stay bytes: both
+    protocols parse bytes, so decoding here would only be undone."""
+
+    data: bytes
+    text: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,8 @@ class Close:
 
 class FrameParser:
     """Client-to-server frames in, whole messages and control frames out."""
+
+    __slots__ = ("max_message", "_buf", "_parts", "_size", "_opcode")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
@@ -248,7 +254,8 @@ class FrameParser:
         self._parts, self._size, self._opcode = [], 0, None
         if first == OP_TEXT:
             try:
-                return Message(codecs.decode(data, "utf-8"))
+                codecs.decode(data, "utf-8")
             except UnicodeDecodeError:
                 raise ProtocolError(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
-        return Message(data)
+            return Message(data, True)
+        return Message(data, False)

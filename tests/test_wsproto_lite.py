@@ -103,11 +103,11 @@ def test_messages_control_frames_and_fragments(bytewise: bool) -> None:
         + client_frame(ws.OP_CLOSE, (1000).to_bytes(2, "big") + b"bye")
     )
     assert feed_all(data, bytewise) == [
-        ws.Message("héllo"),
-        ws.Message(b"\x00\xff"),
+        ws.Message("héllo".encode(), True),
+        ws.Message(b"\x00\xff", False),
         ws.Ping(b"p"),
-        ws.Message("parts"),
-        ws.Message(b"x" * 70000),
+        ws.Message(b"parts", True),
+        ws.Message(b"x" * 70000, False),
         ws.Close(1000, "bye"),
     ]
 

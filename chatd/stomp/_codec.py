@@ -113,6 +113,23 @@ class FrameReader:
     and ``max_header_length`` the length of one header line without its EOL.
     """
 
+    __slots__ = (
+        "max_frame_size",
+        "max_headers",
+        "max_header_length",
+        "_version",
+        "_buf",
+        "_scan",
+        "_eof",
+        "_error",
+        "_state",
+        "_command",
+        "_raw_headers",
+        "_headers",
+        "_content_length",
+        "_frame_size",
+    )
+
     def __init__(
         self,
         max_frame_size: int = 4 * 1024 * 1024,
@@ -490,6 +507,8 @@ class FrameWriter:
     The writer emits LF line endings and adds ``content-length`` whenever the
     body is non-empty and the frame does not already carry one.
     """
+
+    __slots__ = ("_version",)
 
     def __init__(self, version: str = "1.2") -> None:
         self._version = _check_version(version)
