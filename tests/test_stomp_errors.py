@@ -220,7 +220,7 @@ async def test_a_frame_bigger_than_max_frame_bytes_after_connect(env: Env) -> No
 
 
 async def test_no_connect_in_time(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chatd.stomp_session, "CONNECT_TIMEOUT", 0.3)
+    monkeypatch.setattr(chatd.stomp_session, "CONNECT_TIMEOUT", 0.5)
     with trio.fail_after(10):
         async with stomp_user(env.server, 3, rooms=[env.room]) as bystander:
             async with open_stomp(env.server) as silent, open_stomp(env.server, "http") as half:
@@ -281,19 +281,7 @@ def _tamper(passcode: str) -> str:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(
-    "case",
-    [
-        "wrong-passcode",
-        "tampered-signature",
-        "someone-elses-login",
-        "no-credentials",
-        "guest",
-        "expired-jwt",
-        "jwt-other-secret",
-    ],
-)
-async def test_refused_login(env: Env, kind: Kind, case: str) -> None:
+async def test_refused_login(env: Env, kind: Kind) -> None:
     server = env.server
     with trio.fail_after(10):
         async with stomp_user(server, 3, rooms=[env.room]) as bystander:
@@ -302,25 +290,23 @@ async def test_refused_login(env: Env, kind: Kind, case: str) -> None:
                 "wrong-passcode": (login, "not-the-passcode"),
                 "tampered-signature": (login, _tamper(passcode)),
                 "someone-elses-login": ("chatd-user-2", passcode),
+                "login-only": (login, None),
                 "no-credentials": (None, None),
                 "guest": ("guest", "guest"),
                 "expired-jwt": ("alice", server.token(1, ttl=-3600)),
-                "jwt-other-secret": (
-                    "alice",
-                    _other_authority_token(server),
-                ),
+                "jwt-other-secret": ("alice", _other_authority_token()),
             }
-            user, code = bad[case]
-            async with open_stomp(server, kind) as c:
-                await c.send_connect(user, code, extra={"receipt": "login"})
-                await c.expect_error(
-                    "Bad CONNECT", f"Access refused for user '{user or ''}'", receipt_id="login"
-                )
+            for case, (user, code) in bad.items():
+                async with open_stomp(server, kind) as c:
+                    await c.send_connect(user, code, extra={"receipt": case})
+                    await c.expect_error(
+                        "Bad CONNECT", f"Access refused for user '{user or ''}'", receipt_id=case
+                    )
             await carry_on(env, bystander, kind)
-        assert server.state.metrics.auth_failures["stomp_login"] >= 1
+        assert server.state.metrics.auth_failures["stomp_login"] == len(bad)
 
 
-def _other_authority_token(server: Server) -> str:
+def _other_authority_token() -> str:
     import jwt
 
     return jwt.encode({"sub": "1", "username": "mallory"}, "x" * 40, algorithm="HS256")
