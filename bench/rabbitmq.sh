@@ -27,6 +27,9 @@ NODE_IP_ADDRESS=127.0.0.1
 NODE_PORT=5672
 SERVER_ADDITIONAL_ERL_ARGS="+S 1:1 -kernel inet_dist_use_interface {127,0,0,1}"
 export ERL_EPMD_ADDRESS=127.0.0.1
+# Sourced by the node's start script (after `su rabbitmq`, which resets the soft limit to
+# 1024): connections need file descriptors.
+ulimit -n "$(ulimit -Hn)"
 ENV
     cat > "$CONF_DIR/rabbitmq.conf" <<'CONF'
 # Written by chatd bench/rabbitmq.sh: loopback only.
@@ -64,8 +67,6 @@ start)
         echo "already running: beam.smp pid $pid"
         exit 0
     fi
-    # Connections need file descriptors: raise the soft limit to the hard one.
-    ulimit -n "$(ulimit -Hn)"
     taskset -c "$CORE" rabbitmq-server -detached >/dev/null 2>&1
     # -detached returns before the node registers with epmd: poll until it answers.
     for _ in $(seq 120); do
@@ -77,11 +78,18 @@ start)
         (exec 3<>/dev/tcp/127.0.0.1/15674) 2>/dev/null && break
         sleep 0.1
     done
-    echo "rabbitmq running: beam.smp pid $(beam_pid), Web-STOMP ws://127.0.0.1:15674/ws, cores $(taskset -pc "$(beam_pid)" | awk '{print $NF}')"
+    pid=$(beam_pid)
+    echo "rabbitmq running: beam.smp pid $pid, Web-STOMP ws://127.0.0.1:15674/ws," \
+        "cores $(taskset -pc "$pid" | awk '{print $NF}'), open files $(awk '/open files/ {print $4}' "/proc/$pid/limits")"
     ;;
 stop)
-    if [ -n "$(beam_pid || true)" ]; then
-        rabbitmqctl -q -n rabbit@localhost stop >/dev/null || true
+    pid=$(beam_pid || true)
+    if [ -n "$pid" ]; then
+        rabbitmqctl -q -n rabbit@localhost stop >/dev/null 2>&1 || true
+        for _ in $(seq 300); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     fi
     # epmd (started with the node) is left alone: it is tiny and bound to 127.0.0.1.
     echo "rabbitmq stopped"

@@ -65,6 +65,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time spent by everything on the machine (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:]
+    ticks = [int(x) for x in parts[:8]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / CLK_TCK
+
+
+def wait_quiet(max_wait: float = 300.0, threshold: float = 0.15) -> float:
+    """Wait until the machine is nearly idle (other people's test runs share it): busy
+    below `threshold` of one core over two seconds. Returns the busy fraction seen."""
+    deadline = time.time() + max_wait
+    while True:
+        b0 = machine_busy_seconds()
+        time.sleep(2.0)
+        busy = (machine_busy_seconds() - b0) / 2.0
+        if busy < threshold or time.time() > deadline:
+            if busy >= threshold:
+                log(f"machine still busy ({busy:.0%} of a core) after {max_wait:.0f} s; going on")
+            return busy
+        log(f"machine busy ({busy:.0%} of a core): waiting for it to go quiet")
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -514,7 +538,13 @@ def _run(args: argparse.Namespace, srv: Server, plan: Plan, node: str) -> dict[s
                 break
             name = msg["checkpoint"]
             now = time.time()
-            samples[name] = {"t": now, "cpu_s": cpu_seconds(pid), "rss_kb": rss_kb(pid), **msg}
+            samples[name] = {
+                "t": now,
+                "cpu_s": cpu_seconds(pid),
+                "rss_kb": rss_kb(pid),
+                "machine_busy_s": machine_busy_seconds(),
+                **msg,
+            }
             log(f"checkpoint {name}: RSS {samples[name]['rss_kb'] / 1024:.1f} MB {_brief(msg)}")
             if name in ("ready", "churn_start"):
                 stored["before"] = srv.stored_count()
@@ -609,6 +639,7 @@ def figures(
         f["connect_cycle_p99_ms"] = load["cycle"]["p99_ms"]
         f["churn_failures"] = load["failures"]
         f["loadgen_cpu_pct"] = round(100 * load["loadgen_cpu_s"] / (b["t"] - a["t"]), 1)
+        f["other_cpu_pct"] = other_cpu(a, b, cpu, load)
     else:
         n_conn = samples.get("connected", {}).get("connected")
         n_sub = samples.get("ready", {}).get("subscribed")
@@ -629,6 +660,7 @@ def figures(
         f["messages_lost"] = load["lost"]
         f["server_cpu_pct_of_core"] = round(100 * cpu / wall, 1) if wall > 0 else None
         f["loadgen_cpu_pct"] = round(100 * load["loadgen_cpu_s"] / wall, 1) if wall > 0 else None
+        f["other_cpu_pct"] = other_cpu(a, b, cpu, load)
         lat = load["store_ack"] if plan.mode == "store" else load["latency"]
         f["latency_p50_ms"] = lat["p50_ms"]
         f["latency_p99_ms"] = lat["p99_ms"]
@@ -664,6 +696,17 @@ def figures(
         "load": load,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def other_cpu(a: dict[str, Any], b: dict[str, Any], server_cpu: float, load: dict[str, Any]):
+    """CPU used during the window by neither the server nor the load generator's workers
+    (the orchestrator, the driver, the kernel, and anyone else on the machine), as % of
+    one core. Large values mean the figures are disturbed."""
+    wall = b["t"] - a["t"]
+    if wall <= 0:
+        return None
+    busy = b["machine_busy_s"] - a["machine_busy_s"]
+    return round(100 * (busy - server_cpu - load["loadgen_cpu_s"]) / wall, 1)
 
 
 def params_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -708,6 +751,7 @@ LABELS = [
     ("history_read_p50_ms", "history read p50 (ms)"),
     ("history_read_p99_ms", "history read p99 (ms)"),
     ("loadgen_cpu_pct", "load generator CPU % (core 1)"),
+    ("other_cpu_pct", "other CPU on the machine % (noise)"),
 ]
 
 
@@ -801,6 +845,8 @@ def run_suite(args: argparse.Namespace) -> None:
                 extra += ["--restart-rabbitmq"]
             sub = parse_args([*argv, *extra, "--workers", str(args.workers)])
             log(f"=== {sid} on {target}: run.py {' '.join(argv + extra)}")
+            if not args.no_wait_quiet:
+                wait_quiet()
             try:
                 res = run_scenario(sub)
             except SystemExit as exc:
@@ -935,7 +981,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=50,
         help="connection attempts in flight per worker",
     )
-    p.add_argument("--heartbeat", default="0,0", help="STOMP heart-beat header the clients send")
+    p.add_argument(
+        "--heartbeat",
+        default="10000,10000",
+        help="STOMP heart-beat header of the clients (stompjs's default; RabbitMQ closes a "
+        "WebSocket that stays silent for 60 s)",
+    )
     p.add_argument("--outbox", type=int, default=65536, help="chatd [chat] outbox_messages")
     # fan-out, rooms, history, store
     p.add_argument("--subscribers", type=int, default=100)
@@ -987,6 +1038,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--targets", default="chatd,rabbitmq", help="suite: which servers")
     p.add_argument("--only", help="suite: comma-separated scenario ids")
     p.add_argument(
+        "--wait-quiet",
+        action="store_true",
+        help="wait for the machine to be idle (others' test runs) before starting",
+    )
+    p.add_argument(
+        "--no-wait-quiet",
+        action="store_true",
+        help="suite: do not wait for an idle machine before each run (it does by default)",
+    )
+    p.add_argument(
         "--update-benchmarks",
         action="store_true",
         help="suite: rewrite the results block of BENCHMARKS.md",
@@ -1005,6 +1066,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "suite":
         run_suite(args)
         return 0
+    if args.wait_quiet:
+        wait_quiet()
     res = run_scenario(args)
     print_result(res, args.json)
     if args.out:

@@ -187,7 +187,7 @@ function totals() {
   for (const w of workers) {
     const p = w.last.progress;
     if (!p) return null;
-    received += p.received;
+    received += store && spec.protocol !== "chat" ? p.acked : p.received;
     if (!p.pubsDone) pubsDone = false;
     for (const [room, n] of Object.entries(p.sentByRoom)) {
       sent += n;
@@ -235,6 +235,15 @@ for (const r of reps) {
   history.merge(Hist.fromJSON(r.history));
 }
 const pubs = reps.flatMap((r) => r.pubs);
+// Per second of the run: deliveries and the worst latency (ms) across workers.
+const timeline = [];
+for (const r of reps) {
+  r.timeline.forEach(([n, max], i) => {
+    if (!timeline[i]) timeline[i] = [0, 0];
+    timeline[i][0] += n;
+    timeline[i][1] = Math.max(timeline[i][1], max / 1000);
+  });
+}
 const sent = sum(pubs, (p) => p.sent);
 const acked = sum(pubs, (p) => p.acked);
 const received = sum(reps, (r) => r.received);
@@ -272,4 +281,5 @@ await finish({
   loadgen_cpu_s: sum(reps, (r) => r.cpuUs) / 1e6,
   errors: sum(reps, (r) => r.errors),
   error_samples: reps.flatMap((r) => r.errorSamples).slice(0, 10),
+  timeline: Array.from(timeline, (x) => x || [0, 0]),
 });

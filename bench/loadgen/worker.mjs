@@ -38,6 +38,10 @@ const stats = {
   churnFailures: 0,
 };
 let running = false; // between "run" and the end of the measured window
+let runStartUs = 0;
+const TIMELINE_MAX = 3600;
+const timelineCount = new Float64Array(TIMELINE_MAX);
+const timelineMax = new Float64Array(TIMELINE_MAX);
 let recvUs = 0; // receive time of the WebSocket message being parsed
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
@@ -285,8 +289,17 @@ class Client {
       const seq = readInt(buf, p, end);
       p = readInt.next;
       const ts = readInt(buf, p, end);
-      hist.record(recvUs - ts);
+      const lat = recvUs - ts;
+      hist.record(lat);
       stats.received++;
+      if (running) {
+        // Per-second timeline of the run (deliveries, worst latency), to find stalls.
+        const sec = Math.floor((recvUs - runStartUs) / 1e6);
+        if (sec >= 0 && sec < TIMELINE_MAX) {
+          timelineCount[sec]++;
+          if (lat > timelineMax[sec]) timelineMax[sec] = lat;
+        }
+      }
       if (stats.firstRecvUs === 0) stats.firstRecvUs = recvUs;
       stats.lastRecvUs = recvUs;
       if (seq <= this.lastSeq) stats.reordered++;
@@ -459,7 +472,9 @@ function progress() {
     sentByRoom[p.room] = (sentByRoom[p.room] || 0) + p.sent;
     if (!p.pubDone) pubsDone = false;
   }
-  return { type: "progress", received: stats.received, sentByRoom, pubsDone, other: stats.other };
+  let acked = 0;
+  for (const p of publishers) acked += p.acked;
+  return { type: "progress", received: stats.received, acked, sentByRoom, pubsDone, other: stats.other };
 }
 
 function phaseRun(startAtUs) {
@@ -468,11 +483,15 @@ function phaseRun(startAtUs) {
   stats.lastRecvUs = 0;
   const cpu0 = process.cpuUsage();
   const wait = Math.max(0, (startAtUs - nowUs()) / 1000);
+  runStartUs = startAtUs;
+  running = true;
   setTimeout(() => {
-    running = true;
     runDeadlineUs = spec.durationS > 0 ? nowUs() + spec.durationS * 1e6 : 0;
     for (const p of publishers) {
-      p.startUs = nowUs();
+      // Paced publishers start spread over one interval (golden-ratio offsets), not all
+      // on the same tick: 200 rooms publishing in lockstep would measure our bursts.
+      const phase = spec.rate > 0 ? ((p.pubIdx * 0.6180339887) % 1) * (1e6 / spec.rate) : 0;
+      p.startUs = nowUs() + phase;
       if (spec.mode === "store" && spec.protocol !== "chat") p.sendUs = new Map();
     }
     if (spec.rate === 0) {
@@ -723,6 +742,7 @@ process.on("message", async (msg) => {
           historyErrors: stats.historyErrors,
           pubs,
           cpuUs: cpu.user + cpu.system,
+          timeline: timelineOf(),
         });
         break;
       }
@@ -743,6 +763,14 @@ process.on("message", async (msg) => {
     send({ type: "fatal", error: String(err && err.stack ? err.stack : err) });
   }
 });
+
+function timelineOf() {
+  let last = -1;
+  for (let i = 0; i < TIMELINE_MAX; i++) if (timelineCount[i]) last = i;
+  const out = [];
+  for (let i = 0; i <= last; i++) out.push([timelineCount[i], Math.round(timelineMax[i])]);
+  return out;
+}
 
 function heartBeats() {
   const now = Date.now();
