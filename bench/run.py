@@ -580,11 +580,12 @@ def _profile(args: argparse.Namespace, pid: int) -> None:
     """py-spy on the server during the measured window (chatd only)."""
     pyspy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
     out = Path(args.profile)
+    fmt = {".json": "speedscope", ".txt": "raw", ".raw": "raw"}.get(out.suffix, "flamegraph")
     time.sleep(0.5)
     subprocess.run(
         [pyspy, "record", "--pid", str(pid), "--duration", str(max(1, int(args.duration) - 1)),
-         "--rate", "200", "--format", "speedscope" if out.suffix == ".json" else "flamegraph",
-         "--output", str(out), "--nonblocking"],
+         "--rate", "250", "--format", fmt, "--output", str(out), "--nonblocking",
+         "--threads"],
         check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     log(f"py-spy profile written to {out}")
@@ -1033,7 +1034,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--out", help="also append the JSON result to this file")
     p.add_argument("--keep", action="store_true", help="keep chatd's temp state dir and log")
-    p.add_argument("--profile", help="chatd: py-spy record the server into this file (.svg)")
+    p.add_argument(
+        "--profile",
+        help="py-spy record the server during the run into this file: .svg flame graph, "
+        ".json speedscope, .txt collapsed stacks (summarise with bench/pyspy_top.py)",
+    )
     # suite
     p.add_argument("--targets", default="chatd,rabbitmq", help="suite: which servers")
     p.add_argument("--only", help="suite: comma-separated scenario ids")
