@@ -110,6 +110,6 @@ def register(app: QuartTrio, state: ServerState) -> None:
     async def disconnect() -> Response:
         user = authenticate()
         assert state.stomp_logins is not None
-        state.stomp_logins.revoke(user.id)
+        await state.store.revoke_logins(user.id, state.stomp_logins.revoke(user.id))
         n = state.service.disconnect_user(user.id, "stomp", 1000, "disconnected by request")
         return jsonify({"status": "disconnected", "closedSessions": n})

@@ -6,7 +6,6 @@ Every error is JSON, `{"error": code, "message": text}`, with a status a client 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Response, jsonify, request
@@ -21,8 +20,6 @@ from .tickets import TooManyTickets
 from .validation import MAX_ID, InvalidMessage, id_of_digits, room_id_of
 
 log = logging.getLogger("chatd.http")
-
-Handler = Callable[..., Awaitable[Any]]
 
 
 class ApiError(Exception):

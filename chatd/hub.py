@@ -84,9 +84,6 @@ class Hub:
         for mine in list(self._sessions.values()):
             yield from list(mine)
 
-    def is_online(self, user_id: int) -> bool:
-        return user_id in self._sessions
-
     def count(self, protocol: str | None = None) -> int:
         return sum(1 for s in self.all_sessions() if protocol is None or s.protocol == protocol)
 
@@ -101,9 +98,6 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._topics[topic]
-
-    def subscribers(self, topic: str) -> set[Subscription]:
-        return self._topics.get(topic, set())
 
     # --- delivery -----------------------------------------------------------------
 

@@ -194,6 +194,7 @@ async def serve(
         state.stomp_logins = StompLogins(
             load_or_create_secret(stomp_key_path(resolve_store_path(cfg))).encode(),
             cfg.stomp.login_ttl_seconds,
+            revoked=store.load_revocations_sync(),
         )
         running = Running(state, socket_activated=bool(inherited))
         http_stop = trio.Event()
@@ -232,6 +233,8 @@ async def serve(
             http_stop.set()
             listen_scope.cancel()
             state.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+            for session in list(state.unconnected):
+                session.close(CLOSE_GOING_AWAY, "server shutting down")
             with trio.move_on_after(cfg.server.shutdown_grace_seconds):
                 await state.hub.wait_empty()
                 await http_done.wait()

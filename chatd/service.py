@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
@@ -35,10 +34,6 @@ class ServiceError(Exception):
         self.message = message
 
 
-class BadRequest(ServiceError):
-    status = 400
-
-
 class Forbidden(ServiceError):
     status = 403
 
@@ -49,10 +44,6 @@ class NotFound(ServiceError):
 
 class RateLimited(ServiceError):
     status = 429
-
-
-class RoomAware(Session, Protocol):
-    def room_left(self, room_id: int) -> None: ...
 
 
 class ChatService:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -32,6 +33,9 @@ class ServerState:
     stomp_logins: StompLogins | None = None
     stomp_broker: GeneralBroker | None = None
     closing: trio.Event = field(default_factory=trio.Event)
+    # STOMP connections that have not sent CONNECT yet: not in the hub, but shutdown
+    # must still tell them.
+    unconnected: set[Any] = field(default_factory=set)
     ready: bool = False
 
     def apply_config(self, cfg: Config, auth: Authenticator) -> None:

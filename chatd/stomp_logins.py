@@ -35,11 +35,19 @@ def stomp_key_path(store_path: Path) -> Path:
 
 
 class StompLogins:
-    def __init__(self, key: bytes, ttl: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+        revoked: dict[int, float] | None = None,
+    ) -> None:
         self._key = key
         self.ttl = ttl
         self._clock = clock
-        self._revoked_before: dict[int, float] = {}
+        # Kept in the store too (see Store.revoke_logins): passcodes outlive restarts, so
+        # a logout must as well.
+        self._revoked_before: dict[int, float] = dict(revoked or {})
 
     def issue(self, user: User) -> tuple[str, str]:
         now = self._clock()
@@ -87,5 +95,6 @@ class StompLogins:
             is_admin=bool(claims.get("a")),
         )
 
-    def revoke(self, user_id: int) -> None:
-        self._revoked_before[user_id] = self._clock()
+    def revoke(self, user_id: int) -> float:
+        at = self._revoked_before[user_id] = self._clock()
+        return at

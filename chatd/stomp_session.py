@@ -43,6 +43,9 @@ SERVER_NAME = "chatd/0.1"
 CHAT_EXCHANGE = "/exchange/chat.direct/"
 CONNECT_TIMEOUT = 10.0
 CLOSE_SLOW_CONSUMER = 4008
+# RabbitMQ's limits: a client cannot park unbounded work in server memory.
+MAX_TRANSACTIONS = 16
+MAX_TX_FRAMES = 1024
 
 _CHAT_DEST = re.compile(r"/exchange/chat\.direct/(room|user)\.([1-9][0-9]{0,17})")
 _message_ids = itertools.count(1)
@@ -146,6 +149,7 @@ class StompSession:
         self.last_recv = trio.current_time()
         self._finished = False
         self._nursery: trio.Nursery | None = None
+        state.unconnected.add(self)
 
     # --- run --------------------------------------------------------------------------
 
@@ -212,6 +216,7 @@ class StompSession:
 
     def _teardown(self) -> None:
         self._finished = True
+        self.state.unconnected.discard(self)
         self.out.close_soon()
         for sub in list(self.subs.values()):
             self._drop_sub(sub)
@@ -312,14 +317,27 @@ class StompSession:
         body = exc.detail.encode() if exc.detail else b""
         if body:
             headers.append(("content-type", "text/plain"))
-        self._send(Frame("ERROR", tuple(headers), body))
+        try:
+            data = self.writer.send(Frame("ERROR", tuple(headers), body))
+        except LocalProtocolError:
+            # An echoed value (a receipt-id with a raw CR under 1.0/1.1) that this version
+            # cannot carry: the ERROR still goes out, without it.
+            data = self.writer.send(Frame("ERROR", (("message", exc.message),), body))
+        self._emit(data)
         self._finished = True
         self.out.close_soon()
 
     def _receipt(self, frame: Frame) -> None:
         receipt = frame.get("receipt")
         if receipt is not None:
-            self._send(Frame("RECEIPT", (("receipt-id", receipt),)))
+            try:
+                data = self.writer.send(Frame("RECEIPT", (("receipt-id", receipt),)))
+            except LocalProtocolError:
+                raise Fatal(
+                    "Bad receipt",
+                    f"the receipt header cannot be echoed in STOMP {self.version}",
+                ) from None
+            self._emit(data)
 
     async def _handle(self, frame: Frame) -> None:
         command = frame.command
@@ -334,7 +352,10 @@ class StompSession:
         if tx is not None and command in ("SEND", "ACK", "NACK"):
             if tx not in self.transactions:
                 raise Fatal("Bad transaction", f"transaction {tx!r} was not begun")
-            self.transactions[tx].append(frame)
+            queued = self.transactions[tx]
+            if len(queued) >= MAX_TX_FRAMES:
+                raise Fatal("Transaction too large", f"at most {MAX_TX_FRAMES} frames")
+            queued.append(frame)
             self._receipt(frame)
             return
         handler = self._handlers.get(command)
@@ -386,6 +407,7 @@ class StompSession:
         self.reader.version = version
         self.writer.version = version
         self.registered = True
+        state.unconnected.discard(self)
         state.service.session_opened(self)
         if (self.heart_out or self.heart_in) and self._nursery is not None:
             self._nursery.start_soon(self._heartbeat_loop)
@@ -443,7 +465,12 @@ class StompSession:
             self._receipt(frame)
             return
         topic = self._check_read(dest)
-        line = self.writer.template(Frame("RECEIPT")).header_line("subscription", sub_id)
+        try:
+            line = self.writer.template(Frame("RECEIPT")).header_line("subscription", sub_id)
+        except LocalProtocolError:
+            raise Fatal(
+                "Bad subscription id", f"the id cannot be carried in STOMP {self.version}"
+            ) from None
         sub = Subscription(self, sub_id, dest, topic, ack, line)
         self.subs[sub_id] = sub
         self.state.hub.subscribe(topic, sub)
@@ -540,6 +567,8 @@ class StompSession:
             raise Fatal("Missing transaction", "BEGIN needs a transaction header")
         if tx in self.transactions:
             raise Fatal("Bad transaction", f"transaction {tx!r} is already open")
+        if len(self.transactions) >= MAX_TRANSACTIONS:
+            raise Fatal("Too many transactions", f"at most {MAX_TRANSACTIONS} open at once")
         self.transactions[tx] = []
         self._receipt(frame)
 

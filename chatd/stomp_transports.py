@@ -22,7 +22,6 @@ from .ws_transport import Upgrade, WebSocketTransport, read_head
 log = logging.getLogger("chatd.stomp")
 
 SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
-HANDSHAKE_TIMEOUT = 10.0
 _FORBIDDEN = b'{"error":"origin_not_allowed","message":"origin not allowed"}'
 
 

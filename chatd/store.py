@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("chatd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -71,6 +71,12 @@ _MIGRATIONS: dict[int, str] = {
         read_at TEXT NOT NULL,
         PRIMARY KEY (room_id, user_id)
     ) WITHOUT ROWID;
+    """,
+    2: """
+    CREATE TABLE stomp_revocations (
+        user_id INTEGER PRIMARY KEY,
+        revoked_at REAL NOT NULL
+    );
     """,
 }
 
@@ -369,6 +375,22 @@ class Store:
             return cur.rowcount > 0
 
         return await self.write(op)
+
+    def load_revocations_sync(self) -> dict[int, float]:
+        conn = _connect(self.path)
+        try:
+            return dict(conn.execute("SELECT user_id, revoked_at FROM stomp_revocations"))
+        finally:
+            conn.close()
+
+    async def revoke_logins(self, user_id: int, at: float) -> None:
+        await self.write(
+            lambda conn: conn.execute(
+                "INSERT INTO stomp_revocations(user_id, revoked_at) VALUES (?, ?)"
+                " ON CONFLICT(user_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+                (user_id, at),
+            )
+        )
 
     async def add_invite(self, room_id: int, user_id: int) -> None:
         await self.write(

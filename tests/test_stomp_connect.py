@@ -222,12 +222,6 @@ async def test_chatws_disconnect_revokes_and_closes_stomp_sessions(server: Serve
             await assert_carries_on(server, room, watcher, user_id=1)
 
 
-@pytest.mark.xfail(
-    reason="/chat-ws/disconnect's revocation lives only in memory (StompLogins._revoked_before) "
-    "while issued pairs survive a restart: after a restart a pair revoked by the user's "
-    "logout works again until it expires (login_ttl_seconds, a day by default)",
-    strict=True,
-)
 async def test_revocation_survives_a_restart(start_server: StartServer) -> None:
     with trio.fail_after(10):
         first = await start_server()

@@ -667,13 +667,6 @@ async def test_rate_limited_send_is_an_error(start_server: StartServer) -> None:
         assert server.state.metrics.rate_limited["stomp"] == 1
 
 
-@pytest.mark.xfail(
-    reason="STOMP 1.0/1.1 have no escape for CR, and a receipt value holding a raw CR cannot "
-    "be echoed: the RECEIPT is silently dropped (logged as 'cannot encode'), so a client "
-    "waiting for it hangs; it should get the RECEIPT (raw CR is legal in 1.0/1.1 values) "
-    "or an ERROR",
-    strict=True,
-)
 @pytest.mark.parametrize("version", ["1.0", "1.1"])
 async def test_receipt_that_cannot_be_escaped_is_never_silently_dropped(
     env: Env, version: str
@@ -690,12 +683,6 @@ async def test_receipt_that_cannot_be_escaped_is_never_silently_dropped(
             assert frame.command == "ERROR" or frame.get("receipt-id") == "a\rb", frame
 
 
-@pytest.mark.xfail(
-    reason="a STOMP 1.0/1.1 subscription id holding a raw CR makes header_line() raise "
-    "LocalProtocolError inside SUBSCRIBE: the client gets 'Internal error' and the server "
-    "logs an unexpected exception, for what is the client's input",
-    strict=True,
-)
 @pytest.mark.parametrize("version", ["1.0", "1.1"])
 async def test_unencodable_subscription_id_is_a_client_error(env: Env, version: str) -> None:
     with trio.fail_after(10):
@@ -709,13 +696,6 @@ async def test_unencodable_subscription_id_is_a_client_error(env: Env, version: 
             assert frame.command == "RECEIPT" or frame.get("message") != "Internal error", frame
 
 
-@pytest.mark.xfail(
-    reason="open transactions are unbounded: a client may BEGIN any number of them and queue "
-    "any number of SEND frames (each up to max_frame_bytes) in server memory until COMMIT; "
-    "RabbitMQ refuses a 17th transaction and a 1025th action ('Transaction limit exceeded', "
-    "'Transaction too large')",
-    strict=True,
-)
 @pytest.mark.parametrize("what", ["transactions", "frames-in-one-transaction"])
 async def test_open_transactions_are_bounded(env: Env, what: str) -> None:
     with trio.fail_after(10):

@@ -144,16 +144,7 @@ async def test_what_was_receipted_survives_shutdown_and_restart(
     [
         "tcp",
         "ws",
-        pytest.param(
-            "http",
-            marks=pytest.mark.xfail(
-                reason="a STOMP WebSocket on the HTTP listener that has not sent CONNECT yet "
-                "is not in the hub, so shutdown does not tell it; the HTTP front door then "
-                "waits for it for the whole shutdown_grace_seconds (10 s by default) before "
-                "the server stops",
-                strict=True,
-            ),
-        ),
+        "http",
     ],
 )
 async def test_shutdown_is_prompt_with_a_client_that_never_sent_connect(
