@@ -3,7 +3,10 @@
 # start pinned to one core, stop, and show the Erlang VM's pid.
 #
 #   bench/rabbitmq.sh install   apt-get install rabbitmq-server, enable rabbitmq_web_stomp
-#   bench/rabbitmq.sh start     start on core 0 (taskset -c 0 and +S 1:1), wait until up
+#   bench/rabbitmq.sh start [--fresh]
+#                               start on core 0 (taskset -c 0 and +S 1:1), wait until up;
+#                               --fresh first wipes the node's database (queues and messages
+#                               left by an earlier run would be recovered into memory)
 #   bench/rabbitmq.sh stop      stop it
 #   bench/rabbitmq.sh pid       print beam.smp's pid (what run.py measures)
 #   bench/rabbitmq.sh status    rabbitmqctl status
@@ -66,6 +69,9 @@ start)
     if pid=$(beam_pid) && [ -n "$pid" ]; then
         echo "already running: beam.smp pid $pid"
         exit 0
+    fi
+    if [ "${2:-}" = "--fresh" ]; then
+        rm -rf /var/lib/rabbitmq/mnesia/rabbit@localhost /var/lib/rabbitmq/mnesia/rabbit@localhost-*
     fi
     taskset -c "$CORE" rabbitmq-server -detached >/dev/null 2>&1
     # -detached returns before the node registers with epmd: poll until it answers.

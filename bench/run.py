@@ -191,6 +191,40 @@ def chatd_executable(args: argparse.Namespace) -> str:
     return found
 
 
+def chatd_command(
+    args: argparse.Namespace, tmp: Path, env: dict[str, str]
+) -> tuple[list[str], str]:
+    """The command that runs chatd, and a description of which code it is.
+
+    By default the installed chatd (the venv's, an editable install of this working tree).
+    With --chatd-rev REV, the chatd package as committed at REV, exported with `git archive`
+    into the temp dir and run as `python -m chatd` from there (PYTHONPATH comes before the
+    editable install's finder), so uncommitted edits in the tree do not leak into a run."""
+    if args.chatd_rev:
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", args.chatd_rev],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        src = tmp / "src"
+        src.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "chatd"], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+        env["PYTHONPATH"] = str(src)
+        python = args.python or str(ROOT / ".venv" / "bin" / "python")
+        return [python, "-m", "chatd"], f"git {rev}"
+    exe = chatd_executable(args)
+    try:
+        desc = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        desc = ""
+    return [exe], f"installed ({exe}), tree {desc or '?'}"
+
+
 def start_chatd(args: argparse.Namespace) -> Server:
     tmp = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
     cfg = {
@@ -216,11 +250,11 @@ def start_chatd(args: argparse.Namespace) -> Server:
         lines.append("")
     config_path = tmp / "chatd.toml"
     config_path.write_text("\n".join(lines))
-    exe = chatd_executable(args)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
     for k in ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC"):
         env.pop(k, None)
-    cmd = [*pinned(args.server_core), exe, "serve", "--config", str(config_path)]
+    chatd, code = chatd_command(args, tmp, env)
+    cmd = [*pinned(args.server_core), *chatd, "serve", "--config", str(config_path)]
     t0 = time.time()
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
@@ -270,17 +304,11 @@ def start_chatd(args: argparse.Namespace) -> Server:
     srv.idle_rss_start_kb = rss_kb(proc.pid)
     srv.secret = (tmp / "chatd.db.jwt-secret").read_text().strip()
     srv.admin_token = subprocess.run(
-        [exe, "token", "--config", str(config_path), "--user-id", str(ADMIN_ID),
+        [*chatd, "token", "--config", str(config_path), "--user-id", str(ADMIN_ID),
          "--username", "bench-admin", "--admin", "--ttl", "86400"],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env=env,
     ).stdout.strip()  # fmt: skip
-    try:
-        srv.version = subprocess.run(
-            [sys.executable, "-c", "import importlib.metadata as m; print(m.version('chatd'))"],
-            capture_output=True, text=True, check=False,
-        ).stdout.strip() or "?"  # fmt: skip
-    except OSError:
-        srv.version = "?"
+    srv.version = code
     log(
         f"chatd pid {proc.pid} ready in {srv.start_to_ready_ms} ms, idle RSS "
         f"{srv.idle_rss_start_kb / 1024:.1f} MB; http {srv.http_url}, stomp {srv.ws_url}"
@@ -316,7 +344,9 @@ def attach_rabbitmq(args: argparse.Namespace) -> Server:
             time.sleep(0.1)
         env = dict(os.environ, RABBITMQ_CORE=str(args.server_core))
         t0 = time.time()
-        starter = subprocess.Popen([str(script), "start"], env=env, stdout=subprocess.DEVNULL)
+        starter = subprocess.Popen(
+            [str(script), "start", "--fresh"], env=env, stdout=subprocess.DEVNULL
+        )
         while not _port_open(host, port):
             if time.time() - t0 > 120:
                 raise SystemExit("bench: RabbitMQ's Web-STOMP port did not open within 120 s")
@@ -831,6 +861,53 @@ SUITE: list[tuple[str, str, list[str], list[str]]] = [
 ]  # fmt: skip
 
 
+# The targets of issue 5, checked against the suite's figures:
+# (what, goal as written, suite id, figure, comparison, bound)
+TARGETS: list[tuple[str, str, str, str, str, float]] = [
+    ("Server CPU per delivery, 100-subscriber room, flat out", "≤ 10 µs",
+     "fanout-100-flat", "server_cpu_us_per_delivery", "<=", 10),
+    ("Server CPU per delivery, paced 5,000 deliveries/s", "≤ 25 µs",
+     "fanout-100-paced", "server_cpu_us_per_delivery", "<=", 25),
+    ("RSS per connected, subscribed client, 10,000 clients", "≤ 16 KB",
+     "idle-10k", "rss_per_conn_subscribed_kb", "<=", 16),
+    ("1,000 subscribers × 50 msg/s for 60 s: deliveries/s", "50,050 (keeps up)",
+     "fanout-1000", "deliveries_per_s", ">=", 49_500),
+    ("1,000 subscribers × 50 msg/s for 60 s: p99 latency", "< 50 ms",
+     "fanout-1000", "latency_p99_ms", "<", 50),
+    ("1,000 subscribers × 50 msg/s for 60 s: lost", "0",
+     "fanout-1000", "messages_lost", "==", 0),
+    ("Idle RSS at start", "≤ 40 MB", "fanout-100-flat", "idle_rss_start_mb", "<=", 40),
+    ("Start to ready", "≤ 400 ms", "fanout-100-flat", "start_to_ready_ms", "<=", 400),
+    ("Stored messages/s, group commit", "≥ 20,000",
+     "store", "messages_stored_per_s", ">=", 20_000),
+    ("p99 send → stored and delivered at 1,000 msg/s", "< 10 ms",
+     "latency-1k", "latency_p99_ms", "<", 10),
+]  # fmt: skip
+
+
+def targets_markdown(results: list[dict[str, Any]]) -> str:
+    def find(sid: str, target: str) -> dict[str, Any] | None:
+        for r in results:
+            if r.get("suite_id") == sid and r["target"] == target and not r.get("error"):
+                return r
+        return None
+
+    ops = {
+        "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b,
+        ">=": lambda a, b: a >= b,
+        "==": lambda a, b: a == b,
+    }
+    rows = ["| Target (issue 5) | Goal | chatd | met? | RabbitMQ |", "|---|---|---:|---|---:|"]
+    for what, goal, sid, key, op, bound in TARGETS:
+        c, r = find(sid, "chatd"), find(sid, "rabbitmq")
+        cv = c["figures"].get(key) if c else None
+        rv = r["figures"].get(key) if r else None
+        met = "–" if cv is None else ("yes" if ops[op](cv, bound) else "**MISSED**")
+        rows.append(f"| {what} | {goal} | {fmt(cv)} | {met} | {fmt(rv)} |")
+    return "\n".join(rows)
+
+
 def run_suite(args: argparse.Namespace) -> None:
     only = set(args.only.split(",")) if args.only else None
     targets = args.targets.split(",")
@@ -844,6 +921,8 @@ def run_suite(args: argparse.Namespace) -> None:
             extra = ["--target", target]
             if target == "rabbitmq":
                 extra += ["--restart-rabbitmq"]
+            if target == "chatd" and args.chatd_rev:
+                extra += ["--chatd-rev", args.chatd_rev]
             sub = parse_args([*argv, *extra, "--workers", str(args.workers)])
             log(f"=== {sid} on {target}: run.py {' '.join(argv + extra)}")
             if not args.no_wait_quiet:
@@ -888,6 +967,10 @@ def suite_markdown(results: list[dict[str, Any]]) -> str:
         f"Python {m['python']}, Node {m['node']}, Erlang/OTP {m['erlang']}, "
         f"RabbitMQ {m['rabbitmq']}. Server on core 0, load generator on core 1.\n"
     ]
+    code = {r.get("server_version") for r in results if r["target"] == "chatd"} - {None}
+    if code:
+        parts.append(f"chatd code: {', '.join(sorted(code))}.\n")
+    parts.append(targets_markdown(results) + "\n")
     by_id: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_id.setdefault(r["suite_id"], []).append(r)
@@ -932,7 +1015,7 @@ def machine() -> dict[str, str]:
               'io:format("~s", [erlang:system_info(otp_release)]), halt().'])  # fmt: skip
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": sh(["nproc"]),
+        "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -970,9 +1053,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--restart-rabbitmq",
         action="store_true",
-        help="restart RabbitMQ with bench/rabbitmq.sh first (fresh RSS, start time)",
+        help="restart RabbitMQ first (bench/rabbitmq.sh start --fresh): empty database",
     )
     p.add_argument("--chatd", help="chatd executable (default .venv/bin/chatd)")
+    p.add_argument(
+        "--chatd-rev",
+        help="run chatd's code as committed at this git revision (e.g. HEAD) instead of "
+        "the installed working tree",
+    )
+    p.add_argument("--python", help="with --chatd-rev: the Python to run it (default the venv's)")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--load-core", type=int, default=1)
     p.add_argument("--workers", type=int, default=4, help="load generator processes")
