@@ -240,16 +240,32 @@ class _Worker:
 
     def _run_batch(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
+        # The fast path runs the whole batch in one transaction without savepoints (two
+        # extra statements a job). Only when a job fails is the batch rolled back and run
+        # again, each job in its own savepoint, so the failure undoes that job alone.
+        if not self._transaction(batch, savepoints=False):
+            for job in batch:
+                job.result, job.error = None, None
+            self._transaction(batch, savepoints=True)
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(batch))
+
+    def _transaction(self, batch: list[_Job], savepoints: bool) -> bool:
+        """Run and commit `batch`; False (rolled back) when a job failed and savepoints
+        were off."""
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
-                conn.execute("SAVEPOINT job")
+                if savepoints:
+                    conn.execute("SAVEPOINT job")
                 self._run_one(job)
-                if job.error is None:
-                    conn.execute("RELEASE job")
-                else:
+                if job.error is not None:
+                    if not savepoints:
+                        conn.execute("ROLLBACK")
+                        return False
                     conn.execute("ROLLBACK TO job")
+                if savepoints:
                     conn.execute("RELEASE job")
             conn.execute("COMMIT")
         except Exception as exc:
@@ -257,8 +273,7 @@ class _Worker:
                 conn.execute("ROLLBACK")
             for job in batch:
                 job.result, job.error = None, StoreError(f"commit failed: {exc}")
-        if self.on_commit is not None:
-            self.on_commit(time.perf_counter() - started, len(batch))
+        return True
 
     def _wake(self, batch: list[_Job]) -> None:
         def wake() -> None:
