@@ -14,23 +14,23 @@ from pathlib import Path
 
 import trio
 
-sys.path.insert(
-    0, sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).resolve().parent.parent)
-)
-from chatd.store import Store
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else str(HERE))
 
-N = 20000
+from chatd.store import Store  # noqa: E402
+
+MESSAGES = 20_000
+TASKS = 100
 
 
-async def main():
-    d = Path(tempfile.mkdtemp())
-    store = Store(d / "x.db", 512)
+async def main() -> None:
+    store = Store(Path(tempfile.mkdtemp()) / "bench.db", 512)
 
-    async def poster(k):
-        for i in range(N // 100):
+    async def poster(user_id: int) -> None:
+        for _ in range(MESSAGES // TASKS):
             await store.append_message(
                 room_id=1,
-                user_id=k,
+                user_id=user_id,
                 username="u",
                 profile_image=None,
                 content="hello world " * 5,
@@ -40,15 +40,15 @@ async def main():
                 idempotency_window=600,
             )
 
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
-    async with trio.open_nursery() as n:
-        for k in range(100):
-            n.start_soon(poster, k)
-    t1 = time.perf_counter()
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
-    print(f"{N / (t1 - t0):,.0f} msgs/s, {cpu / N * 1e6:.1f} us CPU/msg")
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for user_id in range(1, TASKS + 1):
+            nursery.start_soon(poster, user_id)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    print(f"{MESSAGES / elapsed:,.0f} messages/s, {cpu / MESSAGES * 1e6:.1f} us CPU/message")
     await store.aclose()
 
 
