@@ -83,6 +83,7 @@ class ChatConfig:
     resume_max_messages: int = _pos(1000)
     history_max_limit: int = _pos(200)
     typing_timeout_seconds: float = _pos(5.0)
+    ping_interval_seconds: float = _nonneg(30.0)
 
 
 @dataclass(frozen=True, slots=True)

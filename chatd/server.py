@@ -123,6 +123,23 @@ async def _sweep_tickets(state: ServerState) -> None:
         state.tickets.sweep()
 
 
+async def _keepalive(state: ServerState) -> None:
+    """One task pings every quiet /chat connection, instead of a timer per connection."""
+    while True:
+        interval = state.cfg.chat.ping_interval_seconds
+        if not interval:
+            await trio.sleep(60)
+            continue
+        await trio.sleep(interval)
+        now = trio.current_time()
+        for session in state.hub.all_sessions():
+            if session.protocol == "chat":
+                try:
+                    session.ws.keepalive(now, interval)  # type: ignore[attr-defined]
+                except Exception:  # one connection's fault must not stop the pings
+                    log.exception("keepalive failed for a /chat connection")
+
+
 async def _serve_http(
     state: ServerState,
     stop: trio.Event,
@@ -202,6 +219,7 @@ async def serve(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(state.service.expire_typing)
             nursery.start_soon(_sweep_tickets, state)
+            nursery.start_soon(_keepalive, state)
             nursery.start_soon(sdnotify.watchdog_loop)
             http_done = trio.Event()
             running.http = await nursery.start(_serve_http, state, http_stop, http_done)

@@ -48,13 +48,14 @@ async def read_head(stream: trio.SocketStream) -> bytes:
 
 
 class WebSocketTransport:
-    __slots__ = ("stream", "parser", "out", "closed", "_events")
+    __slots__ = ("stream", "parser", "out", "closed", "_events", "last_seen")
 
     def __init__(self, stream: trio.SocketStream, parser: ws.FrameParser, limit: int) -> None:
         self.stream = stream
         self.parser = parser
         self.out = WireWriter(limit, self._send, stream.socket.fileno())
         self.closed = False
+        self.last_seen = trio.current_time()
         self._events: list[ws.Message | ws.Ping | ws.Close] = []
 
     async def _send(self, chunks: list[bytes]) -> None:
@@ -89,7 +90,17 @@ class WebSocketTransport:
                 return None
             if not chunk:
                 return None
+            self.last_seen = trio.current_time()
             self.parser.receive_data(chunk)
+
+    def keepalive(self, now: float, interval: float) -> None:
+        """Called every `interval` seconds: ping a connection that has been quiet for an
+        interval, and cut one that stayed silent (no pong either) for two more."""
+        quiet = now - self.last_seen
+        if quiet >= 3 * interval:
+            self.abort(ws.CLOSE_GOING_AWAY, "no answer to pings")
+        elif quiet >= interval:
+            self.out.offer(ws.encode_frame(ws.OP_PING, b""))
 
     @staticmethod
     def text_frame(data: bytes) -> bytes:
