@@ -220,6 +220,7 @@ async def serve(
             nursery.start_soon(state.service.expire_typing)
             nursery.start_soon(_sweep_tickets, state)
             nursery.start_soon(_keepalive, state)
+            nursery.start_soon(state.heartbeats.run)
             nursery.start_soon(sdnotify.watchdog_loop)
             http_done = trio.Event()
             running.http = await nursery.start(_serve_http, state, http_stop, http_done)

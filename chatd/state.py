@@ -10,6 +10,7 @@ import trio
 from .auth import Authenticator
 from .broker import MemoryBroker
 from .config import Config
+from .heartbeats import Heartbeats
 from .hub import Hub
 from .metrics import Metrics
 from .rooms import Rooms
@@ -36,6 +37,7 @@ class ServerState:
     # STOMP connections that have not sent CONNECT yet: not in the hub, but shutdown
     # must still tell them.
     unconnected: set[Any] = field(default_factory=set)
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)
     ready: bool = False
 
     def apply_config(self, cfg: Config, auth: Authenticator) -> None:

@@ -119,7 +119,8 @@ class StompSession:
         "heart_in",
         "last_recv",
         "_finished",
-        "_nursery",
+        "_next_beat",
+        "_seen_writes",
     )
 
     def __init__(self, state: ServerState, kind: str, transport: StompTransport) -> None:
@@ -148,7 +149,8 @@ class StompSession:
         self.heart_in = 0.0
         self.last_recv = trio.current_time()
         self._finished = False
-        self._nursery: trio.Nursery | None = None
+        self._next_beat = 0.0
+        self._seen_writes = 0
         state.unconnected.add(self)
 
     # --- run --------------------------------------------------------------------------
@@ -157,7 +159,6 @@ class StompSession:
         transport = self.transport
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 nursery.start_soon(self._read_loop, nursery.cancel_scope)
                 await self.out.run()
                 nursery.cancel_scope.cancel()
@@ -193,30 +194,29 @@ class StompSession:
         if not self._finished:
             scope.cancel()
 
-    async def _heartbeat_loop(self) -> None:
-        """Started after CONNECT only when heart-beats were agreed: an idle connection
-        without them costs no task."""
-        tolerance = self.state.cfg.stomp.heartbeat_tolerance
-        # Checking at half the send interval: a beat goes out when a whole check period
-        # passed with no write, so the peer never waits longer than the agreed interval.
-        step = min(x for x in (self.heart_out / 2, self.heart_in) if x)
-        seen = self.out.writes
-        while True:
-            await trio.sleep(step)
-            now = trio.current_time()
-            if self.heart_in and now >= self.last_recv + self.heart_in * tolerance:
-                log.info("stomp session %s: heart-beats stopped, closing", self.session_id)
-                self._finished = True
-                self.out.abort()
-                return
-            if self.heart_out:
-                if self.out.writes == seen:
-                    self._emit(b"\n")
-                seen = self.out.writes
+    def beat(self, now: float) -> None:
+        """Called by the server's Heartbeats task every tick once heart-beats are agreed.
+        A beat goes out when half the send interval passed with no write, so the peer
+        never waits longer than the agreed interval."""
+        if self.heart_in and now >= self.last_recv + self.heart_in * self._tolerance():
+            log.info("stomp session %s: heart-beats stopped, closing", self.session_id)
+            self.state.heartbeats.discard(self)
+            self._finished = True
+            self.out.abort()
+            return
+        if self.heart_out and now >= self._next_beat:
+            if self.out.writes == self._seen_writes:
+                self._emit(b"\n")
+            self._seen_writes = self.out.writes
+            self._next_beat = now + self.heart_out / 2
+
+    def _tolerance(self) -> float:
+        return self.state.cfg.stomp.heartbeat_tolerance
 
     def _teardown(self) -> None:
         self._finished = True
         self.state.unconnected.discard(self)
+        self.state.heartbeats.discard(self)
         self.out.close_soon()
         for sub in list(self.subs.values()):
             self._drop_sub(sub)
@@ -409,8 +409,10 @@ class StompSession:
         self.registered = True
         state.unconnected.discard(self)
         state.service.session_opened(self)
-        if (self.heart_out or self.heart_in) and self._nursery is not None:
-            self._nursery.start_soon(self._heartbeat_loop)
+        if self.heart_out or self.heart_in:
+            self._next_beat = trio.current_time() + self.heart_out / 2
+            self._seen_writes = self.out.writes
+            state.heartbeats.add(self)
 
     def _authenticate(self, login: str, passcode: str) -> User | None:
         state = self.state
