@@ -74,6 +74,55 @@ def machine_busy_seconds() -> float:
     return (sum(ticks) - idle) / CLK_TCK
 
 
+def process_cpu_snapshot() -> dict[int, tuple[str, float, int]]:
+    """{pid: (name, utime+stime in s, parent pid)} for every process on the machine."""
+    snap: dict[int, tuple[str, float, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        snap[int(entry)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[1]))
+    return snap
+
+
+def interference(
+    before: dict[int, tuple[str, float, int]],
+    after: dict[int, tuple[str, float, int]],
+    ours: set[int],
+) -> tuple[float, list[tuple[str, float]]]:
+    """CPU seconds used between two snapshots by user processes that are not the
+    benchmark's (not the server, not this orchestrator or its children), and the biggest
+    users. A process that started and ended between the snapshots is not seen."""
+    mine = set(ours)
+    # Our descendants: the load generator's driver and workers, py-spy, helpers.
+    changed = True
+    while changed:
+        changed = False
+        for pid, (_, _, ppid) in after.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                changed = True
+    total = 0.0
+    by_name: collections.Counter[str] = collections.Counter()
+    for pid, (name, cpu, ppid) in after.items():
+        # Kernel threads (children of kthreadd, pid 2) do writeback and the like, much of
+        # it for the server; they count in other_cpu_pct, not here.
+        if pid in mine or pid == 2 or ppid == 2:
+            continue
+        prev = before.get(pid)
+        used = cpu - prev[1] if prev is not None else cpu
+        if used > 0:
+            total += used
+            by_name[name] += used
+    return total, [(n, round(c, 2)) for n, c in by_name.most_common(3)]
+
+
 def wait_quiet(max_wait: float = 300.0, threshold: float = 0.15) -> float:
     """Wait until the machine is nearly idle (other people's test runs share it): busy
     below `threshold` of one core over two seconds. Returns the busy fraction seen."""
@@ -132,6 +181,7 @@ def _toml(value: Any) -> str:
 _READY = re.compile(
     r"ready: http (?P<http>\S+?)(?:,[^;]*)?; stomp websocket (?P<ws>\S+?)(?:,[^;]*)?; "
 )
+_READY_METRICS = re.compile(r"; metrics (?P<metrics>[^;,\s]+)")
 
 
 @dataclass
@@ -150,6 +200,26 @@ class Server:
     config_path: Path | None = None
     log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=200))
     version: str = ""
+
+    metrics_url: str | None = None
+
+    def store_metrics(self) -> dict[str, float] | None:
+        """chatd's group-commit counters from /metrics: commits and operations."""
+        if self.metrics_url is None:
+            return None
+        import httpx
+
+        try:
+            text = httpx.get(self.metrics_url, timeout=10).text
+        except httpx.HTTPError:
+            return None
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("chatd_store_commit_seconds_count"):
+                out["commits"] = float(line.split()[-1])
+            elif line.startswith("chatd_store_committed_operations_total"):
+                out["ops"] = float(line.split()[-1])
+        return out or None
 
     # chatd: tokens and rooms
     secret: str | None = None
@@ -287,6 +357,9 @@ def start_chatd(args: argparse.Namespace) -> Server:
                     m = _READY.search(msg)
                     if m:
                         info["http"], info["ws"] = m.group("http"), m.group("ws")
+                    mm = _READY_METRICS.search(msg)
+                    if mm and mm.group("metrics") != "-":
+                        info["metrics"] = mm.group("metrics")
                     ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
@@ -298,6 +371,8 @@ def start_chatd(args: argparse.Namespace) -> Server:
         raise SystemExit("bench: could not read chatd's listeners from its ready line")
     srv.start_to_ready_ms = round((info.get("ts", info["seen_at"]) - t0) * 1000, 1)
     srv.http_url = f"http://{info['http']}"
+    if "metrics" in info:
+        srv.metrics_url = f"http://{info['metrics']}/metrics"
     srv.ws_url = f"ws://{info['ws']}/ws"
     # Idle RSS at start: after a moment's settling, with no client yet.
     time.sleep(1.0)
@@ -558,6 +633,8 @@ def _run(args: argparse.Namespace, srv: Server, plan: Plan, node: str) -> dict[s
     pid = srv.pid
     samples: dict[str, dict[str, Any]] = {}
     stored: dict[str, int | None] = {}
+    procs: dict[str, dict[int, tuple[str, float, int]]] = {}
+    commits: dict[str, dict[str, float] | None] = {}
     result: dict[str, Any] | None = None
     try:
         assert driver.stdout is not None and driver.stdin is not None
@@ -575,9 +652,12 @@ def _run(args: argparse.Namespace, srv: Server, plan: Plan, node: str) -> dict[s
                 "machine_busy_s": machine_busy_seconds(),
                 **msg,
             }
+            if name in ("ready", "churn_start", "run_end"):
+                procs[name] = process_cpu_snapshot()
             log(f"checkpoint {name}: RSS {samples[name]['rss_kb'] / 1024:.1f} MB {_brief(msg)}")
             if name in ("ready", "churn_start"):
                 stored["before"] = srv.stored_count()
+                commits["before"] = srv.store_metrics()
                 if plan.mode == "idle":
                     # Hold the idle connections and sample again: RSS settles.
                     time.sleep(args.hold)
@@ -588,6 +668,7 @@ def _run(args: argparse.Namespace, srv: Server, plan: Plan, node: str) -> dict[s
                     threading.Thread(target=_profile, args=(args, pid), daemon=True).start()
             if name == "run_end":
                 stored["after"] = srv.stored_count()
+                commits["after"] = srv.store_metrics()
             driver.stdin.write("go\n")
             driver.stdin.flush()
         driver.wait(timeout=60)
@@ -599,7 +680,19 @@ def _run(args: argparse.Namespace, srv: Server, plan: Plan, node: str) -> dict[s
         raise SystemExit(
             f"bench: the load generator ended without a result (exit {driver.returncode})"
         )
-    return figures(args, srv, plan, samples, stored, result)
+    res = figures(args, srv, plan, samples, stored, result)
+    a, b = commits.get("before"), commits.get("after")
+    if a and b and "commits" in a and "commits" in b and "ops" in a and "ops" in b:
+        n = b["commits"] - a["commits"]
+        res["figures"]["store_commits"] = int(n)
+        res["figures"]["ops_per_commit"] = round((b["ops"] - a["ops"]) / n, 1) if n else None
+    start = "churn_start" if plan.mode == "churn" else "ready"
+    if start in procs and "run_end" in procs:
+        wall = samples["run_end"]["t"] - samples[start]["t"]
+        cpu, top = interference(procs[start], procs["run_end"], {os.getpid(), pid})
+        res["figures"]["interference_cpu_pct"] = round(100 * cpu / wall, 1) if wall > 0 else None
+        res["interference_top"] = top
+    return res
 
 
 def _brief(msg: dict[str, Any]) -> str:
@@ -771,6 +864,8 @@ LABELS = [
     ("idle_rss_start_mb", "idle RSS at start (MB)"),
     ("start_to_ready_ms", "start to ready (ms)"),
     ("messages_stored_per_s", "messages stored/s"),
+    ("store_commits", "store commits (group commit)"),
+    ("ops_per_commit", "store operations per commit"),
     ("messages_sent", "messages sent"),
     ("deliveries_expected", "deliveries expected"),
     ("deliveries_received", "deliveries received"),
@@ -782,7 +877,8 @@ LABELS = [
     ("history_read_p50_ms", "history read p50 (ms)"),
     ("history_read_p99_ms", "history read p99 (ms)"),
     ("loadgen_cpu_pct", "load generator CPU % (core 1)"),
-    ("other_cpu_pct", "other CPU on the machine % (noise)"),
+    ("other_cpu_pct", "other CPU on the machine % (kernel, others)"),
+    ("interference_cpu_pct", "other processes' CPU % (noise)"),
 ]
 
 
@@ -909,6 +1005,12 @@ def targets_markdown(results: list[dict[str, Any]]) -> str:
 
 
 def run_suite(args: argparse.Namespace) -> None:
+    if args.chatd_rev:
+        # Resolve once: HEAD moves while others commit during a long suite.
+        args.chatd_rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", args.chatd_rev],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
     only = set(args.only.split(",")) if args.only else None
     targets = args.targets.split(",")
     results: list[dict[str, Any]] = []
@@ -925,29 +1027,42 @@ def run_suite(args: argparse.Namespace) -> None:
                 extra += ["--chatd-rev", args.chatd_rev]
             sub = parse_args([*argv, *extra, "--workers", str(args.workers)])
             log(f"=== {sid} on {target}: run.py {' '.join(argv + extra)}")
-            if not args.no_wait_quiet:
-                wait_quiet()
-            try:
-                res = run_scenario(sub)
-            except SystemExit as exc:
-                log(f"{sid} on {target} failed: {exc}")
-                res = {
-                    "scenario": sub.scenario,
-                    "target": target,
-                    "transport": sub.transport,
-                    "params": params_of(sub),
-                    "figures": {},
-                    "load": {},
-                    "error": str(exc),
-                }
+            res: dict[str, Any] | None = None
+            for attempt in range(1 + args.retries):
+                if not args.no_wait_quiet:
+                    wait_quiet()
+                try:
+                    got = run_scenario(sub)
+                except SystemExit as exc:
+                    log(f"{sid} on {target} failed: {exc}")
+                    got = {
+                        "scenario": sub.scenario,
+                        "target": target,
+                        "transport": sub.transport,
+                        "params": params_of(sub),
+                        "figures": {},
+                        "load": {},
+                        "error": str(exc),
+                    }
+                if target == "rabbitmq":
+                    subprocess.run([str(BENCH / "rabbitmq.sh"), "stop"], check=False,
+                                   stdout=subprocess.DEVNULL)  # fmt: skip
+                noise = got["figures"].get("interference_cpu_pct") or 0.0
+                got["attempt"] = attempt + 1
+                if res is None or noise < (res["figures"].get("interference_cpu_pct") or 0.0):
+                    res = got
+                if got.get("error") or noise <= args.max_noise:
+                    break
+                log(
+                    f"{sid} on {target}: other processes used {noise}% of a core during the"
+                    f" run ({got.get('interference_top')}); running it again"
+                )
+            assert res is not None
             res["suite_id"] = sid
             res["title"] = title
             res["command"] = "python bench/run.py " + " ".join(argv + extra)
             results.append(res)
             print_result(res, False)
-            if target == "rabbitmq":
-                subprocess.run([str(BENCH / "rabbitmq.sh"), "stop"], check=False,
-                               stdout=subprocess.DEVNULL)  # fmt: skip
     out_dir = BENCH / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -1141,6 +1256,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="suite: do not wait for an idle machine before each run (it does by default)",
     )
+    p.add_argument(
+        "--max-noise",
+        type=float,
+        default=10.0,
+        help="suite: run again (up to --retries times) when other processes used more than "
+        "this %% of a core during a run; the least disturbed run is kept",
+    )
+    p.add_argument("--retries", type=int, default=2, help="suite: see --max-noise")
     p.add_argument(
         "--update-benchmarks",
         action="store_true",
