@@ -1008,7 +1008,7 @@ def run_suite(args: argparse.Namespace) -> None:
     if args.chatd_rev:
         # Resolve once: HEAD moves while others commit during a long suite.
         args.chatd_rev = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", args.chatd_rev],
+            ["git", "-C", str(ROOT), "rev-parse", "--short=10", args.chatd_rev],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
     only = set(args.only.split(",")) if args.only else None
