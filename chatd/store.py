@@ -180,7 +180,6 @@ class _Worker:
         self._transactional = transactional
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.commit_seconds: list[float] = []
         self.on_commit: Callable[[float, int], None] | None = None
         self._closed = False
 
