@@ -109,7 +109,6 @@ def make_authenticator(cfg: Config) -> Authenticator:
 
 def hypercorn_config(cfg: Config) -> HypercornConfig:
     hc = HypercornConfig()
-    hc.bind = list(cfg.http.listen)
     hc.accesslog = None  # access lines would carry `?ticket=` query strings
     hc.errorlog = logging.getLogger("chatd.http.server")
     hc.graceful_timeout = cfg.server.shutdown_grace_seconds
