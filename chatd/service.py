@@ -174,9 +174,7 @@ class ChatService:
         was_member = user_id in room.members
         self.rooms.remove_member(room_id, user_id)
         for session in self.hub.sessions_of(user_id):
-            left = getattr(session, "room_left", None)
-            if left is not None:
-                left(room_id)
+            session.room_left(room_id)
         if was_member:
             self.broker.publish_user(
                 user_id, events.room_membership("room_removed", room.describe(), user_id)

@@ -77,6 +77,7 @@ class Subscription:
     topic: str
     ack: str
     line: bytes  # the encoded `subscription:` header, built once
+    key: tuple[str, str]  # the event cache key of its MESSAGE template: (destination, version)
 
     def offer(self, event: Event) -> None:
         self.session.deliver(self, event)
@@ -252,7 +253,7 @@ class StompSession:
     push_frame = _emit  # the general broker's way out
 
     def deliver(self, sub: Subscription, event: Event) -> None:
-        key = (sub.destination, self.version)
+        key = sub.key
         template: FrameTemplate | None = event.cache.get(key)
         if template is None:
             mid = event.cache.get("mid")
@@ -473,7 +474,7 @@ class StompSession:
             raise Fatal(
                 "Bad subscription id", f"the id cannot be carried in STOMP {self.version}"
             ) from None
-        sub = Subscription(self, sub_id, dest, topic, ack, line)
+        sub = Subscription(self, sub_id, dest, topic, ack, line, (dest, self.version))
         self.subs[sub_id] = sub
         self.state.hub.subscribe(topic, sub)
         self._receipt(frame)

@@ -480,19 +480,15 @@ class Store:
     async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
         """Newest first."""
 
+        # SQLite's largest integer: no row id reaches it, so `id < upper` keeps them all.
+        upper = 2**63 - 1 if before is None else before
+
         def op(conn: sqlite3.Connection) -> list[StoredMessage]:
-            if before is None:
-                rows = conn.execute(
-                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = ?"
-                    " ORDER BY id DESC LIMIT ?",
-                    (room_id, limit),
-                )
-            else:
-                rows = conn.execute(
-                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = ? AND id < ?"
-                    " ORDER BY id DESC LIMIT ?",
-                    (room_id, before, limit),
-                )
+            rows = conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = ? AND id < ?"
+                " ORDER BY id DESC LIMIT ?",
+                (room_id, upper, limit),
+            )
             return [StoredMessage.from_row(r) for r in rows]
 
         return await self.read(op)
