@@ -249,16 +249,31 @@ class Server:
             log(f"kept chatd's state and log in {self.tmp}")
 
 
+RUNTIME = ROOT / "bench" / ".runtime"
+
+
+def runtime_env() -> Path:
+    """A venv holding chatd's runtime dependencies only, as the README's install command
+    makes it, with chatd installed editable from this tree. The test venv is no stand-in:
+    it has `cryptography`, which pyjwt loads whenever it is installed (+10 MB of RSS).
+    Rebuilt when pyproject.toml changes."""
+    stamp_file = RUNTIME / "pyproject.stamp"
+    wanted = (ROOT / "pyproject.toml").read_bytes()
+    python = RUNTIME / "bin" / "python"
+    if python.exists() and stamp_file.exists() and stamp_file.read_bytes() == wanted:
+        return RUNTIME
+    log(f"bench: making the runtime venv {RUNTIME} (pip install -e {ROOT})")
+    shutil.rmtree(RUNTIME, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(RUNTIME)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True)
+    stamp_file.write_bytes(wanted)
+    return RUNTIME
+
+
 def chatd_executable(args: argparse.Namespace) -> str:
     if args.chatd:
         return args.chatd
-    venv = ROOT / ".venv" / "bin" / "chatd"
-    if venv.exists():
-        return str(venv)
-    found = shutil.which("chatd")
-    if not found:
-        raise SystemExit("bench: no chatd executable (make .venv, or pass --chatd PATH)")
-    return found
+    return str(runtime_env() / "bin" / "chatd")
 
 
 def chatd_command(
@@ -282,7 +297,7 @@ def chatd_command(
         )
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
         env["PYTHONPATH"] = str(src)
-        python = args.python or str(ROOT / ".venv" / "bin" / "python")
+        python = args.python or str(runtime_env() / "bin" / "python")
         return [python, "-m", "chatd"], f"git {rev}"
     exe = chatd_executable(args)
     try:
@@ -1170,13 +1185,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="restart RabbitMQ first (bench/rabbitmq.sh start --fresh): empty database",
     )
-    p.add_argument("--chatd", help="chatd executable (default .venv/bin/chatd)")
+    p.add_argument(
+        "--chatd", help="chatd executable (default bench/.runtime/bin/chatd, made on first use)"
+    )
     p.add_argument(
         "--chatd-rev",
         help="run chatd's code as committed at this git revision (e.g. HEAD) instead of "
         "the installed working tree",
     )
-    p.add_argument("--python", help="with --chatd-rev: the Python to run it (default the venv's)")
+    p.add_argument(
+        "--python", help="with --chatd-rev: the Python to run it (default bench/.runtime's)"
+    )
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--load-core", type=int, default=1)
     p.add_argument("--workers", type=int, default=4, help="load generator processes")

@@ -8,6 +8,7 @@ before anything binds.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import tomllib
 import typing
@@ -222,6 +223,12 @@ def _check(key: str, value: Any, meta: Mapping[str, Any]) -> None:
 _ALLOWED_ALGORITHMS = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"}
 
 
+def _has_cryptography() -> bool:
+    # Looked up, not imported: pyjwt loads cryptography's OpenSSL bindings (about 10 MB
+    # of RSS) whenever the package is installed, so the default install leaves it out.
+    return importlib.util.find_spec("cryptography") is not None
+
+
 def _validate(cfg: Config) -> None:
     algs = cfg.auth.algorithms
     if not algs:
@@ -238,6 +245,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("auth.algorithms: mix of HS* and RS*/ES* is not allowed")
     if asymmetric and not cfg.auth.jwt_public_key_file:
         raise ConfigError("auth.jwt_public_key_file: required for RS*/ES* algorithms")
+    if asymmetric and not _has_cryptography():
+        raise ConfigError(
+            "auth.algorithms: RS*/ES* need the 'cryptography' package;"
+            " install chatd with: pip install 'chatd[asymmetric]'"
+        )
     if cfg.auth.jwt_secret and len(cfg.auth.jwt_secret) < 32:
         raise ConfigError("auth.jwt_secret: expected at least 32 characters")
     if not cfg.store.path:

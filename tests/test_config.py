@@ -230,6 +230,15 @@ def test_algorithms_rules() -> None:
     assert "'none' is not allowed" in error_of(CHATD_AUTH_ALGORITHMS="HS256,none")
 
 
+def test_asymmetric_algorithms_need_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_mod, "_has_cryptography", lambda: False)
+    assert error_of({"auth": {"algorithms": ["ES256"], "jwt_public_key_file": "k.pem"}}) == (
+        "auth.algorithms: RS*/ES* need the 'cryptography' package;"
+        " install chatd with: pip install 'chatd[asymmetric]'"
+    )
+    assert cfg_of({"auth": {"algorithms": ["HS512"]}}).auth.algorithms == ["HS512"]
+
+
 # --- listen parsing ---------------------------------------------------------------------------
 
 
