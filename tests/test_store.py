@@ -199,6 +199,28 @@ async def test_writes_waiting_together_share_one_commit(store: Store) -> None:
         assert len(await store.history(1, None, 200)) == 100
 
 
+async def test_writes_started_in_one_loop_turn_reach_the_thread_as_one_batch(
+    store: Store,
+) -> None:
+    with trio.fail_after(10):
+        commits: list[int] = []
+        store.set_commit_observer(lambda _seconds, ops: commits.append(ops))
+        results: list[Any] = []
+
+        async def post_after_a_system_call(i: int) -> None:
+            # A system call releases the GIL, as a socket write does in the server: a
+            # writer thread handed jobs one by one would start a commit right here.
+            os.stat(store.path)
+            await post(store, f"m{i}", results)
+
+        for turn in range(5):
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(post_after_a_system_call, i)
+            assert commits == [50] * (turn + 1)
+        assert sorted(msg.id for msg, _ in results) == list(range(1, 251))
+
+
 async def test_a_failing_write_does_not_undo_its_batch_neighbours(store: Store) -> None:
     with trio.fail_after(10):
         gate = Gate()
