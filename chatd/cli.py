@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -94,12 +95,23 @@ def _token(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _settle_gc() -> None:
+    # Everything built during start-up (modules, config, rooms) lives as long as the
+    # process: frozen, the collector stops walking it on every full collection. Message
+    # handling makes short-lived tuples and coroutines by the hundred thousand, so the
+    # youngest generation is collected every 20,000 allocations instead of every 700.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+
+
 async def _serve_main(cfg: config_mod.Config, config_path: str | None) -> int:
     from .server import serve
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(serve, cfg)
+            _settle_gc()
 
             async def watch() -> None:
                 async for signum in signals:
