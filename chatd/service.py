@@ -6,6 +6,7 @@ Protocols call these methods and translate `ServiceError` into their own error s
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -90,39 +91,46 @@ class ChatService:
 
     # --- messages -------------------------------------------------------------------
 
-    async def post(self, user: User, out: Outgoing, route: str) -> tuple[StoredMessage, bool]:
-        """Store then publish. Returns (message, created); a retried clientMessageId
-        returns the stored message with created False and publishes nothing."""
+    def admit(self, user: User, out: Outgoing, route: str) -> None:
+        """The checks a message passes before it is stored: membership and rate."""
         self.metrics.messages_received += 1
         self.room_for_member(user, out.room_id)
         self.check_rate(user, route)
 
-        def published(result: tuple[StoredMessage, bool]) -> None:
-            msg, created = result
-            if created:
-                self.metrics.messages_stored += 1
-                self.broker.publish_room(out.room_id, events.new_message(msg))
-                # Sending ends typing, as every chat client shows it.
-                if self._typing.pop((out.room_id, user.id), None) is not None:
-                    self.broker.publish_room(
-                        out.room_id, events.user_typing(out.room_id, user.id, False)
-                    )
-            else:
-                self.metrics.duplicates_suppressed += 1
+    async def post(self, user: User, out: Outgoing, route: str) -> tuple[StoredMessage, bool]:
+        """Admit, store, then publish. Returns (message, created); a retried
+        clientMessageId returns the stored message with created False and publishes
+        nothing."""
+        self.admit(user, out, route)
+        (result,) = await self.store_admitted(user, [out])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-        msg, created = await self.store.append_message(
-            room_id=out.room_id,
-            user_id=user.id,
-            username=user.username,
-            profile_image=user.profile_image,
-            content=out.content,
-            message_type=out.message_type,
-            client_timestamp=out.client_timestamp,
-            client_message_id=out.client_message_id,
-            idempotency_window=self.cfg.chat.idempotency_window_seconds,
-            on_commit=published,
+    async def store_admitted(
+        self, user: User, outs: list[Outgoing]
+    ) -> list[tuple[StoredMessage, bool] | BaseException]:
+        """Store messages `admit` passed, in order, waiting once for all; each is
+        published from its commit."""
+        return await self.store.append_messages(
+            user.id,
+            user.username,
+            user.profile_image,
+            outs,
+            self.cfg.chat.idempotency_window_seconds,
+            functools.partial(self._published, user.id),
         )
-        return msg, created
+
+    def _published(self, user_id: int, out: Outgoing, result: tuple[StoredMessage, bool]) -> None:
+        msg, created = result
+        if not created:
+            self.metrics.duplicates_suppressed += 1
+            return
+        self.metrics.messages_stored += 1
+        self.broker.publish_room(out.room_id, events.new_message(msg))
+        # Sending ends typing, as every chat client shows it.
+        if self._typing.pop((out.room_id, user_id), None) is not None:
+            self.broker.publish_room(out.room_id, events.user_typing(out.room_id, user_id, False))
 
     async def history(
         self, user: User, room_id: int, before: int | None, limit: int

@@ -33,7 +33,7 @@ from .stomp import (
     RemoteProtocolError,
 )
 from .stomp_broker import BrokerError, Consumer
-from .validation import InvalidMessage, parse_json_object, stomp_send_body
+from .validation import InvalidMessage, Outgoing, parse_json_object, stomp_send_body
 from .wire import WireWriter
 
 log = logging.getLogger("chatd.stomp")
@@ -81,6 +81,15 @@ class Subscription:
 
     def offer(self, event: Event) -> None:
         self.session.deliver(self, event)
+
+
+@dataclass(slots=True)
+class _ChatSend:
+    """An admitted SEND to a chat room, waiting to be stored with its neighbours."""
+
+    out: Outgoing
+    receipt_id: str | None
+    receipt: bytes | None  # the encoded RECEIPT frame, when one was asked for
 
 
 def chat_destination(dest: str) -> tuple[str, int] | None:
@@ -246,11 +255,23 @@ class StompSession:
 
     def _emit(self, frame: bytes) -> None:
         if not self.out.offer(self._wire(frame)):
-            self.state.metrics.slow_consumer_disconnects += 1
-            log.warning("stomp session %s: slow consumer, closing", self.session_id)
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self._slow_consumer()
 
     push_frame = _emit  # the general broker's way out
+
+    def _emit_all(self, frames: list[bytes]) -> None:
+        """Several frames in one write, each still its own WebSocket message."""
+        if len(frames) == 1:
+            self._emit(frames[0])
+        elif frames:
+            wire = self._wire
+            if not self.out.offer(b"".join([wire(f) for f in frames])):
+                self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        self.state.metrics.slow_consumer_disconnects += 1
+        log.warning("stomp session %s: slow consumer, closing", self.session_id)
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def deliver(self, sub: Subscription, event: Event) -> None:
         key = sub.key
@@ -283,25 +304,90 @@ class StompSession:
         if self._finished:
             return
         self.reader.receive_data(data)
+        # Chat SENDs that arrived together are stored together: admitted one by one, in
+        # order, then written with one wait for the store, and their RECEIPTs go out in
+        # one write. Any other frame, an error, or the end of the data first finishes the
+        # SENDs before it, so every frame is still answered in the order it came.
+        sends: list[_ChatSend] = []
         while not self._finished:
             try:
                 event = self.reader.next_event()
             except RemoteProtocolError as exc:
+                await self._store_sends(sends)
                 self._fail(Fatal(exc.message, exc.detail))
                 return
             if event is NEED_DATA or event is CLOSED:
-                return
+                break
             if isinstance(event, HeartBeat):
                 continue
             assert isinstance(event, Frame)
             try:
-                await self._handle(event)
+                if event.command == "SEND" and self.registered:
+                    send = self._admit_chat_send(event)
+                    if send is not None:
+                        sends.append(send)
+                        continue
+                await self._store_sends(sends)
+                if not self._finished:
+                    await self._handle(event)
             except Fatal as exc:
+                await self._store_sends(sends)
                 receipt = event.get("receipt")
                 if receipt is not None and "receipt-id" not in exc.headers:
                     exc.headers["receipt-id"] = receipt
                 self._fail(exc)
                 return
+        await self._store_sends(sends)
+
+    def _admit_chat_send(self, frame: Frame) -> _ChatSend | None:
+        """A SEND to a chat room outside a transaction, checked and ready to store; None
+        for any other SEND, which takes the ordinary path."""
+        dest = frame.get("destination")
+        if not dest or frame.get("transaction") is not None:
+            return None
+        parsed = chat_destination(dest)
+        if parsed is None or parsed[0] != "room" or self.user is None:
+            return None
+        return self._chat_send(frame, parsed[1])
+
+    def _chat_send(self, frame: Frame, room_id: int) -> _ChatSend:
+        assert self.user is not None
+        try:
+            out = stomp_send_body(
+                parse_json_object(frame.body), room_id, self.state.cfg.chat.max_content_chars
+            )
+            self.state.service.admit(self.user, out, "stomp")
+        except (InvalidMessage, ServiceError) as exc:
+            raise Fatal("Bad SEND", f"{exc.code}: {exc.message}") from None
+        receipt = frame.get("receipt")
+        # Encoded now, so a receipt this version cannot carry refuses the SEND unstored.
+        return _ChatSend(out, receipt, None if receipt is None else self._receipt_frame(receipt))
+
+    async def _store_sends(self, sends: list[_ChatSend]) -> None:
+        """Store the admitted SENDs and answer their receipts; empties `sends`. A SEND the
+        store failed ends the session with an ERROR, after the others' RECEIPTs."""
+        if not sends or self.user is None:
+            return
+        batch = sends[:]
+        sends.clear()
+        results = await self.state.service.store_admitted(self.user, [s.out for s in batch])
+        receipts: list[bytes] = []
+        failed: tuple[_ChatSend, BaseException] | None = None
+        for send, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or (send, result)
+            elif send.receipt is not None:
+                receipts.append(send.receipt)
+        # Each message is its own operation: the ones around a failed one are stored,
+        # and their RECEIPTs say so, before the ERROR that names the failed one.
+        self._emit_all(receipts)
+        if failed is not None:
+            send, error = failed
+            log.error("stomp session %s: could not store a message: %s", self.session_id, error)
+            fatal = Fatal("Internal error", "the message could not be stored")
+            if send.receipt_id is not None:
+                fatal.headers["receipt-id"] = send.receipt_id
+            self._fail(fatal)
 
     def _send(self, frame: Frame) -> None:
         try:
@@ -331,14 +417,15 @@ class StompSession:
     def _receipt(self, frame: Frame) -> None:
         receipt = frame.get("receipt")
         if receipt is not None:
-            try:
-                data = self.writer.send(Frame("RECEIPT", (("receipt-id", receipt),)))
-            except LocalProtocolError:
-                raise Fatal(
-                    "Bad receipt",
-                    f"the receipt header cannot be echoed in STOMP {self.version}",
-                ) from None
-            self._emit(data)
+            self._emit(self._receipt_frame(receipt))
+
+    def _receipt_frame(self, receipt: str) -> bytes:
+        try:
+            return self.writer.send(Frame("RECEIPT", (("receipt-id", receipt),)))
+        except LocalProtocolError:
+            raise Fatal(
+                "Bad receipt", f"the receipt header cannot be echoed in STOMP {self.version}"
+            ) from None
 
     async def _handle(self, frame: Frame) -> None:
         command = frame.command
@@ -524,14 +611,7 @@ class StompSession:
         kind, room_id = parsed
         if kind != "room" or self.user is None:
             raise Fatal("Access refused", f"you may not send to {dest}")
-        try:
-            out = stomp_send_body(
-                parse_json_object(frame.body), room_id, self.state.cfg.chat.max_content_chars
-            )
-            await self.state.service.post(self.user, out, "stomp")
-        except (InvalidMessage, ServiceError) as exc:
-            raise Fatal("Bad SEND", f"{exc.code}: {exc.message}") from None
-        self._receipt(frame)
+        await self._store_sends([self._chat_send(frame, room_id)])
 
     def _broker_publish(self, frame: Frame, dest: str) -> None:
         broker = self.state.stomp_broker

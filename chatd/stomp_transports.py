@@ -59,6 +59,21 @@ class TcpTransport:
         await self.stream.aclose()
 
 
+class StompWebSocketTransport(WebSocketTransport):
+    """STOMP is a byte stream: frames end with NUL, not with the WebSocket message. So a
+    read returns every message already parsed, joined, and the session handles the SENDs
+    of a burst together."""
+
+    __slots__ = ()
+
+    async def receive(self) -> bytes | None:
+        data = await super().receive()
+        if data is None:
+            return None
+        more = self.take_ready_messages()
+        return b"".join([data, *more]) if more else data
+
+
 async def run_session(state: ServerState, kind: str, transport: StompTransport) -> None:
     """Never raises: one connection's failure stays with that connection."""
     session = StompSession(state, kind, transport)
@@ -88,7 +103,7 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     parser = ws.FrameParser(state.cfg.stomp.max_frame_bytes + 1024)
     parser.receive_data(leftover)
     del request, leftover
-    transport = WebSocketTransport(stream, parser, state.cfg.chat.outbox_messages)
+    transport = StompWebSocketTransport(stream, parser, state.cfg.chat.outbox_messages)
     await run_session(state, "websocket", transport)
 
 

@@ -11,17 +11,20 @@ the failure does not undo its neighbours.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
+
+from .validation import Outgoing
 
 T = TypeVar("T")
 
@@ -157,18 +160,20 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class _Job:
-    __slots__ = ("fn", "after", "result", "error", "done")
+    __slots__ = ("fn", "after", "result", "error", "done", "last")
 
     def __init__(
         self,
         fn: Callable[[sqlite3.Connection], Any],
-        after: Callable[[Any], None] | None = None,
+        after: Callable[[Any], None] | None,
+        done: trio.Event,
     ) -> None:
         self.fn = fn
         self.after = after
         self.result: Any = None
         self.error: BaseException | None = None
-        self.done = trio.Event()
+        self.done = done
+        self.last = True  # the last job of its caller's: its batch sets `done`
 
 
 class _Worker:
@@ -193,22 +198,35 @@ class _Worker:
         fn: Callable[[sqlite3.Connection], T],
         after: Callable[[T], None] | None = None,
     ) -> T:
+        (job,) = await self.call_many([(fn, after)])
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    async def call_many(
+        self, ops: list[tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None] | None]]
+    ) -> list[_Job]:
+        """Queue `ops` in order and wait until all of them ran; each job carries its
+        result or error. They share one wake-up: the thread ends them in one batch, or
+        in consecutive ones, and sets the event once the last is done."""
         if self._closed:
             raise StoreClosed("store is closed")
-        job = _Job(fn, after)
+        done = trio.Event()
+        jobs = [_Job(fn, after, done) for fn, after in ops]
+        for job in jobs[:-1]:
+            job.last = False
         pending = self._pending
-        pending.append(job)
-        if len(pending) == 1:
-            # The first job of an event-loop turn waits for the turn to end, then hands
+        first = not pending
+        pending.extend(jobs)
+        if first:
+            # The first caller of an event-loop turn waits for the turn to end, then hands
             # the thread every job queued meanwhile as one batch. Handing them over one by
             # one let the thread wake, take the GIL at the loop's next system call and
             # commit batches of about two: half the store's CPU went to per-commit cost.
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._flush()
-        await job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[no-any-return]
+        await done.wait()
+        return jobs
 
     def _flush(self) -> None:
         if self._pending:
@@ -301,10 +319,67 @@ class _Worker:
                         job.after(job.result)
                     except Exception:
                         log.exception("store: commit hook failed")
-                job.done.set()
+            # A caller's jobs may span this batch and the next: only the batch holding
+            # the last of them wakes it (the thread works in order, so the rest are done).
+            for job in batch:
+                if job.last:
+                    job.done.set()
 
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(wake)
+
+
+def _append_op(
+    new: Outgoing,
+    user_id: int,
+    username: str,
+    profile_image: str | None,
+    now: float,
+    created_at: str,
+    idempotency_window: float,
+) -> Callable[[sqlite3.Connection], tuple[StoredMessage, bool]]:
+    def op(conn: sqlite3.Connection) -> tuple[StoredMessage, bool]:
+        if new.client_message_id is not None:
+            row = conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = ? AND"
+                " client_message_id = ? AND room_id = ? AND created_unix >= ?"
+                " ORDER BY id DESC LIMIT 1",
+                (user_id, new.client_message_id, new.room_id, now - idempotency_window),
+            ).fetchone()
+            if row is not None:
+                return StoredMessage.from_row(row), False
+        cur = conn.execute(
+            "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
+            " message_type, created_at, created_unix, client_timestamp, client_message_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                new.room_id,
+                user_id,
+                username,
+                profile_image,
+                new.content,
+                new.message_type,
+                created_at,
+                now,
+                new.client_timestamp,
+                new.client_message_id,
+            ),
+        )
+        msg = StoredMessage(
+            int(cur.lastrowid or 0),
+            new.room_id,
+            user_id,
+            username,
+            profile_image,
+            new.content,
+            new.message_type,
+            created_at,
+            now,
+            new.client_message_id,
+        )
+        return msg, True
+
+    return op
 
 
 class Store:
@@ -447,51 +522,38 @@ class Store:
     ) -> tuple[StoredMessage, bool]:
         """Store a message; returns (message, created). With a client message id seen
         from this user within the window, returns the earlier message and False."""
+        new = Outgoing(room_id, content, message_type, client_timestamp, client_message_id)
+        (result,) = await self.append_messages(
+            user_id, username, profile_image, [new], idempotency_window,
+            None if on_commit is None else (lambda _new, result: on_commit(result)),
+        )  # fmt: skip
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def append_messages(
+        self,
+        user_id: int,
+        username: str,
+        profile_image: str | None,
+        messages: Sequence[Outgoing],
+        idempotency_window: float,
+        on_commit: Callable[[Outgoing, tuple[StoredMessage, bool]], None] | None = None,
+    ) -> list[tuple[StoredMessage, bool] | BaseException]:
+        """Store one sender's messages in order, each as its own operation (one failing
+        leaves the others stored), waiting once for all of them. Returns, per message,
+        (message, created) or the error that stopped it."""
         now = time.time()
         created_at = utc_iso(now)
-
-        def op(conn: sqlite3.Connection) -> tuple[StoredMessage, bool]:
-            if client_message_id is not None:
-                row = conn.execute(
-                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = ? AND"
-                    " client_message_id = ? AND room_id = ? AND created_unix >= ?"
-                    " ORDER BY id DESC LIMIT 1",
-                    (user_id, client_message_id, room_id, now - idempotency_window),
-                ).fetchone()
-                if row is not None:
-                    return StoredMessage.from_row(row), False
-            cur = conn.execute(
-                "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
-                " message_type, created_at, created_unix, client_timestamp, client_message_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    room_id,
-                    user_id,
-                    username,
-                    profile_image,
-                    content,
-                    message_type,
-                    created_at,
-                    now,
-                    client_timestamp,
-                    client_message_id,
-                ),
+        ops = []
+        for new in messages:
+            op = _append_op(
+                new, user_id, username, profile_image, now, created_at, idempotency_window
             )
-            msg = StoredMessage(
-                int(cur.lastrowid or 0),
-                room_id,
-                user_id,
-                username,
-                profile_image,
-                content,
-                message_type,
-                created_at,
-                now,
-                client_message_id,
-            )
-            return msg, True
-
-        return await self.write(op, on_commit)
+            after = None if on_commit is None else functools.partial(on_commit, new)
+            ops.append((op, after))
+        jobs = await self._writer.call_many(ops)
+        return [job.result if job.error is None else job.error for job in jobs]
 
     async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
         """Newest first."""

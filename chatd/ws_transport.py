@@ -93,6 +93,15 @@ class WebSocketTransport:
             self.last_seen = trio.current_time()
             self.parser.receive_data(chunk)
 
+    def take_ready_messages(self) -> list[bytes]:
+        """The data messages `receive` parsed along with the one it returned, up to the
+        first control frame, without reading the socket."""
+        events = self._events
+        taken: list[bytes] = []
+        while events and isinstance(events[0], ws.Message):
+            taken.append(events.pop(0).data)
+        return taken
+
     def keepalive(self, now: float, interval: float) -> None:
         """Called every `interval` seconds: ping a connection that has been quiet for an
         interval, and cut one that stayed silent (no pong either) for two more."""
