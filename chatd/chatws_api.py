@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from quart import Response, jsonify
-from quart_trio import QuartTrio
-
+from .asgi import App, Request, Response, json_response
+from .auth import User
 from .events import stomp_message_shape
 from .state import ServerState
 from .stomp_session import CHAT_EXCHANGE
@@ -17,17 +17,22 @@ def room_destination(room_id: int) -> str:
     return f"{CHAT_EXCHANGE}room.{room_id}"
 
 
-def register(app: QuartTrio, state: ServerState) -> None:
-    authenticate = app.authenticate  # type: ignore[attr-defined]
-    json_body = app.json_body  # type: ignore[attr-defined]
+def register(
+    app: App,
+    state: ServerState,
+    authenticate: Callable[[Request], User],
+    json_body: Callable[[Request], Awaitable[dict[str, Any]]],
+) -> None:
+    """Add the routes to `app`; `authenticate` and `json_body` are http_api's, so both APIs
+    refuse tokens and bodies alike."""
 
-    async def room_id_body() -> int:
-        body = await json_body()
+    async def room_id_body(request: Request) -> int:
+        body = await json_body(request)
         return room_id_of(body.get("roomId"))
 
     @app.post("/chat-ws/connect")
-    async def connect() -> Response:
-        user = authenticate()
+    async def connect(request: Request) -> Response:
+        user = authenticate(request)
         assert state.stomp_logins is not None
         login, passcode = state.stomp_logins.issue(user)
         subs: list[dict[str, Any]] = []
@@ -37,7 +42,7 @@ def register(app: QuartTrio, state: ServerState) -> None:
                 subs.append(
                     {"destination": room_destination(rid), "roomId": rid, "roomName": room.name}
                 )
-        return jsonify(
+        return json_response(
             {
                 "status": "success",
                 "connectionInfo": {
@@ -58,58 +63,58 @@ def register(app: QuartTrio, state: ServerState) -> None:
         )
 
     @app.post("/chat-ws/send-message")
-    async def send_message() -> Response:
-        user = authenticate()
-        out = http_send_message(await json_body(), state.cfg.chat.max_content_chars)
+    async def send_message(request: Request) -> Response:
+        user = authenticate(request)
+        out = http_send_message(await json_body(request), state.cfg.chat.max_content_chars)
         msg, created = await state.service.post(user, out, "http")
-        return jsonify(
+        return json_response(
             {"status": "success", "duplicate": not created, "message": stomp_message_shape(msg)}
         )
 
     @app.post("/chat-ws/typing-start")
-    async def typing_start() -> Response:
-        user = authenticate()
-        state.service.typing(user, await room_id_body(), True)
-        return jsonify({"status": "success"})
+    async def typing_start(request: Request) -> Response:
+        user = authenticate(request)
+        state.service.typing(user, await room_id_body(request), True)
+        return json_response({"status": "success"})
 
     @app.post("/chat-ws/typing-end")
-    async def typing_end() -> Response:
-        user = authenticate()
-        state.service.typing(user, await room_id_body(), False)
-        return jsonify({"status": "success"})
+    async def typing_end(request: Request) -> Response:
+        user = authenticate(request)
+        state.service.typing(user, await room_id_body(request), False)
+        return json_response({"status": "success"})
 
     @app.post("/chat-ws/join-room")
-    async def join_room() -> Response:
-        user = authenticate()
-        room = await state.service.join(user, await room_id_body())
-        return jsonify(
+    async def join_room(request: Request) -> Response:
+        user = authenticate(request)
+        room = await state.service.join(user, await room_id_body(request))
+        return json_response(
             {"status": "joined", "roomId": room.id, "subscription": room_destination(room.id)}
         )
 
     @app.post("/chat-ws/leave-room/<int:room_id>")
-    async def leave_room(room_id: int) -> Response:
-        user = authenticate()
+    async def leave_room(request: Request, room_id: int) -> Response:
+        user = authenticate(request)
         await state.service.leave(user, room_id)
-        return jsonify({"status": "left", "roomId": room_id})
+        return json_response({"status": "left", "roomId": room_id})
 
     @app.post("/chat-ws/read")
-    async def read() -> Response:
-        user = authenticate()
-        body = await json_body()
+    async def read(request: Request) -> Response:
+        user = authenticate(request)
+        body = await json_body(request)
         room_id = room_id_of(body.get("roomId"))
         try:
             message_id = room_id_of(body.get("messageId"))
         except InvalidMessage:
             raise InvalidMessage("bad_message_id", "messageId must be a positive integer") from None
         read_at = await state.service.mark_read(user, room_id, message_id)
-        return jsonify(
+        return json_response(
             {"status": "success", "roomId": room_id, "messageId": message_id, "readAt": read_at}
         )
 
     @app.post("/chat-ws/disconnect")
-    async def disconnect() -> Response:
-        user = authenticate()
+    async def disconnect(request: Request) -> Response:
+        user = authenticate(request)
         assert state.stomp_logins is not None
         await state.store.revoke_logins(user.id, state.stomp_logins.revoke(user.id))
         n = state.service.disconnect_user(user.id, "stomp", 1000, "disconnected by request")
-        return jsonify({"status": "disconnected", "closedSessions": n})
+        return json_response({"status": "disconnected", "closedSessions": n})

@@ -2,7 +2,7 @@
 
 Each new connection's request head is read here. A WebSocket upgrade to `/chat` or `/ws`
 is served by chatd's own WebSocket layer; anything else is handed, with the bytes already
-read, to hypercorn's HTTP protocol and the quart-trio app.
+read, to hypercorn's HTTP protocol and the ASGI app (chatd.asgi).
 
 Why not let hypercorn serve the WebSockets too: hypercorn shields its socket writes from
 cancellation, so a client that stops reading can neither be cut off nor stop a graceful

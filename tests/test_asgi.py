@@ -1,6 +1,6 @@
 """The ASGI layer under the HTTP API (chatd.asgi), called directly with fake receive/send:
 routing and the int converter, 404/405/308, HEAD, body limits, hooks, error mapping, the
-500 path, lifespan and websocket scopes."""
+500 path, lifespan and websocket scopes. Then a few of the same through the real server."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.utils import wrap_app
 
 from chatd.asgi import App, HTTPError, Message, Request, Response, json_response
+
+from .conftest import Server
 
 TIMEOUT = 10
 
@@ -421,3 +423,48 @@ async def test_websocket_scope_is_closed() -> None:
     with trio.fail_after(TIMEOUT):
         await make_app()({"type": "websocket", "path": "/x", "headers": []}, receive, send)
     assert sent == [{"type": "websocket.close", "code": 1000}]
+
+
+# --- through the real server -------------------------------------------------------------
+
+
+async def test_through_the_server_head_405_allow_and_slash_redirect(server: Server) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with server.client() as http:
+            get = await http.get("/healthz")
+            head = await http.head("/healthz")
+            assert (head.status_code, head.content) == (200, b"")
+            assert head.headers["content-length"] == get.headers["content-length"]
+            resp = await http.put("/healthz")
+            assert resp.status_code == 405
+            assert resp.headers["allow"] == "GET, HEAD, OPTIONS"
+            resp = await http.get("/chat//rooms?x=1", headers={"accessToken": server.token(1)})
+            assert (resp.status_code, resp.headers["location"]) == (308, "/chat/rooms?x=1")
+            assert resp.headers.get("content-type") is None
+
+
+async def test_through_the_server_streamed_body_over_the_limit(server: Server) -> None:
+    limit = server.cfg.http.max_body_bytes
+
+    async def chunks() -> Any:
+        for _ in range(limit // 1000 + 2):
+            yield b" " * 1000
+
+    with trio.fail_after(TIMEOUT):
+        async with server.client() as http:
+            headers = {"Authorization": f"Bearer {server.admin_token()}"}
+            resp = await http.post("/admin/rooms", content=chunks(), headers=headers)
+            assert "content-length" not in resp.request.headers  # chunked, no declared size
+            assert resp.status_code == 413
+            assert resp.json()["error"] == "body_too_large"
+            # The connection is reused after the refusal.
+            assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_wrong_type_of_body_is_a_client_error(server: Server) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with server.client() as http:
+            headers = {"Authorization": f"Bearer {server.admin_token()}"}
+            for body in (b'{"name": "\xff"}', b'{"name": "a\\ud800"}', b"[" * 5000):
+                resp = await http.post("/admin/rooms", content=body, headers=headers)
+                assert (resp.status_code, resp.json()["error"]) == (400, "bad_json")
