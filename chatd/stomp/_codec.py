@@ -267,8 +267,53 @@ class FrameReader:
             f"Unknown command {shown}; expected one of {', '.join(sorted(COMMANDS))}",
         )
 
+    def _read_headers_whole(self) -> bool:
+        """The common case in one step: every header line has arrived and all are well
+        formed. False (nothing consumed) sends the caller line by line, which also finds
+        and reports any error exactly as it would for input split anywhere."""
+        buf = self._buf
+        limit = buf.find(_NUL)
+        if limit < 0:
+            limit = len(buf)
+        if buf[:1] == b"\n" or buf[:2] == b"\r\n":
+            return False  # no headers: the line reader is as quick
+        lf = buf.find(b"\n\n", 0, limit)
+        crlf = buf.find(b"\n\r\n", 0, limit)
+        if crlf >= 0 and (lf < 0 or crlf < lf):
+            end, consumed = crlf, crlf + 3
+        elif lf >= 0:
+            end, consumed = lf, lf + 2
+        else:
+            return False
+        if self._frame_size + consumed > self.max_frame_size:
+            return False
+        block = bytes(buf[:end])
+        if not block.isascii():
+            return False  # lengths in bytes and UTF-8 checks: the line reader's job
+        text = block.decode("ascii")
+        lines = text.split("\n")
+        if "\r" in text:
+            lines = [line[:-1] if line[-1:] == "\r" else line for line in lines]
+        if len(lines) > self.max_headers:
+            return False
+        max_len = self.max_header_length
+        headers = []
+        for line in lines:
+            name, colon, value = line.partition(":")
+            if not name or not colon or len(line) > max_len:
+                return False
+            headers.append((name, value))
+        del buf[:consumed]
+        self._scan = 0
+        self._frame_size += consumed
+        self._raw_headers = headers
+        self._finish_headers(escaped="\\" in text)
+        return True
+
     def _read_header_line(self) -> Event | None:
         buf = self._buf
+        if not self._raw_headers and self._scan == 0 and self._read_headers_whole():
+            return None
         idx = buf.find(b"\n", self._scan)
         if idx < 0:
             size = len(buf)
@@ -320,11 +365,11 @@ class FrameReader:
         self._raw_headers.append((name, value))
         return None
 
-    def _finish_headers(self) -> None:
+    def _finish_headers(self, escaped: bool = True) -> None:
         # Unescaping happens here rather than per line so that a version
         # switch between next_event() calls applies to whole frames only.
         version = self._version
-        if version == "1.0" or self._command in _UNESCAPED_COMMANDS:
+        if not escaped or version == "1.0" or self._command in _UNESCAPED_COMMANDS:
             headers = tuple(self._raw_headers)
         else:
             table = _UNESCAPES[version]
