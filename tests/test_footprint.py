@@ -1,0 +1,42 @@
+"""What the default install loads: HS* tokens work without `cryptography`, and the server
+module pulls in none of the heavy packages it used to (idle RSS, BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+# Run in a fresh interpreter where importing cryptography fails, as it does when chatd is
+# installed without the `asymmetric` extra.
+_PROBE = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "cryptography":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+
+    import chatd.server
+    from chatd.auth import Authenticator
+    from chatd.config import AuthConfig
+
+    auth = Authenticator(AuthConfig(), "s" * 32)
+    token = auth.mint(7, "ana", ttl=60)
+    assert auth.verify(token).id == 7
+    heavy = {"cryptography", "quart", "quart_trio", "flask", "werkzeug", "jinja2", "click"}
+    print(sorted({m.split(".")[0] for m in sys.modules} & heavy))
+    """
+)
+
+
+def test_hs_tokens_need_no_cryptography_and_nothing_heavy_is_loaded() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
