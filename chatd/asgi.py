@@ -112,12 +112,18 @@ class Request:
             return None
 
     async def drain(self) -> None:
-        """Read what is left of the body so hypercorn can reuse the connection."""
-        while self._more_body:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                return
-            self._more_body = message.get("more_body", False)
+        """Read what is left of the body so hypercorn can reuse the connection; but no
+        more than the size limit, nor for longer than the body timeout: past that the
+        request is left unfinished and hypercorn closes the connection, so an endless or
+        trickling body cannot hold it."""
+        left = self._max_body
+        with trio.move_on_after(self._body_timeout):
+            while self._more_body and left >= 0:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    return
+                left -= len(message.get("body", b""))
+                self._more_body = message.get("more_body", False)
 
 
 class Response:
