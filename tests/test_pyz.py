@@ -63,6 +63,17 @@ async def test_pyz_runs_in_a_bare_venv(tmp_path: Path) -> None:
         ).strip()
         assert token.count(".") == 2
 
+        # The host's site-packages stay out of the archive's way: a `cryptography` found
+        # there, which pyjwt would import whenever it can, is never imported.
+        host = tmp_path / "host" / "site-packages"
+        (host / "cryptography").mkdir(parents=True)
+        marker = tmp_path / "host-package-imported"
+        (host / "cryptography" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+        host_env = {**env, "PYTHONPATH": str(host)}
+        argv = ["token", "--user-id", "2", "--username", "bo", "--config", str(config)]
+        await _run(python, pyz, *argv, env=host_env)
+        assert not marker.exists()
+
         argv = [str(python), str(pyz), "serve", "--config", str(config)]
         async with run_chatd(argv, env) as chatd:
             async with httpx.AsyncClient(base_url=chatd.base, timeout=10) as http:
