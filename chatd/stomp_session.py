@@ -664,6 +664,8 @@ class StompSession:
                 queued.body,
             )
             await self._handlers[plain.command](self, plain)
+            if self._finished:  # a SEND the store failed ended the session
+                return
         self._receipt(frame)
 
     async def _abort_tx(self, frame: Frame) -> None:

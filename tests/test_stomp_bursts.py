@@ -37,6 +37,23 @@ def send_frame(room: int, content: str | bytes, receipt: str | None) -> bytes:
     return _writer.send(Frame("SEND", tuple(headers), body))
 
 
+def fail_to_store(monkeypatch: pytest.MonkeyPatch, content: str) -> None:
+    """From now on the store fails to write any message with this content (a fault
+    injected into the real server's store)."""
+    real_op = store_module._append_op
+
+    def op_for(new, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if new.content != content:
+            return real_op(new, *args, **kwargs)
+
+        def fail(_conn):  # type: ignore[no-untyped-def]
+            raise OSError("disk on fire")
+
+        return fail
+
+    monkeypatch.setattr(store_module, "_append_op", op_for)
+
+
 async def frames_until(client: StompClient, count: int) -> list[Frame]:
     return [await client.next_frame() for _ in range(count)]
 
@@ -157,23 +174,11 @@ async def test_a_store_failure_answers_the_stored_ones_then_an_error(
 ) -> None:
     with trio.fail_after(10):
         room = await make_room(server, [1, 2, 3])
-        real_op = store_module._append_op
-
-        def failing_on_doomed(new, *args, **kwargs):  # type: ignore[no-untyped-def]
-            op = real_op(new, *args, **kwargs)
-            if new.content != "doomed":
-                return op
-
-            def fail(conn):  # type: ignore[no-untyped-def]
-                raise OSError("disk on fire")
-
-            return fail
-
         async with (
             stomp_user(server, 2, "ws", rooms=[room]) as bystander,
             stomp_user(server, 1, "ws") as sender,
         ):
-            monkeypatch.setattr(store_module, "_append_op", failing_on_doomed)
+            fail_to_store(monkeypatch, "doomed")
             burst = b"".join(
                 [
                     send_frame(room, "kept", "r0"),
@@ -190,5 +195,28 @@ async def test_a_store_failure_answers_the_stored_ones_then_an_error(
             )
             assert await contents_in_history(server, room) == ["kept", "also kept"]
             assert await published_to(bystander, 2) == ["kept", "also kept"]
+            monkeypatch.undo()
+            await assert_carries_on(server, room, bystander, user_id=3)
+
+
+async def test_a_store_failure_inside_a_committed_transaction_stops_it(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(10):
+        room = await make_room(server, [1, 2, 3])
+        async with (
+            stomp_user(server, 2, "ws", rooms=[room]) as bystander,
+            stomp_user(server, 1, "tcp") as sender,
+        ):
+            fail_to_store(monkeypatch, "doomed")
+            assert await sender.request("BEGIN", {"transaction": "t"}) == []
+            for content in ("kept", "doomed", "never"):
+                headers = {"destination": room_dest(room), "transaction": "t"}
+                await sender.send_frame("SEND", headers, orjson.dumps({"content": content}))
+            await sender.send_frame("COMMIT", {"transaction": "t", "receipt": "r-commit"})
+            # No RECEIPT for the COMMIT: the failed SEND ends the session first.
+            await sender.expect_error("Internal error", "the message could not be stored")
+            assert await contents_in_history(server, room) == ["kept"]
+            assert await published_to(bystander, 1) == ["kept"]
             monkeypatch.undo()
             await assert_carries_on(server, room, bystander, user_id=3)
