@@ -196,6 +196,11 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
     parser.receive_data(leftover)
     del leftover
     ws = WebSocketTransport(stream, parser, cfg.chat.outbox_messages)
+    query = _query(request.path)
+    # `since` beyond the newest message means "from now on", and now is before the client
+    # sees the socket open: a message it (or anyone) sends after that has a newer id.
+    resuming = "since" in query and not state.closing.is_set()
+    newest = await state.store.last_message_id() if resuming else 0
     try:
         await stream.send_all(wsl.accept_response(request.key, None))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -215,7 +220,6 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         state.metrics.auth_failures["origin"] += 1
         await refuse(CLOSE_TICKET_MISSING, "origin not allowed")
         return
-    query = _query(request.path)
     del request
     ticket = (query.get("ticket") or [""])[0]
     if not ticket:
@@ -238,9 +242,9 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
     if since is not None:
         # A `since` beyond the newest message (a client that kept an id across a database
         # reset, say) means "from now on"; taken as is, it would mute every live message
-        # with an id up to it. The newest id is read before the connection starts hearing
+        # with an id up to it. The newest id was read before the connection starts hearing
         # live messages, so any message after it is replayed or heard live.
-        since = min(since, await state.store.last_message_id())
+        since = min(since, newest)
     conn = ChatConnection(state, user, ws)
     state.service.session_opened(conn)
     try:

@@ -529,6 +529,43 @@ async def test_resume_then_nothing_extra(start_server: StartServer) -> None:
                 await assert_only(b, room, sender, "live 3")
 
 
+async def test_resume_beyond_every_id_reads_now_before_the_socket_opens(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`since` above every stored id means "from now on", and now is before the client
+    sees its socket open: a message sent once it is open must arrive. (The newest id used
+    to be read after the handshake, so a message sent right away could be taken as old.)"""
+    with trio.fail_after(10):
+        server = await start_server(chat=FAST)
+        room = await create_room(server, [1, 2])
+        store = server.state.store
+        real = store.last_message_id
+        reading, release, opened = trio.Event(), trio.Event(), trio.Event()
+
+        async def gated() -> int:
+            reading.set()
+            await release.wait()
+            return await real()  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(store, "last_message_id", gated)
+        got: list[Json] = []
+        async with chat(server, 1) as sender, trio.open_nursery() as nursery:
+
+            async def resumer() -> None:
+                async with chat(server, 2, since=10**9) as b:
+                    opened.set()
+                    got.append(await recv_message(b))
+
+            nursery.start_soon(resumer)
+            await reading.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not opened.is_set(), "the socket opened before `now` was read"
+            release.set()
+            await opened.wait()
+            sent = await roundtrip(sender, room, "right after opening")
+        assert [m["id"] for m in got] == [sent["id"]]
+
+
 async def test_resume_skips_rooms_the_user_is_not_in(start_server: StartServer) -> None:
     with trio.fail_after(10):
         server = await start_server(chat=FAST)
