@@ -7,6 +7,7 @@ from typing import Any
 
 import trio
 
+from . import wire
 from .auth import Authenticator
 from .broker import MemoryBroker
 from .config import Config
@@ -55,6 +56,7 @@ class ServerState:
         hub = Hub(rooms)
         metrics = Metrics()
         store.set_commit_observer(metrics.observe_commit)
+        store.set_hooks_scope(wire.corked)
         service = ChatService(cfg, store, rooms, hub, MemoryBroker(hub), metrics)
         general = (
             GeneralBroker(cfg.stomp.broker_destinations, cfg.stomp.broker_queue_max_messages)

@@ -188,6 +188,9 @@ class _Worker:
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.on_commit: Callable[[float, int], None] | None = None
+        self.hooks_scope: Callable[[], contextlib.AbstractContextManager[None]] = (
+            contextlib.nullcontext
+        )
         self._closed = False
 
     def start(self) -> None:
@@ -313,12 +316,13 @@ class _Worker:
             # Runs in the trio thread in commit order; `after` hooks run here, before any
             # waiting task resumes, so whatever they publish goes out in commit order
             # (trio resumes the woken tasks themselves in no promised order).
-            for job in batch:
-                if job.after is not None and job.error is None:
-                    try:
-                        job.after(job.result)
-                    except Exception:
-                        log.exception("store: commit hook failed")
+            with self.hooks_scope():
+                for job in batch:
+                    if job.after is not None and job.error is None:
+                        try:
+                            job.after(job.result)
+                        except Exception:
+                            log.exception("store: commit hook failed")
             # A caller's jobs may span this batch and the next: only the batch holding
             # the last of them wakes it (the thread works in order, so the rest are done).
             for job in batch:
@@ -400,6 +404,11 @@ class Store:
 
     def set_commit_observer(self, fn: Callable[[float, int], None]) -> None:
         self._writer.on_commit = fn
+
+    def set_hooks_scope(self, scope: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        """A context the commit hooks of one batch run in together (the server corks the
+        connections there, so a batch's fan-out is one write per connection)."""
+        self._writer.hooks_scope = scope
 
     async def aclose(self) -> None:
         """Finish every queued write, then close both connections."""

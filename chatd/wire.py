@@ -12,8 +12,9 @@ which drops the queued frames but never a frame already begun, so the final fram
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
@@ -22,6 +23,29 @@ from .outbox import Outbox
 
 class Disconnected(Exception):
     """The peer is gone."""
+
+
+# The writers holding frames while `corked()` is open; None when it is not.
+_held: list[WireWriter] | None = None
+
+
+@contextlib.contextmanager
+def corked() -> Iterator[None]:
+    """Hold what every connection is offered inside the block and write it at the end,
+    one system call per connection. A commit of many messages to one room then costs each
+    member one write instead of one per message. Frames offered inside keep their order
+    and come before anything offered after. Nested blocks join the outermost."""
+    global _held
+    if _held is not None:
+        yield
+        return
+    _held = held = []
+    try:
+        yield
+    finally:
+        _held = None
+        for writer in held:
+            writer._uncork()
 
 
 class WireWriter:
@@ -33,6 +57,7 @@ class WireWriter:
         "_sending",
         "_head_partial",
         "_scope",
+        "_cork",
         "writes",
         "broken",
     )
@@ -50,6 +75,7 @@ class WireWriter:
         self._sending = False
         self._head_partial = False  # the first queued item is the rest of a begun frame
         self._scope = trio.CancelScope()
+        self._cork: list[bytes] | None = None  # frames held by `corked()`
         self.writes = 0  # bumped on every write; heart-beats watch it
         self.broken = False
 
@@ -57,6 +83,11 @@ class WireWriter:
         """Queue (or write at once) `data`; False when the queue is full."""
         if self._outbox.closed:
             return True
+        if _held is not None:
+            return self._hold(data)
+        return self._offer_now(data)
+
+    def _offer_now(self, data: bytes) -> bool:
         fd = self._fd
         if fd is not None and not self._sending and not len(self._outbox):
             try:
@@ -76,6 +107,32 @@ class WireWriter:
             self._head_partial = True
         return self._outbox.put(data)
 
+    def _hold(self, data: bytes) -> bool:
+        cork = self._cork
+        held = 0 if cork is None else len(cork)
+        # Frames for an idle socket would have been written at once: only a busy one's
+        # queue counts against the limit, as it would have without the cork.
+        queued = len(self._outbox)
+        if (queued or self._sending) and queued + held >= self._limit:
+            return False
+        if cork is None:
+            self._cork = [data]
+            assert _held is not None
+            _held.append(self)
+        else:
+            cork.append(data)
+        return True
+
+    def _uncork(self) -> None:
+        cork = self._cork
+        if cork is None:
+            return
+        self._cork = None
+        # One item however many frames: it is bounded by what one corked block offers,
+        # and a busy socket's share was counted against the limit in `_hold`.
+        if not self._outbox.closed:
+            self._offer_now(cork[0] if len(cork) == 1 else b"".join(cork))
+
     async def wait_space(self) -> None:
         """For producers that can wait (a replay of history): keep half the queue free
         for live traffic."""
@@ -83,11 +140,13 @@ class WireWriter:
 
     def close_soon(self) -> None:
         """Write what is queued, then let `run` return."""
+        self._uncork()
         self._outbox.close()
 
     def abort(self, final: bytes = b"", grace: float = 5.0) -> None:
         """Drop the queued frames (but not the rest of one already begun), queue `final`,
         and give the writer `grace` seconds to get it out before it stops regardless."""
+        self._cork = None
         if self._outbox.closed and not final:
             self._scope.cancel()
             return

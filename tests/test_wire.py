@@ -1,0 +1,114 @@
+"""WireWriter over a real socket pair: direct writes, the bounded queue, and `corked()`,
+which holds what every connection is offered and writes it once per connection."""
+
+from __future__ import annotations
+
+import socket
+
+import orjson
+import trio
+
+from chatd import wire
+from chatd.wire import WireWriter
+
+from .conftest import Server
+from .stomp_client import make_room, stomp_user
+from .test_stomp_bursts import send_frame
+
+
+async def _never(_chunks: list[bytes]) -> None:
+    raise AssertionError("no queued write expected")
+
+
+_keep: list[socket.socket] = []  # the writers hold only file numbers
+
+
+def pair(limit: int = 4) -> tuple[WireWriter, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    _keep.append(ours)
+    return WireWriter(limit, _never, ours.fileno()), theirs
+
+
+def read_all(sock: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+async def test_corked_frames_go_out_in_one_write_in_order() -> None:
+    w, peer = pair()
+    with wire.corked():
+        for frame in (b"a", b"b", b"c"):
+            assert w.offer(frame)
+        assert read_all(peer) == b""  # held until the block ends
+        assert w.writes == 0
+    assert read_all(peer) == b"abc"
+    assert w.writes == 1
+    assert w.offer(b"d")  # after the block: written at once again
+    assert read_all(peer) == b"d"
+
+
+async def test_nested_blocks_join_the_outermost() -> None:
+    w, peer = pair()
+    with wire.corked():
+        w.offer(b"1")
+        with wire.corked():
+            w.offer(b"2")
+        assert read_all(peer) == b""
+    assert read_all(peer) == b"12"
+
+
+async def test_an_idle_socket_is_not_held_to_the_queue_limit() -> None:
+    # These frames would each have been written at once: holding them is no slowness.
+    w, peer = pair(limit=2)
+    with wire.corked():
+        assert all(w.offer(bytes([65 + i])) for i in range(10))
+    assert read_all(peer) == b"ABCDEFGHIJ"
+
+
+async def test_a_busy_socket_still_counts_against_the_limit() -> None:
+    w, peer = pair(limit=3)
+    # Fill the kernel buffer so the writer has a queue, as a slow consumer would.
+    big = b"x" * (1 << 20)
+    assert w.offer(big)
+    assert w.offer(b"queued")
+    with wire.corked():
+        assert w.offer(b"one more")  # 1 queued + 1 held < 3
+        assert not w.offer(b"too many")  # 1 queued + 2 held: the slow-consumer signal
+    peer.close()
+
+
+async def test_abort_drops_the_held_frames_and_close_soon_writes_them() -> None:
+    w, peer = pair()
+    with wire.corked():
+        w.offer(b"dropped")
+        w.abort(b"")
+    assert read_all(peer) == b""
+
+    w, peer = pair()
+    with wire.corked():
+        w.offer(b"kept")
+        w.close_soon()
+        assert w.offer(b"after close") is True  # ignored, as on any closed writer
+    assert read_all(peer) == b"kept"
+
+
+async def test_messages_committed_together_reach_a_member_in_order(server: Server) -> None:
+    """Through the real server, where the commit hooks of a batch run corked."""
+    with trio.fail_after(10):
+        room = await make_room(server, [1, 2])
+        async with (
+            stomp_user(server, 1, "ws") as sender,
+            stomp_user(server, 2, "tcp", rooms=[room]) as member,
+        ):
+            await sender.send_raw(b"".join(send_frame(room, f"m{i}", None) for i in range(5)))
+            got = [orjson.loads((await member.next_frame()).body) for _ in range(5)]
+            assert [body["message"]["content"] for body in got] == [f"m{i}" for i in range(5)]
