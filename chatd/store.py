@@ -352,35 +352,18 @@ def _append_op(
             ).fetchone()
             if row is not None:
                 return StoredMessage.from_row(row), False
+        # StoredMessage's fields from room_id to created_unix, in order.
+        fields = (
+            new.room_id, user_id, username, profile_image, new.content, new.message_type,
+            created_at, now,
+        )  # fmt: skip
         cur = conn.execute(
             "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
             " message_type, created_at, created_unix, client_timestamp, client_message_id)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                new.room_id,
-                user_id,
-                username,
-                profile_image,
-                new.content,
-                new.message_type,
-                created_at,
-                now,
-                new.client_timestamp,
-                new.client_message_id,
-            ),
+            (*fields, new.client_timestamp, new.client_message_id),
         )
-        msg = StoredMessage(
-            int(cur.lastrowid or 0),
-            new.room_id,
-            user_id,
-            username,
-            profile_image,
-            new.content,
-            new.message_type,
-            created_at,
-            now,
-            new.client_message_id,
-        )
+        msg = StoredMessage(int(cur.lastrowid or 0), *fields, new.client_message_id)
         return msg, True
 
     return op
