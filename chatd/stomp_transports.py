@@ -37,16 +37,10 @@ class TcpTransport:
 
     def __init__(self, stream: trio.SocketStream, limit: int) -> None:
         self.stream = stream
-        self.out = WireWriter(limit, self._send, stream.socket.fileno())
+        self.out = WireWriter(limit, stream, stream.socket.fileno())
 
     def wire(self, frame: bytes) -> bytes:
         return frame
-
-    async def _send(self, chunks: list[bytes]) -> None:
-        try:
-            await self.stream.send_all(b"".join(chunks))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise WireClosed() from None
 
     async def receive(self) -> bytes | None:
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import trio
 
@@ -23,6 +23,14 @@ from .outbox import Outbox
 
 class Disconnected(Exception):
     """The peer is gone."""
+
+
+async def send_joined(stream: trio.abc.SendStream, chunks: list[bytes]) -> None:
+    """One `send_all` of `chunks` joined; a peer that is gone raises Disconnected."""
+    try:
+        await stream.send_all(b"".join(chunks))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise Disconnected() from None
 
 
 # The writers holding frames while `corked()` is open; None when it is not.
@@ -52,7 +60,7 @@ class WireWriter:
     __slots__ = (
         "_outbox",
         "_limit",
-        "_send",
+        "_stream",
         "_fd",
         "_sending",
         "_head_partial",
@@ -62,15 +70,10 @@ class WireWriter:
         "broken",
     )
 
-    def __init__(
-        self,
-        limit: int,
-        send: Callable[[list[bytes]], Awaitable[None]],
-        fd: int | None,
-    ) -> None:
+    def __init__(self, limit: int, stream: trio.abc.SendStream, fd: int | None) -> None:
         self._outbox: Outbox[bytes] = Outbox(limit)
         self._limit = limit
-        self._send = send
+        self._stream = stream
         self._fd = fd
         self._sending = False
         self._head_partial = False  # the first queued item is the rest of a begun frame
@@ -169,7 +172,7 @@ class WireWriter:
                 self._head_partial = False
                 self._sending = True
                 try:
-                    await self._send(batch)
+                    await send_joined(self._stream, batch)
                 except Disconnected:
                     self.broken = True
                     return

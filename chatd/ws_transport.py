@@ -11,7 +11,7 @@ import contextlib
 import trio
 
 from . import wsproto_lite as ws
-from .wire import Disconnected, WireWriter
+from .wire import Disconnected, WireWriter, send_joined
 
 HEAD_TIMEOUT = 10.0
 
@@ -53,16 +53,10 @@ class WebSocketTransport:
     def __init__(self, stream: trio.SocketStream, parser: ws.FrameParser, limit: int) -> None:
         self.stream = stream
         self.parser = parser
-        self.out = WireWriter(limit, self._send, stream.socket.fileno())
+        self.out = WireWriter(limit, stream, stream.socket.fileno())
         self.closed = False
         self.last_seen = trio.current_time()
         self._events: list[ws.Message | ws.Ping | ws.Close] = []
-
-    async def _send(self, chunks: list[bytes]) -> None:
-        try:
-            await self.stream.send_all(b"".join(chunks))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise Disconnected() from None
 
     async def receive(self) -> bytes | None:
         """The next whole message; None once the peer closed or broke the protocol."""
@@ -141,7 +135,7 @@ class WebSocketTransport:
         if not self.closed and not self.out.broken:
             self.closed = True
             with trio.move_on_after(1), contextlib.suppress(Disconnected):
-                await self._send([ws.close_frame(ws.CLOSE_NORMAL)])
+                await send_joined(self.stream, [ws.close_frame(ws.CLOSE_NORMAL)])
         await self.stream.aclose()
 
 

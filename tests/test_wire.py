@@ -16,8 +16,15 @@ from .stomp_client import make_room, stomp_user
 from .test_stomp_bursts import send_frame
 
 
-async def _never(_chunks: list[bytes]) -> None:
-    raise AssertionError("no queued write expected")
+class _NoQueuedWrites(trio.abc.SendStream):
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        raise AssertionError("no queued write expected")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        raise AssertionError("not used")
+
+    async def aclose(self) -> None:
+        pass
 
 
 _keep: list[socket.socket] = []  # the writers hold only file numbers
@@ -28,7 +35,7 @@ def pair(limit: int = 4) -> tuple[WireWriter, socket.socket]:
     ours.setblocking(False)
     theirs.setblocking(False)
     _keep.append(ours)
-    return WireWriter(limit, _never, ours.fileno()), theirs
+    return WireWriter(limit, _NoQueuedWrites(), ours.fileno()), theirs
 
 
 def read_all(sock: socket.socket) -> bytes:
