@@ -17,6 +17,7 @@ from typing import Protocol
 
 import trio
 
+from . import wire
 from .auth import AuthError, User
 from .events import Event
 from .service import ServiceError
@@ -259,15 +260,6 @@ class StompSession:
 
     push_frame = _emit  # the general broker's way out
 
-    def _emit_all(self, frames: list[bytes]) -> None:
-        """Several frames in one write, each still its own WebSocket message."""
-        if len(frames) == 1:
-            self._emit(frames[0])
-        elif frames:
-            wire = self._wire
-            if not self.out.offer(b"".join([wire(f) for f in frames])):
-                self._slow_consumer()
-
     def _slow_consumer(self) -> None:
         self.state.metrics.slow_consumer_disconnects += 1
         log.warning("stomp session %s: slow consumer, closing", self.session_id)
@@ -371,16 +363,16 @@ class StompSession:
         batch = sends[:]
         sends.clear()
         results = await self.state.service.store_admitted(self.user, [s.out for s in batch])
-        receipts: list[bytes] = []
         failed: tuple[_ChatSend, BaseException] | None = None
-        for send, result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                failed = failed or (send, result)
-            elif send.receipt is not None:
-                receipts.append(send.receipt)
         # Each message is its own operation: the ones around a failed one are stored,
-        # and their RECEIPTs say so, before the ERROR that names the failed one.
-        self._emit_all(receipts)
+        # and their RECEIPTs (one write for all) say so, before the ERROR that names the
+        # failed one.
+        with wire.corked():
+            for send, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed = failed or (send, result)
+                elif send.receipt is not None:
+                    self._emit(send.receipt)
         if failed is not None:
             send, error = failed
             log.error("stomp session %s: could not store a message: %s", self.session_id, error)
