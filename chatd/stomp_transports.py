@@ -39,7 +39,7 @@ class TcpTransport:
         self.stream = stream
         self.out = WireWriter(limit, stream, stream.socket.fileno())
 
-    def wire(self, frame: bytes) -> bytes:
+    def wire(self, frame: bytes, utf8: bool = False) -> bytes:
         return frame
 
     async def receive(self) -> bytes | None:

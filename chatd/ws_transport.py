@@ -110,9 +110,10 @@ class WebSocketTransport:
         return ws.frame_header(ws.OP_TEXT, len(data)) + data
 
     @staticmethod
-    def wire(data: bytes) -> bytes:
-        """Text when the bytes are UTF-8, binary otherwise."""
-        opcode = ws.OP_TEXT if _is_utf8(data) else ws.OP_BINARY
+    def wire(data: bytes, utf8: bool = False) -> bytes:
+        """Text when the bytes are UTF-8 (`utf8`: known to be, so not checked), binary
+        otherwise."""
+        opcode = ws.OP_TEXT if utf8 or _is_utf8(data) else ws.OP_BINARY
         return ws.frame_header(opcode, len(data)) + data
 
     def close(self, code: int, reason: str = "") -> None:
