@@ -162,11 +162,10 @@ class ChatConnection:
         await trio.sleep(2)
         scope.cancel()
 
-    async def _handle(self, data: str | bytes) -> None:
+    async def _handle(self, data: bytes) -> None:
         state = self.state
         cfg = state.cfg.chat
-        size = len(data.encode() if isinstance(data, str) else data)
-        if size > cfg.max_frame_bytes:
+        if len(data) > cfg.max_frame_bytes:
             self.reply(
                 error_reply("frame_too_large", f"frames are limited to {cfg.max_frame_bytes} bytes")
             )
