@@ -218,16 +218,12 @@ class _Worker:
         jobs = [_Job(fn, after, done) for fn, after in ops]
         for job in jobs[:-1]:
             job.last = False
-        pending = self._pending
-        first = not pending
-        pending.extend(jobs)
-        if first:
-            # The first caller of an event-loop turn waits for the turn to end, then hands
-            # the thread every job queued meanwhile as one batch. Handing them over one by
-            # one let the thread wake, take the GIL at the loop's next system call and
-            # commit batches of about two: half the store's CPU went to per-commit cost.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            self._flush()
+        # Held until the event loop is about to wait for I/O (`_HandOver`), then handed
+        # to the thread with every other job of this turn as one batch. Handing them
+        # over one by one let the thread wake, take the GIL at the loop's next system
+        # call and commit batches of about two: half the store's CPU went to per-commit
+        # cost.
+        self._pending.extend(jobs)
         await done.wait()
         return jobs
 
@@ -369,6 +365,19 @@ def _append_op(
     return op
 
 
+class _HandOver(trio.abc.Instrument):
+    """Hands each worker the jobs queued during a turn of the event loop, once the turn
+    is over: just before the loop waits for I/O. Waiting for the turn's end in the first
+    caller's task instead cost every write one more scheduling pass of the loop."""
+
+    def __init__(self, workers: Sequence[_Worker]) -> None:
+        self._workers = workers
+
+    def before_io_wait(self, timeout: float) -> None:
+        for worker in self._workers:
+            worker._flush()
+
+
 class Store:
     """The async face of the database. Open it with `Store.open(path)` inside trio."""
 
@@ -384,6 +393,8 @@ class Store:
         self._reader = _Worker("chatd-store-reader", path, 64, transactional=False)
         self._writer.start()
         self._reader.start()
+        self._hand_over = _HandOver((self._writer, self._reader))
+        trio.lowlevel.add_instrument(self._hand_over)
 
     def set_commit_observer(self, fn: Callable[[float, int], None]) -> None:
         self._writer.on_commit = fn
@@ -397,6 +408,7 @@ class Store:
         """Finish every queued write, then close both connections."""
         self._writer.stop()
         self._reader.stop()
+        trio.lowlevel.remove_instrument(self._hand_over)
         await trio.to_thread.run_sync(self._writer.join)
         await trio.to_thread.run_sync(self._reader.join)
 
