@@ -52,8 +52,29 @@ def corked() -> Iterator[None]:
         yield
     finally:
         _held = None
+        # The loop stays this tight on purpose: with clients that wait idle between
+        # messages, every object touched per connection is a cache miss, so a socket
+        # that was idle when its frames were held is written here directly.
         for writer in held:
-            writer._uncork()
+            cork = writer._cork
+            if cork is None:  # aborted or closed inside the block
+                continue
+            writer._cork = None
+            data = cork[0] if len(cork) == 1 else b"".join(cork)
+            if writer._direct:
+                try:
+                    n = os.write(writer._fd, data)  # type: ignore[arg-type]
+                except BlockingIOError:
+                    n = 0
+                except OSError:
+                    writer._broke()
+                    continue
+                writer.writes += 1
+                if n != len(data):
+                    writer._head_partial = True
+                    writer._outbox.put(data[n:])
+            else:
+                writer._offer_now(data)
 
 
 class WireWriter:
@@ -66,6 +87,7 @@ class WireWriter:
         "_head_partial",
         "_scope",
         "_cork",
+        "_direct",
         "writes",
         "broken",
     )
@@ -79,6 +101,7 @@ class WireWriter:
         self._head_partial = False  # the first queued item is the rest of a begun frame
         self._scope = trio.CancelScope()
         self._cork: list[bytes] | None = None  # frames held by `corked()`
+        self._direct = False  # the held frames go straight to an idle socket
         self.writes = 0  # bumped on every write; heart-beats watch it
         self.broken = False
 
@@ -98,10 +121,7 @@ class WireWriter:
             except BlockingIOError:
                 n = 0
             except OSError:
-                # Reset or broken pipe: the reader will see the end; stop writing.
-                self.broken = True
-                self._outbox.close()
-                self._scope.cancel()
+                self._broke()
                 return True
             self.writes += 1
             if n == len(data):
@@ -110,16 +130,27 @@ class WireWriter:
             self._head_partial = True
         return self._outbox.put(data)
 
+    def _broke(self) -> None:
+        # Reset or broken pipe: the reader will see the end; stop writing.
+        self.broken = True
+        self._outbox.close()
+        self._scope.cancel()
+
     def _hold(self, data: bytes) -> bool:
         cork = self._cork
-        held = 0 if cork is None else len(cork)
+        if cork is not None and self._direct:
+            cork.append(data)
+            return True
         # Frames for an idle socket would have been written at once: only a busy one's
-        # queue counts against the limit, as it would have without the cork.
+        # queue counts against the limit, as it would have without the cork. Nothing in
+        # a corked block awaits, so a socket idle now is still idle when it ends.
         queued = len(self._outbox)
-        if (queued or self._sending) and queued + held >= self._limit:
+        busy = bool(queued) or self._sending
+        if busy and queued + (0 if cork is None else len(cork)) >= self._limit:
             return False
         if cork is None:
             self._cork = [data]
+            self._direct = not busy and self._fd is not None
             assert _held is not None
             _held.append(self)
         else:
