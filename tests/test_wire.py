@@ -108,6 +108,43 @@ async def test_abort_drops_the_held_frames_and_close_soon_writes_them() -> None:
     assert read_all(peer) == b"kept"
 
 
+async def test_a_held_frame_the_socket_cannot_take_whole_is_finished_by_the_writer() -> None:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    w = WireWriter(4, stream, ours.fileno())
+    big = bytes(range(256)) * 8192  # 2 MiB: far more than the kernel buffer takes at once
+    received = bytearray()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(w.run)
+            with wire.corked():
+                assert w.offer(big[:1000])
+                assert w.offer(big[1000:])
+            assert w.writes == 1  # the end of the block wrote what the socket took
+            w.close_soon()
+            peer = trio.socket.from_stdlib_socket(theirs)
+            while len(received) < len(big):
+                chunk = await peer.recv(1 << 16)
+                assert chunk
+                received += chunk
+    assert bytes(received) == big
+    assert not w.broken
+    theirs.close()
+
+
+async def test_a_peer_gone_at_the_end_of_the_block_costs_only_its_own_frames() -> None:
+    gone, gone_peer = pair()
+    alive, alive_peer = pair()
+    gone_peer.close()
+    with wire.corked():
+        assert gone.offer(b"lost")
+        assert alive.offer(b"kept")
+    assert gone.broken and gone.closing
+    assert read_all(alive_peer) == b"kept"
+    assert gone.offer(b"later") is True  # a broken writer ignores what comes after
+
+
 async def test_messages_committed_together_reach_a_member_in_order(server: Server) -> None:
     """Through the real server, where the commit hooks of a batch run corked."""
     with trio.fail_after(10):
