@@ -1028,6 +1028,9 @@ def run_suite(args: argparse.Namespace) -> None:
         ).stdout.strip()  # fmt: skip
     only = set(args.only.split(",")) if args.only else None
     targets = args.targets.split(",")
+    if not args.no_wait_quiet:
+        wait_quiet()
+    floor = host_floor()
     results: list[dict[str, Any]] = []
     for sid, title, argv, tgts in SUITE:
         if only and sid not in only:
@@ -1082,21 +1085,49 @@ def run_suite(args: argparse.Namespace) -> None:
     out_dir.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     raw = out_dir / f"suite-{stamp}.json"
-    raw.write_text(json.dumps({"machine": machine(), "results": results}, indent=1, default=str))
-    md = suite_markdown(results)
+    raw.write_text(
+        json.dumps({"machine": machine(), "floor": floor, "results": results}, indent=1,
+                   default=str)
+    )  # fmt: skip
+    md = suite_markdown(results, floor)
     (out_dir / "latest.md").write_text(md)
     log(f"raw results: {raw}; tables: {out_dir / 'latest.md'}")
     if args.update_benchmarks:
         update_benchmarks(md)
 
 
-def suite_markdown(results: list[dict[str, Any]]) -> str:
+def host_floor() -> dict[str, Any]:
+    """What the host charges for one write to a loopback socket, no server involved
+    (`write_floor.py`): paced, as in the paced fan-out, and flat out."""
+    out: dict[str, Any] = {}
+    for name, argv in (("paced", ["--rate", "50", "--duration", "10"]),
+                       ("flat", ["--rate", "0", "--duration", "3"])):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, str(BENCH / "write_floor.py"), "--json", *argv],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode == 0:
+            out[name] = json.loads(proc.stdout)["writer_cpu_us_per_write"]
+        else:
+            log(f"write_floor.py {name} failed: {proc.stderr.strip()[-500:]}")
+    log(f"host floor, µs per write to a loopback socket: {out}")
+    return out
+
+
+def suite_markdown(results: list[dict[str, Any]], floor: dict[str, Any] | None = None) -> str:
     m = machine()
     parts = [
         f"Run {m['date']} on {m['cpu']} ({m['nproc']} cores), kernel {m['kernel']}, "
         f"Python {m['python']}, Node {m['node']}, Erlang/OTP {m['erlang']}, "
         f"RabbitMQ {m['rabbitmq']}. Server on core 0, load generator on core 1.\n"
     ]
+    if floor:
+        parts.append(
+            "Host floor (`bench/write_floor.py`, no server): one write to a loopback socket "
+            f"whose reader sleeps costs {floor.get('paced', '?')} µs of the writer's CPU "
+            f"(100 sockets, 50 rounds/s, as in the paced fan-out), "
+            f"{floor.get('flat', '?')} µs flat out. Server CPU per delivery includes it.\n"
+        )
     code = {r.get("server_version") for r in results if r["target"] == "chatd"} - {None}
     if code:
         parts.append(f"chatd code: {', '.join(sorted(code))}.\n")
