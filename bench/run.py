@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -988,7 +989,10 @@ TARGETS: list[tuple[str, str, str, str, str, float]] = [
     ("1,000 subscribers × 50 msg/s for 60 s: lost", "0",
      "fanout-1000", "messages_lost", "==", 0),
     ("Idle RSS at start", "≤ 40 MB", "fanout-100-flat", "idle_rss_start_mb", "<=", 40),
-    ("Start to ready", "≤ 400 ms", "fanout-100-flat", "start_to_ready_ms", "<=", 400),
+    # Every scenario starts the server afresh; one start is one sample of a figure that
+    # moves with the host, so the median of all of the run's starts stands for it.
+    ("Start to ready (median of the run's starts)", "≤ 400 ms", "*", "start_to_ready_ms", "<=",
+     400),
     ("Stored messages/s, group commit", "≥ 20,000",
      "store", "messages_stored_per_s", ">=", 20_000),
     ("p99 send → stored and delivered at 1,000 msg/s", "< 10 ms",
@@ -1010,12 +1014,28 @@ def targets_markdown(results: list[dict[str, Any]]) -> str:
         "==": lambda a, b: a == b,
     }
     rows = ["| Target (issue 5) | Goal | chatd | met? | RabbitMQ |", "|---|---|---:|---|---:|"]
+
+    def median_of_all(key: str, target: str) -> tuple[float | None, str]:
+        vals = sorted(
+            r["figures"][key]
+            for r in results
+            if r["target"] == target and not r.get("error") and r["figures"].get(key) is not None
+        )
+        if not vals:
+            return None, ""
+        return statistics.median(vals), f" ({fmt(vals[0])}–{fmt(vals[-1])}, {len(vals)} starts)"
+
+    def figure(sid: str, key: str, target: str) -> tuple[float | None, str]:
+        if sid == "*":
+            return median_of_all(key, target)
+        r = find(sid, target)
+        return (r["figures"].get(key) if r else None), ""
+
     for what, goal, sid, key, op, bound in TARGETS:
-        c, r = find(sid, "chatd"), find(sid, "rabbitmq")
-        cv = c["figures"].get(key) if c else None
-        rv = r["figures"].get(key) if r else None
+        cv, cspread = figure(sid, key, "chatd")
+        rv, rspread = figure(sid, key, "rabbitmq")
         met = "–" if cv is None else ("yes" if ops[op](cv, bound) else "**MISSED**")
-        rows.append(f"| {what} | {goal} | {fmt(cv)} | {met} | {fmt(rv)} |")
+        rows.append(f"| {what} | {goal} | {fmt(cv)}{cspread} | {met} | {fmt(rv)}{rspread} |")
     return "\n".join(rows)
 
 
