@@ -973,6 +973,10 @@ SUITE: list[tuple[str, str, list[str], list[str]]] = [
 ]  # fmt: skip
 
 
+# Scenarios whose figure swings from run to run on a VM (±2 µs per delivery here, with
+# the host, not the code): run this many times and keep the run with the median figure.
+REPEATS: dict[str, tuple[int, str]] = {"fanout-100-paced": (3, "server_cpu_us_per_delivery")}
+
 # The targets of issue 5, checked against the suite's figures:
 # (what, goal as written, suite id, figure, comparison, bound)
 TARGETS: list[tuple[str, str, str, str, str, float]] = [
@@ -1023,13 +1027,18 @@ def targets_markdown(results: list[dict[str, Any]]) -> str:
         )
         if not vals:
             return None, ""
-        return statistics.median(vals), f" ({fmt(vals[0])}–{fmt(vals[-1])}, {len(vals)} starts)"
+        starts = f"{len(vals)} start" + ("s" if len(vals) > 1 else "")
+        return statistics.median(vals), f" ({fmt(vals[0])}–{fmt(vals[-1])}, {starts})"
 
     def figure(sid: str, key: str, target: str) -> tuple[float | None, str]:
         if sid == "*":
             return median_of_all(key, target)
         r = find(sid, target)
-        return (r["figures"].get(key) if r else None), ""
+        if r is None:
+            return None, ""
+        spread = r.get("repeats")
+        note = f" (median of {', '.join(fmt(v) for v in spread)})" if spread else ""
+        return r["figures"].get(key), note
 
     for what, goal, sid, key, op, bound in TARGETS:
         cv, cspread = figure(sid, key, "chatd")
@@ -1037,6 +1046,50 @@ def targets_markdown(results: list[dict[str, Any]]) -> str:
         met = "–" if cv is None else ("yes" if ops[op](cv, bound) else "**MISSED**")
         rows.append(f"| {what} | {goal} | {fmt(cv)}{cspread} | {met} | {fmt(rv)}{rspread} |")
     return "\n".join(rows)
+
+
+def measured(args: argparse.Namespace, sub: argparse.Namespace, sid: str, target: str
+             ) -> dict[str, Any]:  # fmt: skip
+    """One suite scenario, run again (up to --retries) while other processes disturb it;
+    the least disturbed attempt is kept."""
+    res: dict[str, Any] | None = None
+    for attempt in range(1 + args.retries):
+        if not args.no_wait_quiet:
+            wait_quiet()
+        try:
+            got = run_scenario(sub)
+        except SystemExit as exc:
+            log(f"{sid} on {target} failed: {exc}")
+            got = {
+                "scenario": sub.scenario,
+                "target": target,
+                "transport": sub.transport,
+                "params": params_of(sub),
+                "figures": {},
+                "load": {},
+                "error": str(exc),
+            }
+        if target == "rabbitmq":
+            subprocess.run([str(BENCH / "rabbitmq.sh"), "stop"], check=False,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+        noise = got["figures"].get("interference_cpu_pct") or 0.0
+        got["attempt"] = attempt + 1
+        if res is None or noise < (res["figures"].get("interference_cpu_pct") or 0.0):
+            res = got
+        if got.get("error") or noise <= args.max_noise:
+            break
+        log(
+            f"{sid} on {target}: other processes used {noise}% of a core during the"
+            f" run ({got.get('interference_top')}); running it again"
+        )
+    assert res is not None
+    return res
+
+
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    ok = sorted((r for r in runs if r["figures"].get(key) is not None),
+                key=lambda r: r["figures"][key])  # fmt: skip
+    return ok[len(ok) // 2] if ok else runs[0]
 
 
 def run_suite(args: argparse.Namespace) -> None:
@@ -1065,37 +1118,11 @@ def run_suite(args: argparse.Namespace) -> None:
                 extra += ["--chatd-rev", args.chatd_rev]
             sub = parse_args([*argv, *extra, "--workers", str(args.workers)])
             log(f"=== {sid} on {target}: run.py {' '.join(argv + extra)}")
-            res: dict[str, Any] | None = None
-            for attempt in range(1 + args.retries):
-                if not args.no_wait_quiet:
-                    wait_quiet()
-                try:
-                    got = run_scenario(sub)
-                except SystemExit as exc:
-                    log(f"{sid} on {target} failed: {exc}")
-                    got = {
-                        "scenario": sub.scenario,
-                        "target": target,
-                        "transport": sub.transport,
-                        "params": params_of(sub),
-                        "figures": {},
-                        "load": {},
-                        "error": str(exc),
-                    }
-                if target == "rabbitmq":
-                    subprocess.run([str(BENCH / "rabbitmq.sh"), "stop"], check=False,
-                                   stdout=subprocess.DEVNULL)  # fmt: skip
-                noise = got["figures"].get("interference_cpu_pct") or 0.0
-                got["attempt"] = attempt + 1
-                if res is None or noise < (res["figures"].get("interference_cpu_pct") or 0.0):
-                    res = got
-                if got.get("error") or noise <= args.max_noise:
-                    break
-                log(
-                    f"{sid} on {target}: other processes used {noise}% of a core during the"
-                    f" run ({got.get('interference_top')}); running it again"
-                )
-            assert res is not None
+            repeats, key = REPEATS.get(sid, (1, ""))
+            runs = [measured(args, sub, sid, target) for _ in range(repeats)]
+            res = runs[0] if repeats == 1 else median_run(runs, key)
+            if repeats > 1:
+                res["repeats"] = [r["figures"].get(key) for r in runs]
             res["suite_id"] = sid
             res["title"] = title
             res["command"] = "python bench/run.py " + " ".join(argv + extra)
