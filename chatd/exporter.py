@@ -11,25 +11,16 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections import Counter
-from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
 import h11
 import trio
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
 
+from . import exposition
 from .config import parse_listen
+from .exposition import Family, counter, gauge, histogram
 from .metrics import COMMIT_BUCKETS
 
 if TYPE_CHECKING:
@@ -48,77 +39,78 @@ MAX_REQUEST_BYTES = 16 * 1024
 _CONNECTION_KINDS = (("chat", "websocket"), ("stomp", "websocket"), ("stomp", "tcp"))
 
 
-class ChatdCollector(Collector):
-    """Reads the server's counters when Prometheus scrapes."""
+class Collector:
+    """Everything one scrape exposes: the server's counters, read when Prometheus scrapes,
+    then the process and Python families."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        # Read once, as prometheus_client's collectors did: neither changes while we run.
+        self.boot_time = exposition.boot_time()
+        self.python_info = exposition.python_info()
 
-    def collect(self) -> Iterator[Metric]:
-        state = self.state
-        m = state.metrics
+    def collect(self) -> list[Family]:
+        return [
+            *chatd_families(self.state),
+            *exposition.process_families(self.boot_time),
+            self.python_info,
+            *exposition.gc_families(),
+        ]
 
-        conns = GaugeMetricFamily(
-            "chatd_connections",
-            "Authenticated client connections open now",
-            labels=["protocol", "transport"],
-        )
-        counts: Counter[tuple[str, str]] = Counter({k: 0 for k in _CONNECTION_KINDS})
-        for s in state.hub.all_sessions():
-            # /chat is WebSocket only; STOMP sessions say which transport carries them.
-            counts[(s.protocol, getattr(s, "kind", "websocket"))] += 1
-        for (protocol, transport), n in sorted(counts.items()):
-            conns.add_metric([protocol, transport], n)
-        yield conns
 
-        yield GaugeMetricFamily("chatd_rooms", "Rooms that exist", value=len(state.rooms))
-        ready = state.ready and not state.closing.is_set()
-        yield GaugeMetricFamily("chatd_ready", "1 while serving, 0 when shutting down", value=ready)
+def chatd_families(state: ServerState) -> list[Family]:
+    m = state.metrics
 
-        yield _counter("chatd_messages_received", "Chat messages received", m.messages_received)
-        yield _counter("chatd_messages_stored", "Chat messages committed", m.messages_stored)
-        yield _counter(
+    conns = gauge("chatd_connections", "Authenticated client connections open now")
+    counts: Counter[tuple[str, str]] = Counter({k: 0 for k in _CONNECTION_KINDS})
+    for s in state.hub.all_sessions():
+        # /chat is WebSocket only; STOMP sessions say which transport carries them.
+        counts[(s.protocol, getattr(s, "kind", "websocket"))] += 1
+    for (protocol, transport), n in sorted(counts.items()):
+        conns.add(n, {"protocol": protocol, "transport": transport})
+
+    ready = state.ready and not state.closing.is_set()
+    return [
+        conns,
+        gauge("chatd_rooms", "Rooms that exist", len(state.rooms)),
+        gauge("chatd_ready", "1 while serving, 0 when shutting down", ready),
+        counter("chatd_messages_received", "Chat messages received", m.messages_received),
+        counter("chatd_messages_stored", "Chat messages committed", m.messages_stored),
+        counter(
             "chatd_duplicates_suppressed",
             "Retried messages answered from the store instead of stored twice",
             m.duplicates_suppressed,
-        )
-        yield _counter(
-            "chatd_deliveries", "Events handed to connections' outboxes", state.hub.deliveries
-        )
-        yield _counter(
+        ),
+        counter("chatd_deliveries", "Events handed to connections' outboxes", state.hub.deliveries),
+        counter(
             "chatd_slow_consumer_disconnects",
             "Connections cut off because their outbox filled",
             m.slow_consumer_disconnects,
-        )
-        yield _counter("chatd_tickets_issued", "/chat tickets issued", m.tickets_issued)
-        yield _labelled(
-            "chatd_tickets_rejected", "/chat tickets refused", "reason", m.tickets_rejected
-        )
-        yield _labelled("chatd_auth_failures", "Refused authentications", "reason", m.auth_failures)
-        yield _labelled(
+        ),
+        counter("chatd_tickets_issued", "/chat tickets issued", m.tickets_issued),
+        _labelled("chatd_tickets_rejected", "/chat tickets refused", "reason", m.tickets_rejected),
+        _labelled("chatd_auth_failures", "Refused authentications", "reason", m.auth_failures),
+        _labelled(
             "chatd_rate_limited", "Requests refused by a rate limit", "route", m.rate_limited
-        )
-        yield _commit_histogram(m.commit_buckets, m.commit_count, m.commit_sum)
-        yield _counter(
+        ),
+        _commit_histogram(m.commit_buckets, m.commit_count, m.commit_sum),
+        counter(
             "chatd_store_committed_operations",
             "Store operations committed (many share one transaction)",
             m.commit_ops,
-        )
+        ),
+    ]
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, value=value)
-
-
-def _labelled(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:
-    fam = CounterMetricFamily(name, doc, labels=[label])
+def _labelled(name: str, doc: str, label: str, values: Counter[str]) -> Family:
+    fam = counter(name, doc)
     # Copy first: another thread or task may add a key while we iterate.
     for key, n in sorted(dict(values).items()):
-        fam.add_metric([key], n)
+        fam.add(n, {label: key})
     return fam
 
 
-def _commit_histogram(per_bucket: list[int], count: int, total: float) -> HistogramMetricFamily:
+def _commit_histogram(per_bucket: list[int], count: int, total: float) -> Family:
     # Metrics keeps one count per bucket (cheap on the writer thread); Prometheus buckets
     # are cumulative, and +Inf is every observation.
     buckets: list[tuple[str, float]] = []
@@ -129,44 +121,16 @@ def _commit_histogram(per_bucket: list[int], count: int, total: float) -> Histog
     # The writer thread may have counted a commit between our reads; keep the series
     # monotonic rather than exact for that one scrape.
     buckets.append(("+Inf", max(count, running)))
-    return HistogramMetricFamily(
+    return histogram(
         "chatd_store_commit_seconds",
         "Time to commit one store transaction (group commit)",
-        buckets=buckets,
-        sum_value=total,
+        buckets,
+        total,
     )
 
 
 def _le(bound: float) -> str:
     return repr(float(bound))
-
-
-class _ProcessCollector(ProcessCollector):
-    """prometheus-client reads the boot time from /proc/stat, which systemd's
-    ProcSubset=pid hides; without it every process_* series would silently vanish."""
-
-    def _boot_time(self) -> float:
-        try:
-            return float(super()._boot_time())
-        except OSError:
-            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def make_registry(state: ServerState) -> CollectorRegistry:
-    """A registry of our own (not the global one), so several servers in one test process
-    each report their own numbers."""
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(ChatdCollector(state))
-    _ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
-    return registry
-
-
-def render(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
-    """The exposition body and its content type (OpenMetrics when the scraper asks)."""
-    encoder, content_type = choose_encoder(accept)
-    return encoder(registry), content_type
 
 
 # --- the listener --------------------------------------------------------------------------
@@ -179,7 +143,7 @@ async def serve_metrics(
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve /metrics on one `[metrics] listen` entry until cancelled."""
-    registry = make_registry(state)
+    collector = Collector(state)
     if address.startswith("fd://"):
         sock = trio.socket.from_stdlib_socket(socket.socket(fileno=int(address[5:])))
         sock.listen(128)
@@ -190,7 +154,7 @@ async def serve_metrics(
     name = listeners[0].socket.getsockname()
     task_status.started((name[0], name[1]))
     active = _Gate(MAX_CONNECTIONS)
-    await trio.serve_listeners(partial(_connection, registry, active), listeners)
+    await trio.serve_listeners(partial(_connection, collector, active), listeners)
 
 
 class _Gate:
@@ -199,14 +163,14 @@ class _Gate:
         self.open = 0
 
 
-async def _connection(registry: CollectorRegistry, gate: _Gate, stream: trio.SocketStream) -> None:
+async def _connection(collector: Collector, gate: _Gate, stream: trio.SocketStream) -> None:
     """Never raises: a broken scrape is the scraper's problem, not the server's."""
     if gate.open >= gate.limit:
         await trio.aclose_forcefully(stream)
         return
     gate.open += 1
     try:
-        await _serve_http(registry, stream)
+        await _serve_http(collector, stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
         pass
     except Exception:
@@ -216,7 +180,7 @@ async def _connection(registry: CollectorRegistry, gate: _Gate, stream: trio.Soc
         await trio.aclose_forcefully(stream)
 
 
-async def _serve_http(registry: CollectorRegistry, stream: trio.SocketStream) -> None:
+async def _serve_http(collector: Collector, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
     while True:
         request = None
@@ -230,7 +194,7 @@ async def _serve_http(registry: CollectorRegistry, stream: trio.SocketStream) ->
                 return
         if request is None:
             return
-        status, body, ctype = _route(registry, request)
+        status, body, ctype = _route(collector, request)
         await _respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
             return
@@ -252,7 +216,7 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.
             return None
 
 
-def _route(registry: CollectorRegistry, request: h11.Request) -> tuple[int, bytes, str]:
+def _route(collector: Collector, request: h11.Request) -> tuple[int, bytes, str]:
     path = request.target.split(b"?", 1)[0]
     if path != METRICS_PATH.encode():
         return 404, b"not found; try /metrics\n", "text/plain; charset=utf-8"
@@ -262,7 +226,7 @@ def _route(registry: CollectorRegistry, request: h11.Request) -> tuple[int, byte
     for name, value in request.headers:
         if name == b"accept":
             accept = value.decode("latin-1")
-    body, ctype = render(registry, accept)
+    body, ctype = exposition.render(collector.collect(), accept)
     return 200, body, ctype
 
 

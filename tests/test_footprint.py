@@ -28,7 +28,10 @@ _PROBE = textwrap.dedent(
     auth = Authenticator(AuthConfig(), "s" * 32)
     token = auth.mint(7, "ana", ttl=60)
     assert auth.verify(token).id == 7
-    heavy = {"cryptography", "quart", "quart_trio", "flask", "werkzeug", "jinja2", "click"}
+    heavy = {
+        "cryptography", "quart", "quart_trio", "flask", "werkzeug", "jinja2", "click",
+        "prometheus_client",
+    }
     print(sorted({m.split(".")[0] for m in sys.modules} & heavy))
     """
 )
