@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
+from chatd import exposition
 from chatd.exporter import _commit_histogram
 from chatd.metrics import COMMIT_BUCKETS
 
-from .conftest import Server
+from .conftest import Server, StartServer
 
 TIMEOUT = 30
 
@@ -153,3 +161,168 @@ def test_commit_histogram_is_cumulative() -> None:
     by_name = {s.name: s.value for s in fam.samples if not s.name.endswith("_bucket")}
     assert by_name["chatd_store_commit_seconds_count"] == 4
     assert by_name["chatd_store_commit_seconds_sum"] == 1.5
+
+
+# Every family the exporter served when it was built on prometheus_client 0.26: name as both
+# reference parsers give it, TYPE, HELP, and the label names its samples carry.
+FAMILIES: dict[str, tuple[str, str, set[tuple[str, ...]]]] = {
+    "chatd_connections": (
+        "gauge",
+        "Authenticated client connections open now",
+        {("protocol", "transport")},
+    ),
+    "chatd_rooms": ("gauge", "Rooms that exist", {()}),
+    "chatd_ready": ("gauge", "1 while serving, 0 when shutting down", {()}),
+    "chatd_messages_received": ("counter", "Chat messages received", {()}),
+    "chatd_messages_stored": ("counter", "Chat messages committed", {()}),
+    "chatd_duplicates_suppressed": (
+        "counter",
+        "Retried messages answered from the store instead of stored twice",
+        {()},
+    ),
+    "chatd_deliveries": ("counter", "Events handed to connections' outboxes", {()}),
+    "chatd_slow_consumer_disconnects": (
+        "counter",
+        "Connections cut off because their outbox filled",
+        {()},
+    ),
+    "chatd_tickets_issued": ("counter", "/chat tickets issued", {()}),
+    "chatd_tickets_rejected": ("counter", "/chat tickets refused", {("reason",)}),
+    "chatd_auth_failures": ("counter", "Refused authentications", {("reason",)}),
+    "chatd_rate_limited": ("counter", "Requests refused by a rate limit", {("route",)}),
+    "chatd_store_commit_seconds": (
+        "histogram",
+        "Time to commit one store transaction (group commit)",
+        {(), ("le",)},
+    ),
+    "chatd_store_committed_operations": (
+        "counter",
+        "Store operations committed (many share one transaction)",
+        {()},
+    ),
+    "process_virtual_memory_bytes": ("gauge", "Virtual memory size in bytes.", {()}),
+    "process_resident_memory_bytes": ("gauge", "Resident memory size in bytes.", {()}),
+    "process_start_time_seconds": (
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        {()},
+    ),
+    "process_cpu_seconds": ("counter", "Total user and system CPU time spent in seconds.", {()}),
+    "process_open_fds": ("gauge", "Number of open file descriptors.", {()}),
+    "process_max_fds": ("gauge", "Maximum number of open file descriptors.", {()}),
+    "python_info": (
+        "gauge",
+        "Python platform information",
+        {("implementation", "major", "minor", "patchlevel", "version")},
+    ),
+    "python_gc_objects_collected": ("counter", "Objects collected during gc", {("generation",)}),
+    "python_gc_objects_uncollectable": (
+        "counter",
+        "Uncollectable objects found during GC",
+        {("generation",)},
+    ),
+    "python_gc_collections": (
+        "counter",
+        "Number of times this generation was collected",
+        {("generation",)},
+    ),
+}
+
+# What Prometheus 2.x sends; 3.x differs only in adding escaping= parameters.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+async def scrape_both(server: Server) -> tuple[str, str]:
+    """The text format and the OpenMetrics bodies, their content types checked."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = await http.get(metrics_url(server))
+        om = await http.get(metrics_url(server), headers={"Accept": PROMETHEUS_ACCEPT})
+    assert text.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert om.headers["content-type"] == (
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )
+    return text.text, om.text
+
+
+async def test_both_formats_parse_and_keep_every_family(server: Server) -> None:
+    # Labelled counters show no samples until something happens; give each one.
+    m = server.state.metrics
+    m.tickets_rejected["unknown"] += 1
+    m.auth_failures["malformed"] += 1
+    m.rate_limited["chat"] += 1
+    with trio.fail_after(TIMEOUT):
+        text, om = await scrape_both(server)
+
+    for parse, body in ((text_string_to_metric_families, text), (openmetrics_families, om)):
+        fams = list(parse(body))
+        got = {
+            f.name: (f.type, f.documentation, {tuple(sorted(s.labels)) for s in f.samples})
+            for f in fams
+        }
+        assert got == FAMILIES
+        info = next(f for f in fams if f.name == "python_info").samples[0]
+        assert info.labels["version"] == platform.python_version()
+        assert info.value == 1
+
+    # Counters: the text format names the family after its `_total` samples, OpenMetrics not.
+    assert "# TYPE chatd_messages_stored_total counter\nchatd_messages_stored_total 0.0\n" in text
+    assert "# TYPE chatd_messages_stored counter\nchatd_messages_stored_total 0.0\n" in om
+    assert 'chatd_store_commit_seconds_bucket{le="+Inf"} 0.0\n' in text
+    assert not text.endswith("# EOF\n")
+    assert om.endswith("# EOF\n")
+
+
+async def test_label_values_are_escaped(server: Server) -> None:
+    tricky = 'say "hi" \\ bye\nnext line'
+    server.state.metrics.rate_limited[tricky] += 1
+    with trio.fail_after(TIMEOUT):
+        text, om = await scrape_both(server)
+    line = 'chatd_rate_limited_total{route="say \\"hi\\" \\\\ bye\\nnext line"} 1.0\n'
+    assert line in text
+    assert line in om
+    for parse, body in ((text_string_to_metric_families, text), (openmetrics_families, om)):
+        fam = next(f for f in parse(body) if f.name == "chatd_rate_limited")
+        assert [(s.labels, s.value) for s in fam.samples] == [({"route": tricky}, 1)]
+
+
+def test_help_text_is_escaped_as_each_format_wants() -> None:
+    fam = exposition.gauge("x", 'a "quoted" \\ and\nsecond line', 1)
+    text = exposition.render_text([fam]).decode()
+    om = exposition.render_openmetrics([fam]).decode()
+    # The 0.0.4 text format leaves double quotes alone in HELP; OpenMetrics escapes them.
+    assert text.startswith('# HELP x a "quoted" \\\\ and\\nsecond line\n')
+    assert om.startswith('# HELP x a \\"quoted\\" \\\\ and\\nsecond line\n')
+    assert [f.documentation for f in text_string_to_metric_families(text)] == [fam.help]
+    assert [f.documentation for f in openmetrics_families(om)] == [fam.help]
+
+
+def _process_start_from_proc() -> float:
+    with open("/proc/stat", "rb") as stat:
+        btime = next(float(line.split()[1]) for line in stat if line.startswith(b"btime "))
+    with open("/proc/self/stat", "rb") as f:
+        ticks = float(f.read().split(b")")[-1].split()[19])
+    return btime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def test_process_series_survive_a_hidden_proc_stat(
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # systemd's ProcSubset=pid leaves no /proc/stat, where the boot time is read from.
+    monkeypatch.setattr(exposition, "PROC_STAT", str(tmp_path / "no-proc-stat"))
+    server = await start_server()
+    with trio.fail_after(TIMEOUT):
+        after = await scrape(server)
+    for name in (
+        "process_virtual_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+    ):
+        assert after[(name, ())] > 0, name
+    # The boot clock stands in for btime: the same start time to within a second or two.
+    assert abs(after[("process_start_time_seconds", ())] - _process_start_from_proc()) < 5
