@@ -1,7 +1,7 @@
 """Prometheus exposition: metric families and their text and OpenMetrics 1.0 renderings.
 
-Written here rather than taken from prometheus_client, whose import alone costs about 15 ms
-of start-up and 2.5 MB of idle memory (it loads http.server, wsgiref, gzip, ...). The output
+Written here rather than taken from prometheus_client, whose import cost about 8 ms of
+start-up and 1.2 MiB of idle memory (it loads http.server, wsgiref, gzip, ...). The output
 is the same as prometheus_client 0.26 gave for the families chatd exports, including its
 process_*, python_info and python_gc_* families.
 """
