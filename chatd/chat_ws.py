@@ -24,7 +24,13 @@ from .events import Event, chat_shape
 from .service import ServiceError
 from .state import ServerState
 from .tickets import TicketError
-from .validation import InvalidMessage, chat_message, id_of_digits, parse_json_object
+from .validation import (
+    InvalidMessage,
+    Outgoing,
+    chat_message,
+    id_of_digits,
+    parse_json_object,
+)
 from .ws_transport import Upgrade, WebSocketTransport
 
 log = logging.getLogger("chatd.chat")
@@ -151,7 +157,7 @@ class ChatConnection:
                 data = await self.ws.receive()
                 if data is None:
                     break
-                await self._handle(data)
+                await self._handle([data, *self.ws.take_ready_messages()])
         except Exception:
             log.exception("user %s: unexpected error on /chat", self.user_id)
             self.close(CLOSE_SERVER_ERROR, "server error")
@@ -162,24 +168,47 @@ class ChatConnection:
         await trio.sleep(2)
         scope.cancel()
 
-    async def _handle(self, data: bytes) -> None:
-        state = self.state
-        cfg = state.cfg.chat
+    async def _handle(self, batch: list[bytes]) -> None:
+        """The messages of one read, in order. Those admitted are stored together, with one
+        wait and one commit; a refused one first finishes those before it, so every
+        reply keeps the order of the messages. Handled one by one, a client sending
+        faster than one commit's round trip was held to one message per commit."""
+        admitted: list[Outgoing] = []
+        for data in batch:
+            try:
+                out = self._admit(data)
+            except (InvalidMessage, ServiceError) as exc:
+                await self._store(admitted)
+                admitted = []
+                self.reply(error_reply(exc.code, exc.message))
+                continue
+            admitted.append(out)
+        await self._store(admitted)
+
+    def _admit(self, data: bytes) -> Outgoing:
+        cfg = self.state.cfg.chat
         if len(data) > cfg.max_frame_bytes:
-            self.reply(
-                error_reply("frame_too_large", f"frames are limited to {cfg.max_frame_bytes} bytes")
+            raise InvalidMessage(
+                "frame_too_large", f"frames are limited to {cfg.max_frame_bytes} bytes"
             )
+        out = chat_message(parse_json_object(data), cfg.max_content_chars)
+        self.state.service.admit(self.user, out, "chat")
+        return out
+
+    async def _store(self, admitted: list[Outgoing]) -> None:
+        if not admitted:
             return
-        try:
-            out = chat_message(parse_json_object(data), cfg.max_content_chars)
-            msg, created = await state.service.post(self.user, out, "chat")
-        except (InvalidMessage, ServiceError) as exc:
-            self.reply(error_reply(exc.code, exc.message))
-            return
-        if not created:
-            # A retried clientMessageId publishes nothing; the sender still learns the
-            # stored message (and its id) on this socket.
-            self.reply(orjson.dumps(chat_shape(msg)).decode())
+        results = await self.state.service.store_admitted(self.user, admitted)
+        for result in results:
+            if isinstance(result, BaseException):
+                # The others of the batch are stored and published; this connection
+                # ends with 1011, as any store failure on /chat does.
+                raise result
+            msg, created = result
+            if not created:
+                # A retried clientMessageId publishes nothing; the sender still learns
+                # the stored message (and its id) on this socket.
+                self.reply(orjson.dumps(chat_shape(msg)).decode())
 
 
 def _query(path: str) -> dict[str, list[str]]:

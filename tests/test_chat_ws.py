@@ -731,17 +731,17 @@ async def test_unexpected_fault_closes_1011_and_the_server_carries_on(
     with trio.fail_after(10):
         room = await create_room(server, [1, 2])
         service = server.state.service
-        real_post = service.post
+        real_store = service.store_admitted
         faults = 0
 
-        async def post_once_broken(*args: Any, **kwargs: Any) -> Any:
+        async def store_once_broken(*args: Any, **kwargs: Any) -> Any:
             nonlocal faults
             if faults == 0:
                 faults += 1
                 raise RuntimeError("disk on fire")
-            return await real_post(*args, **kwargs)
+            return await real_store(*args, **kwargs)
 
-        monkeypatch.setattr(service, "post", post_once_broken)
+        monkeypatch.setattr(service, "store_admitted", store_once_broken)
         async with chat(server, 2) as bystander:
             async with chat(server, 1) as victim:
                 await send(victim, room, "boom")
