@@ -299,7 +299,17 @@ def chatd_command(
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
         env["PYTHONPATH"] = str(src)
         python = args.python or str(runtime_env() / "bin" / "python")
-        return [python, "-m", "chatd"], f"git {rev}"
+        # -P: `python -m` would put the current directory first on sys.path, and run from
+        # the repository that is the working tree's chatd, not the revision's. Every
+        # --chatd-rev comparison before this flag measured the working tree twice.
+        cmd = [python, "-P", "-m", "chatd"]
+        where = subprocess.run(
+            [python, "-P", "-c", "import chatd; print(chatd.__file__)"],
+            capture_output=True, text=True, check=True, env=env,
+        ).stdout.strip()  # fmt: skip
+        if not Path(where).is_relative_to(src):
+            raise SystemExit(f"--chatd-rev {rev}: chatd would be imported from {where}")
+        return cmd, f"git {rev}"
     exe = chatd_executable(args)
     try:
         desc = subprocess.run(
@@ -343,8 +353,9 @@ def start_chatd(args: argparse.Namespace) -> Server:
     cmd = [*pinned(args.server_core), *chatd, "serve", "--config", str(config_path)]
     t0 = time.time()
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-    )
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        cwd=tmp,
+    )  # fmt: skip
     srv = Server(target="chatd", pid=proc.pid, ws_url="", proc=proc, tmp=tmp)
     srv.config_path = config_path
     srv.db_path = tmp / "chatd.db"
