@@ -246,5 +246,25 @@ class RawWebSocket:
         self.buffer = self.buffer[offset + length :]
         return b0 & 0x0F, payload
 
+    async def send_texts(self, payloads: list[bytes]) -> None:
+        """Several text messages, each a masked frame (RFC 6455 5.3: a client masks
+        every frame), in one `send_all`: on loopback the server reads them together."""
+        frames = []
+        for payload in payloads:
+            n = len(payload)
+            if n < 126:
+                head = struct.pack("!BB", 0x81, 0x80 | n)
+            elif n < 1 << 16:
+                head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+            else:
+                head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+            key = os.urandom(4)
+            mask = (key * (n // 4 + 1))[:n]
+            masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(
+                n, "big"
+            )
+            frames.append(head + key + masked)
+        await self.stream.send_all(b"".join(frames))
+
     async def aclose(self) -> None:
         await self.stream.aclose()
