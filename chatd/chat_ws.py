@@ -23,6 +23,7 @@ from .auth import User, origin_allowed
 from .events import Event, chat_shape
 from .service import ServiceError
 from .state import ServerState
+from .store import StoredMessage
 from .tickets import TicketError
 from .validation import (
     InvalidMessage,
@@ -198,17 +199,17 @@ class ChatConnection:
     async def _store(self, admitted: list[Outgoing]) -> None:
         if not admitted:
             return
-        results = await self.state.service.store_admitted(self.user, admitted)
+        # A retried clientMessageId publishes nothing; the sender still learns the stored
+        # message (and its id), in its place among the echoes of the batch.
+        results = await self.state.service.store_admitted(self.user, admitted, self._retried)
         for result in results:
             if isinstance(result, BaseException):
                 # The others of the batch are stored and published; this connection
                 # ends with 1011, as any store failure on /chat does.
                 raise result
-            msg, created = result
-            if not created:
-                # A retried clientMessageId publishes nothing; the sender still learns
-                # the stored message (and its id) on this socket.
-                self.reply(orjson.dumps(chat_shape(msg)).decode())
+
+    def _retried(self, msg: StoredMessage) -> None:
+        self.reply(orjson.dumps(chat_shape(msg)).decode())
 
 
 def _query(path: str) -> dict[str, list[str]]:

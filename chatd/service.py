@@ -108,23 +108,36 @@ class ChatService:
         return result
 
     async def store_admitted(
-        self, user: User, outs: list[Outgoing]
+        self,
+        user: User,
+        outs: list[Outgoing],
+        on_retry: Callable[[StoredMessage], None] | None = None,
     ) -> list[tuple[StoredMessage, bool] | BaseException]:
         """Store messages `admit` passed, in order, waiting once for all; each is
-        published from its commit."""
+        published from its commit. A retried clientMessageId publishes nothing; `on_retry`
+        gets the stored message instead, at the same point of the commit, so a reply to
+        the sender keeps its place among the batch's other messages."""
         return await self.store.append_messages(
             user.id,
             user.username,
             user.profile_image,
             outs,
             self.cfg.chat.idempotency_window_seconds,
-            functools.partial(self._published, user.id),
+            functools.partial(self._published, user.id, on_retry),
         )
 
-    def _published(self, user_id: int, out: Outgoing, result: tuple[StoredMessage, bool]) -> None:
+    def _published(
+        self,
+        user_id: int,
+        on_retry: Callable[[StoredMessage], None] | None,
+        out: Outgoing,
+        result: tuple[StoredMessage, bool],
+    ) -> None:
         msg, created = result
         if not created:
             self.metrics.duplicates_suppressed += 1
+            if on_retry is not None:
+                on_retry(msg)
             return
         self.metrics.messages_stored += 1
         self.broker.publish_room(out.room_id, events.new_message(msg))
