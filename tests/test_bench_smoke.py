@@ -96,3 +96,22 @@ def test_chat_fanout_smoke() -> None:
         "fanout", "--transport", "chat", "--subscribers", "5", "--messages", "50", "--workers", "2"
     )
     _check(res, "chat", 6 * 50)
+
+
+def test_chatd_rev_runs_the_revision_not_the_working_tree() -> None:
+    # Run from the repository, as a user does: `python -m chatd` would put the working
+    # tree's chatd first on sys.path; run.py must run the exported revision and says so.
+    rev = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    _npm_ci()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "fanout", "--subscribers", "2", "--messages",
+         "50", "--workers", "1", "--json", "--chatd-rev", "HEAD", "--python", sys.executable],
+        capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"run.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["server_version"] == f"git {rev}"
+    _check(res, "stomp-ws", 3 * 50)
