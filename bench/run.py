@@ -299,6 +299,9 @@ def chatd_command(
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
         env["PYTHONPATH"] = str(src)
         python = args.python or str(runtime_env() / "bin" / "python")
+        # As pip does on install: compiled at start, the sources cost the server ~60 ms
+        # and ~1.4 MB of RSS that no installed chatd pays.
+        subprocess.run([python, "-m", "compileall", "-q", str(src)], check=True)
         # -P: `python -m` would put the current directory first on sys.path, and run from
         # the repository that is the working tree's chatd, not the revision's. Every
         # --chatd-rev comparison before this flag measured the working tree twice.
