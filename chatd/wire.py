@@ -52,29 +52,8 @@ def corked() -> Iterator[None]:
         yield
     finally:
         _held = None
-        # The loop stays this tight on purpose: with clients that wait idle between
-        # messages, every object touched per connection is a cache miss, so a socket
-        # that was idle when its frames were held is written here directly.
         for writer in held:
-            cork = writer._cork
-            if cork is None:  # aborted or closed inside the block
-                continue
-            writer._cork = None
-            data = cork[0] if len(cork) == 1 else b"".join(cork)
-            if writer._direct:
-                try:
-                    n = os.write(writer._fd, data)  # type: ignore[arg-type]
-                except BlockingIOError:
-                    n = 0
-                except OSError:
-                    writer._broke()
-                    continue
-                writer.writes += 1
-                if n != len(data):
-                    writer._head_partial = True
-                    writer._outbox.put(data[n:])
-            else:
-                writer._offer_now(data)
+            writer._uncork()
 
 
 class WireWriter:
@@ -114,21 +93,24 @@ class WireWriter:
         return self._offer_now(data)
 
     def _offer_now(self, data: bytes) -> bool:
-        fd = self._fd
-        if fd is not None and not self._sending and not len(self._outbox):
-            try:
-                n = os.write(fd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self._broke()
-                return True
-            self.writes += 1
-            if n == len(data):
-                return True
-            data = data[n:]
-            self._head_partial = True
+        if self._fd is not None and not self._sending and not len(self._outbox):
+            return self._write(data)
         return self._outbox.put(data)
+
+    def _write(self, data: bytes) -> bool:
+        """One `os.write` to the idle socket; what it does not take is queued."""
+        try:
+            n = os.write(self._fd, data)  # type: ignore[arg-type]
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._broke()
+            return True
+        self.writes += 1
+        if n == len(data):
+            return True
+        self._head_partial = True
+        return self._outbox.put(data[n:])
 
     def _broke(self) -> None:
         # Reset or broken pipe: the reader will see the end; stop writing.
@@ -164,8 +146,13 @@ class WireWriter:
         self._cork = None
         # One item however many frames: it is bounded by what one corked block offers,
         # and a busy socket's share was counted against the limit in `_hold`.
-        if not self._outbox.closed:
-            self._offer_now(cork[0] if len(cork) == 1 else b"".join(cork))
+        data = cork[0] if len(cork) == 1 else b"".join(cork)
+        if self._direct:
+            # Idle when the block began, and nothing in a block awaits: no need to look
+            # at the outbox again (per connection, on the fan-out path).
+            self._write(data)
+        elif not self._outbox.closed:
+            self._offer_now(data)
 
     async def wait_space(self) -> None:
         """For producers that can wait (a replay of history): keep half the queue free
