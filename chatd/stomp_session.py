@@ -285,7 +285,7 @@ class StompSession:
                 )
             )
         if sub.ack == "auto":
-            frame = b"".join((template.prefix, sub.line, template.suffix))
+            frame = template.assemble(sub.line)
         else:
             frame = template.assemble(sub.line, template.header_line("ack", event.cache["mid"]))
         # Every part is UTF-8 by construction (str headers, an orjson body): checking the
