@@ -11,6 +11,7 @@ import itertools
 import logging
 import re
 import secrets
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,6 +55,7 @@ _message_ids = itertools.count(1)
 
 class StompTransport(Protocol):
     out: WireWriter
+    framing: str  # how `wire` wraps a frame: equal framings give equal bytes
 
     def wire(self, frame: bytes, utf8: bool = False) -> bytes: ...
     async def receive(self) -> bytes | None: ...
@@ -79,9 +81,20 @@ class Subscription:
     ack: str
     line: bytes  # the encoded `subscription:` header, built once
     key: tuple[str, str]  # the event cache key of its MESSAGE template: (destination, version)
+    out: WireWriter
+    # The event cache key of the wire bytes of its MESSAGE: subscriptions with the same
+    # id, destination, version, ack mode and framing get the very same bytes. Clients of
+    # one app number their subscriptions alike (stompjs: sub-0, sub-1, ...), so a room's
+    # fan-out builds a MESSAGE once or a few times, not once per member. Interned, so the
+    # cache lookup compares by identity.
+    wire_key: str
 
     def offer(self, event: Event) -> None:
-        self.session.deliver(self, event)
+        data = event.cache.get(self.wire_key)
+        if data is None:
+            data = event.cache[self.wire_key] = self.session.message_wire(self, event)
+        if not self.out.offer(data):
+            self.session.slow_consumer()
 
 
 @dataclass(slots=True)
@@ -256,16 +269,17 @@ class StompSession:
 
     def _emit(self, frame: bytes) -> None:
         if not self.out.offer(self._wire(frame)):
-            self._slow_consumer()
+            self.slow_consumer()
 
     push_frame = _emit  # the general broker's way out
 
-    def _slow_consumer(self) -> None:
+    def slow_consumer(self) -> None:
         self.state.metrics.slow_consumer_disconnects += 1
         log.warning("stomp session %s: slow consumer, closing", self.session_id)
         self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
-    def deliver(self, sub: Subscription, event: Event) -> None:
+    def message_wire(self, sub: Subscription, event: Event) -> bytes:
+        """The MESSAGE frame of `event` for `sub`, ready for the wire."""
         key = sub.key
         template: FrameTemplate | None = event.cache.get(key)
         if template is None:
@@ -289,9 +303,8 @@ class StompSession:
         else:
             frame = template.assemble(sub.line, template.header_line("ack", event.cache["mid"]))
         # Every part is UTF-8 by construction (str headers, an orjson body): checking the
-        # whole frame again for each recipient cost ~0.5 µs a delivery for Korean text.
-        if not self.out.offer(self._wire(frame, True)):
-            self._slow_consumer()
+        # whole frame again cost ~0.5 µs a delivery for Korean text.
+        return self._wire(frame, True)
 
     # --- frames -----------------------------------------------------------------------
 
@@ -556,7 +569,10 @@ class StompSession:
             raise Fatal(
                 "Bad subscription id", f"the id cannot be carried in STOMP {self.version}"
             ) from None
-        sub = Subscription(self, sub_id, dest, topic, ack, line, (dest, self.version))
+        wire_key = sys.intern("\n".join((dest, self.version, ack, self.transport.framing, sub_id)))
+        sub = Subscription(
+            self, sub_id, dest, topic, ack, line, (dest, self.version), self.out, wire_key
+        )
         self.subs[sub_id] = sub
         self.state.hub.subscribe(topic, sub)
         self._receipt(frame)

@@ -34,6 +34,7 @@ def choose_subprotocol(offered: list[str]) -> str | None:
 
 class TcpTransport:
     __slots__ = ("stream", "out")
+    framing = "raw"
 
     def __init__(self, stream: trio.SocketStream, limit: int) -> None:
         self.stream = stream

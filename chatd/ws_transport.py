@@ -49,6 +49,7 @@ async def read_head(stream: trio.SocketStream) -> bytes:
 
 class WebSocketTransport:
     __slots__ = ("stream", "parser", "out", "closed", "_events", "last_seen")
+    framing = "ws"
 
     def __init__(self, stream: trio.SocketStream, parser: ws.FrameParser, limit: int) -> None:
         self.stream = stream

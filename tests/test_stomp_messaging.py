@@ -275,6 +275,52 @@ async def test_two_subscriptions_to_one_room_each_get_a_copy(server: Server) -> 
             assert len({f.body for f in frames}) == 1
 
 
+async def test_alike_subscriptions_share_a_frame_and_each_gets_its_own_headers(
+    server: Server,
+) -> None:
+    """A MESSAGE is built once per kind of subscription (its id, ack mode, STOMP version
+    and framing) and shared by the subscriptions alike; every subscriber still gets a
+    frame with its own headers, escaped by its own version, in its own framing."""
+    specs: list[tuple[Kind, str, str, str | None]] = [
+        ("tcp", "1.2", "sub-0", None),
+        ("tcp", "1.2", "sub-0", None),
+        ("ws", "1.2", "sub-0", None),
+        ("http", "1.2", "sub-0", None),
+        ("tcp", "1.2", "sub-1", None),
+        ("tcp", "1.2", "sub-0", "client"),
+        ("tcp", "1.2", "x:y", None),
+        ("tcp", "1.1", "x:y", None),
+        ("tcp", "1.0", "x:y", None),
+    ]
+    with trio.fail_after(15):
+        users = list(range(1, len(specs) + 2))
+        room = await make_room(server, users)
+        async with AsyncExitStack() as stack:
+            # Everyone connects before anyone subscribes, so no presence event interleaves.
+            sender = await stack.enter_async_context(stomp_user(server, users[-1]))
+            clients = []
+            for uid, (kind, version, _, _) in zip(users, specs, strict=False):
+                versions = {"1.2": "1.2", "1.1": "1.0,1.1", "1.0": None}[version]
+                c = await stack.enter_async_context(
+                    stomp_user(server, uid, kind, accept_version=versions)
+                )
+                assert c.version == version
+                clients.append(c)
+            for c, (_, _, sub_id, ack) in zip(clients, specs, strict=True):
+                await c.subscribe(room_dest(room), sub_id=sub_id, ack=ack)
+            ids = set()
+            for content in ("first", "second"):
+                await sender.publish(room_dest(room), {"content": content})
+                for c, (kind, _, sub_id, ack) in zip(clients, specs, strict=True):
+                    frame, _ = await c.expect_message()
+                    body = check_message_frame(frame, sub_id, room, ack=ack is not None)
+                    assert body["message"]["content"] == content
+                    ids.add(body["message"]["id"])
+                    if kind != "tcp":
+                        assert set(c.ws_kinds) == {str}
+            assert len(ids) == 2
+
+
 async def test_stomp_10_subscription_without_id(server: Server) -> None:
     """In STOMP 1.0 `id` is optional: the destination stands in for it."""
     with trio.fail_after(10):
