@@ -43,22 +43,24 @@ class Outbox(Generic[T]):
     """`put` never blocks: a full outbox means the consumer is too slow, and the caller
     cuts that one connection instead of slowing every other member of the room."""
 
-    __slots__ = ("_items", "_limit", "_reader", "_space", "closed")
+    __slots__ = ("items", "_limit", "_reader", "_space", "closed")
 
     def __init__(self, limit: int) -> None:
-        self._items: list[T] = []
+        # What is queued, oldest first. Read it freely (a length check on the fan-out path
+        # is cheaper than a call to `__len__`); change it only through the methods.
+        self.items: list[T] = []
         self._limit = limit
         self._reader = _Waiter()
         self._space: _Waiter | None = None  # made on first wait_space
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
     def put(self, item: T) -> bool:
         if self.closed:
             return True
-        items = self._items
+        items = self.items
         if len(items) >= self._limit:
             return False
         items.append(item)
@@ -68,7 +70,7 @@ class Outbox(Generic[T]):
 
     def drop_queued(self, keep_first: bool) -> None:
         """Forget what is queued, except perhaps the first item."""
-        del self._items[1 if keep_first else 0 :]
+        del self.items[1 if keep_first else 0 :]
 
     def close(self) -> None:
         self.closed = True
@@ -78,12 +80,12 @@ class Outbox(Generic[T]):
 
     async def get_batch(self) -> list[T]:
         """Everything queued, waiting if nothing is; [] once closed and empty."""
-        while not self._items:
+        while not self.items:
             if self.closed:
                 return []
             await self._reader.park()
-        items = self._items
-        self._items = []
+        items = self.items
+        self.items = []
         if self._space is not None:
             self._space.wake()
         return items
@@ -91,7 +93,7 @@ class Outbox(Generic[T]):
     async def wait_space(self, below: int) -> None:
         """Wait until fewer than `below` items are queued (or the outbox is closed): how a
         producer that can wait, unlike fan-out, keeps from overrunning the limit."""
-        while len(self._items) >= below and not self.closed:
+        while len(self.items) >= below and not self.closed:
             if self._space is None:
                 self._space = _Waiter()
             await self._space.park()

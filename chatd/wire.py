@@ -93,7 +93,7 @@ class WireWriter:
         return self._offer_now(data)
 
     def _offer_now(self, data: bytes) -> bool:
-        if self._fd is not None and not self._sending and not len(self._outbox):
+        if self._fd is not None and not self._sending and not self._outbox.items:
             return self._write(data)
         return self._outbox.put(data)
 
@@ -126,7 +126,7 @@ class WireWriter:
         # Frames for an idle socket would have been written at once: only a busy one's
         # queue counts against the limit, as it would have without the cork. Nothing in
         # a corked block awaits, so a socket idle now is still idle when it ends.
-        queued = len(self._outbox)
+        queued = len(self._outbox.items)
         busy = bool(queued) or self._sending
         if busy and queued + (0 if cork is None else len(cork)) >= self._limit:
             return False
