@@ -401,7 +401,7 @@ class Store:
 
     def set_hooks_scope(self, scope: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
         """A context the commit hooks of one batch run in together (the server corks the
-        connections there, so a batch's fan-out is one write per connection)."""
+        connections there, so a batch's fan-out is at most two writes per connection)."""
         self._writer.hooks_scope = scope
 
     async def aclose(self) -> None:

@@ -1,5 +1,6 @@
 """WireWriter over a real socket pair: direct writes, the bounded queue, and `corked()`,
-which holds what every connection is offered and writes it once per connection."""
+which writes a connection's first frame of the block at once (when its socket is idle)
+and holds the rest for one write at the end."""
 
 from __future__ import annotations
 
@@ -50,17 +51,35 @@ def read_all(sock: socket.socket) -> bytes:
         out += chunk
 
 
-async def test_corked_frames_go_out_in_one_write_in_order() -> None:
+async def test_corked_frames_go_out_in_two_writes_in_order() -> None:
     w, peer = pair()
     with wire.corked():
         for frame in (b"a", b"b", b"c"):
             assert w.offer(frame)
-        assert read_all(peer) == b""  # held until the block ends
-        assert w.writes == 0
-    assert read_all(peer) == b"abc"
-    assert w.writes == 1
+        assert read_all(peer) == b"a"  # the first at once: the socket was idle
+        assert w.writes == 1
+    assert read_all(peer) == b"bc"  # the rest in one write at the end of the block
+    assert w.writes == 2
     assert w.offer(b"d")  # after the block: written at once again
     assert read_all(peer) == b"d"
+    with wire.corked():  # a new block: its first frame goes at once again
+        w.offer(b"e")
+        w.offer(b"f")
+        assert read_all(peer) == b"e"
+    assert read_all(peer) == b"f"
+
+
+async def test_a_busy_socket_holds_even_the_first_frame() -> None:
+    w, peer = pair(limit=10)
+    big = b"x" * (1 << 20)
+    assert w.offer(big)  # more than the kernel takes: the rest is queued
+    with wire.corked():
+        assert w.offer(b"held")
+        assert w.writes == 1
+    assert w.writes == 1  # queued behind the rest of `big`, for the writer task
+    received = read_all(peer)
+    assert len(received) < len(big)
+    peer.close()
 
 
 async def test_nested_blocks_join_the_outermost() -> None:
@@ -69,8 +88,9 @@ async def test_nested_blocks_join_the_outermost() -> None:
         w.offer(b"1")
         with wire.corked():
             w.offer(b"2")
-        assert read_all(peer) == b""
-    assert read_all(peer) == b"12"
+            w.offer(b"3")
+        assert read_all(peer) == b"1"
+    assert read_all(peer) == b"23"
 
 
 async def test_an_idle_socket_is_not_held_to_the_queue_limit() -> None:
@@ -96,16 +116,18 @@ async def test_a_busy_socket_still_counts_against_the_limit() -> None:
 async def test_abort_drops_the_held_frames_and_close_soon_writes_them() -> None:
     w, peer = pair()
     with wire.corked():
+        w.offer(b"sent")
         w.offer(b"dropped")
         w.abort(b"")
-    assert read_all(peer) == b""
+    assert read_all(peer) == b"sent"
 
     w, peer = pair()
     with wire.corked():
+        w.offer(b"sent")
         w.offer(b"kept")
         w.close_soon()
         assert w.offer(b"after close") is True  # ignored, as on any closed writer
-    assert read_all(peer) == b"kept"
+    assert read_all(peer) == b"sentkept"
 
 
 async def test_a_held_frame_the_socket_cannot_take_whole_is_finished_by_the_writer() -> None:
@@ -119,9 +141,9 @@ async def test_a_held_frame_the_socket_cannot_take_whole_is_finished_by_the_writ
         async with trio.open_nursery() as nursery:
             nursery.start_soon(w.run)
             with wire.corked():
-                assert w.offer(big[:1000])
-                assert w.offer(big[1000:])
-            assert w.writes == 1  # the end of the block wrote what the socket took
+                assert w.offer(big[:1000])  # written at once
+                assert w.offer(big[1000:])  # held
+            assert w.writes == 2  # the end of the block wrote what the socket took
             w.close_soon()
             peer = trio.socket.from_stdlib_socket(theirs)
             while len(received) < len(big):
