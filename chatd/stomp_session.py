@@ -313,8 +313,8 @@ class StompSession:
             return
         self.reader.receive_data(data)
         # Chat SENDs that arrived together are stored together: admitted one by one, in
-        # order, then written with one wait for the store, and their RECEIPTs go out
-        # corked together. Any other frame, an error, or the end of the data first finishes the
+        # order, then written with one wait for the store, and their RECEIPTs go out in
+        # one write. Any other frame, an error, or the end of the data first finishes the
         # SENDs before it, so every frame is still answered in the order it came.
         sends: list[_ChatSend] = []
         while not self._finished:
@@ -381,7 +381,7 @@ class StompSession:
         results = await self.state.service.store_admitted(self.user, [s.out for s in batch])
         failed: tuple[_ChatSend, BaseException] | None = None
         # Each message is its own operation: the ones around a failed one are stored,
-        # and their RECEIPTs (corked together) say so, before the ERROR that names the
+        # and their RECEIPTs (one write for all) say so, before the ERROR that names the
         # failed one.
         with wire.corked():
             for send, result in zip(batch, results, strict=True):

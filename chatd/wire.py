@@ -35,27 +35,35 @@ async def send_joined(stream: trio.abc.SendStream, chunks: list[bytes]) -> None:
 
 # The writers holding frames while `corked()` is open; None when it is not.
 _held: list[WireWriter] | None = None
-_block = 0  # the number of the current (or last) corked block
+_block = 0  # the number of the last block that writes first frames at once
+_at_once = False  # whether the open block does
 
 
 @contextlib.contextmanager
-def corked() -> Iterator[None]:
+def corked(first_at_once: bool = False) -> Iterator[None]:
     """Hold what every connection is offered inside the block and write it at the end,
-    so a connection gets at most two system calls per block: its first frame, at once if
-    its socket is idle, and all the rest joined at the end. A commit of many messages to
-    one room then costs each member two writes instead of one per message, and a single
-    message (a paced room) one write with nothing held. Frames offered inside keep their
-    order and come before anything offered after. Nested blocks join the outermost."""
-    global _held, _block
+    one system call per connection. A commit of many messages to one room then costs each
+    member one write instead of one per message. Frames offered inside keep their order
+    and come before anything offered after. Nested blocks join the outermost.
+
+    With `first_at_once`, for a block that offers most connections one frame (the commit
+    of a single message), a connection's first frame goes out at once if its socket is
+    idle, and only the frames after it are held: a paced room's fan-out then holds
+    nothing. Flat out, where a block carries many messages, that second write per member
+    costs more than it saves."""
+    global _held, _block, _at_once
     if _held is not None:
         yield
         return
-    _block += 1
+    if first_at_once:
+        _block += 1
+    _at_once = first_at_once
     _held = held = []
     try:
         yield
     finally:
         _held = None
+        _at_once = False
         for writer in held:
             writer._uncork()
 
@@ -128,7 +136,8 @@ class WireWriter:
         cork = self._cork
         if cork is None:
             if (
-                self._block != _block
+                _at_once
+                and self._block != _block
                 and self._fd is not None
                 and not self._sending
                 and not self._outbox.items

@@ -1,6 +1,6 @@
 """WireWriter over a real socket pair: direct writes, the bounded queue, and `corked()`,
-which writes a connection's first frame of the block at once (when its socket is idle)
-and holds the rest for one write at the end."""
+which holds what every connection is offered and writes it once per connection (or, with
+`first_at_once`, writes an idle connection's first frame at once and holds the rest)."""
 
 from __future__ import annotations
 
@@ -51,35 +51,17 @@ def read_all(sock: socket.socket) -> bytes:
         out += chunk
 
 
-async def test_corked_frames_go_out_in_two_writes_in_order() -> None:
+async def test_corked_frames_go_out_in_one_write_in_order() -> None:
     w, peer = pair()
     with wire.corked():
         for frame in (b"a", b"b", b"c"):
             assert w.offer(frame)
-        assert read_all(peer) == b"a"  # the first at once: the socket was idle
-        assert w.writes == 1
-    assert read_all(peer) == b"bc"  # the rest in one write at the end of the block
-    assert w.writes == 2
+        assert read_all(peer) == b""  # held until the block ends
+        assert w.writes == 0
+    assert read_all(peer) == b"abc"
+    assert w.writes == 1
     assert w.offer(b"d")  # after the block: written at once again
     assert read_all(peer) == b"d"
-    with wire.corked():  # a new block: its first frame goes at once again
-        w.offer(b"e")
-        w.offer(b"f")
-        assert read_all(peer) == b"e"
-    assert read_all(peer) == b"f"
-
-
-async def test_a_busy_socket_holds_even_the_first_frame() -> None:
-    w, peer = pair(limit=10)
-    big = b"x" * (1 << 20)
-    assert w.offer(big)  # more than the kernel takes: the rest is queued
-    with wire.corked():
-        assert w.offer(b"held")
-        assert w.writes == 1
-    assert w.writes == 1  # queued behind the rest of `big`, for the writer task
-    received = read_all(peer)
-    assert len(received) < len(big)
-    peer.close()
 
 
 async def test_nested_blocks_join_the_outermost() -> None:
@@ -88,9 +70,8 @@ async def test_nested_blocks_join_the_outermost() -> None:
         w.offer(b"1")
         with wire.corked():
             w.offer(b"2")
-            w.offer(b"3")
-        assert read_all(peer) == b"1"
-    assert read_all(peer) == b"23"
+        assert read_all(peer) == b""
+    assert read_all(peer) == b"12"
 
 
 async def test_an_idle_socket_is_not_held_to_the_queue_limit() -> None:
@@ -116,18 +97,16 @@ async def test_a_busy_socket_still_counts_against_the_limit() -> None:
 async def test_abort_drops_the_held_frames_and_close_soon_writes_them() -> None:
     w, peer = pair()
     with wire.corked():
-        w.offer(b"sent")
         w.offer(b"dropped")
         w.abort(b"")
-    assert read_all(peer) == b"sent"
+    assert read_all(peer) == b""
 
     w, peer = pair()
     with wire.corked():
-        w.offer(b"sent")
         w.offer(b"kept")
         w.close_soon()
         assert w.offer(b"after close") is True  # ignored, as on any closed writer
-    assert read_all(peer) == b"sentkept"
+    assert read_all(peer) == b"kept"
 
 
 async def test_a_held_frame_the_socket_cannot_take_whole_is_finished_by_the_writer() -> None:
@@ -141,9 +120,9 @@ async def test_a_held_frame_the_socket_cannot_take_whole_is_finished_by_the_writ
         async with trio.open_nursery() as nursery:
             nursery.start_soon(w.run)
             with wire.corked():
-                assert w.offer(big[:1000])  # written at once
-                assert w.offer(big[1000:])  # held
-            assert w.writes == 2  # the end of the block wrote what the socket took
+                assert w.offer(big[:1000])
+                assert w.offer(big[1000:])
+            assert w.writes == 1  # the end of the block wrote what the socket took
             w.close_soon()
             peer = trio.socket.from_stdlib_socket(theirs)
             while len(received) < len(big):
@@ -165,6 +144,61 @@ async def test_a_peer_gone_at_the_end_of_the_block_costs_only_its_own_frames() -
     assert gone.broken and gone.closing
     assert read_all(alive_peer) == b"kept"
     assert gone.offer(b"later") is True  # a broken writer ignores what comes after
+
+
+async def test_first_at_once_writes_the_first_frame_now_and_the_rest_at_the_end() -> None:
+    w, peer = pair()
+    with wire.corked(first_at_once=True):
+        for frame in (b"a", b"b", b"c"):
+            assert w.offer(frame)
+        assert read_all(peer) == b"a"  # the socket was idle
+        assert w.writes == 1
+    assert read_all(peer) == b"bc"  # the rest in one write at the end of the block
+    assert w.writes == 2
+    with wire.corked(first_at_once=True):  # a new block: its first frame goes at once again
+        w.offer(b"d")
+        w.offer(b"e")
+        assert read_all(peer) == b"d"
+    assert read_all(peer) == b"e"
+    with wire.corked():  # an ordinary block after it holds everything again
+        w.offer(b"f")
+        assert read_all(peer) == b""
+    assert read_all(peer) == b"f"
+
+
+async def test_first_at_once_holds_a_busy_sockets_first_frame() -> None:
+    w, peer = pair(limit=10)
+    assert w.offer(b"x" * (1 << 20))  # more than the kernel takes: the rest is queued
+    with wire.corked(first_at_once=True):
+        assert w.offer(b"held")
+    assert w.writes == 1  # queued behind the rest, for the writer task
+    peer.close()
+
+
+async def test_first_at_once_nested_blocks_join_the_outermost() -> None:
+    w, peer = pair()
+    with wire.corked(first_at_once=True):
+        w.offer(b"1")
+        with wire.corked():
+            w.offer(b"2")
+            w.offer(b"3")
+        assert read_all(peer) == b"1"
+    assert read_all(peer) == b"23"
+    with wire.corked():
+        w.offer(b"4")
+        with wire.corked(first_at_once=True):  # joins the outer block, which holds all
+            w.offer(b"5")
+        assert read_all(peer) == b""
+    assert read_all(peer) == b"45"
+
+
+async def test_first_at_once_abort_drops_only_the_held_frames() -> None:
+    w, peer = pair()
+    with wire.corked(first_at_once=True):
+        w.offer(b"sent")
+        w.offer(b"dropped")
+        w.abort(b"")
+    assert read_all(peer) == b"sent"
 
 
 async def test_messages_committed_together_reach_a_member_in_order(server: Server) -> None:
