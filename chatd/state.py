@@ -56,7 +56,7 @@ class ServerState:
         hub = Hub(rooms)
         metrics = Metrics()
         store.set_commit_observer(metrics.observe_commit)
-        store.set_hooks_scope(lambda jobs: wire.corked(first_at_once=jobs == 1))
+        store.set_hooks_scope(wire.corked)
         service = ChatService(cfg, store, rooms, hub, MemoryBroker(hub), metrics)
         general = (
             GeneralBroker(cfg.stomp.broker_destinations, cfg.stomp.broker_queue_max_messages)

@@ -176,10 +176,6 @@ class _Job:
         self.last = True  # the last job of its caller's: its batch sets `done`
 
 
-def _no_scope(jobs: int) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext()
-
-
 class _Worker:
     """A thread that owns one sqlite3 connection and runs jobs from a queue."""
 
@@ -192,7 +188,9 @@ class _Worker:
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.on_commit: Callable[[float, int], None] | None = None
-        self.hooks_scope: Callable[[int], contextlib.AbstractContextManager[None]] = _no_scope
+        self.hooks_scope: Callable[[], contextlib.AbstractContextManager[None]] = (
+            contextlib.nullcontext
+        )
         self._closed = False
 
     def start(self) -> None:
@@ -314,7 +312,7 @@ class _Worker:
             # Runs in the trio thread in commit order; `after` hooks run here, before any
             # waiting task resumes, so whatever they publish goes out in commit order
             # (trio resumes the woken tasks themselves in no promised order).
-            with self.hooks_scope(len(batch)):
+            with self.hooks_scope():
                 for job in batch:
                     if job.after is not None and job.error is None:
                         try:
@@ -401,12 +399,9 @@ class Store:
     def set_commit_observer(self, fn: Callable[[float, int], None]) -> None:
         self._writer.on_commit = fn
 
-    def set_hooks_scope(
-        self, scope: Callable[[int], contextlib.AbstractContextManager[None]]
-    ) -> None:
-        """A context the commit hooks of one batch run in together, given the batch's
-        number of jobs (the server corks the connections there, so a batch's fan-out is
-        one write per connection)."""
+    def set_hooks_scope(self, scope: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        """A context the commit hooks of one batch run in together (the server corks the
+        connections there, so a batch's fan-out is one write per connection)."""
         self._writer.hooks_scope = scope
 
     async def aclose(self) -> None:

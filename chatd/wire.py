@@ -35,35 +35,23 @@ async def send_joined(stream: trio.abc.SendStream, chunks: list[bytes]) -> None:
 
 # The writers holding frames while `corked()` is open; None when it is not.
 _held: list[WireWriter] | None = None
-_block = 0  # the number of the last block that writes first frames at once
-_at_once = False  # whether the open block does
 
 
 @contextlib.contextmanager
-def corked(first_at_once: bool = False) -> Iterator[None]:
+def corked() -> Iterator[None]:
     """Hold what every connection is offered inside the block and write it at the end,
     one system call per connection. A commit of many messages to one room then costs each
     member one write instead of one per message. Frames offered inside keep their order
-    and come before anything offered after. Nested blocks join the outermost.
-
-    With `first_at_once`, for a block that offers most connections one frame (the commit
-    of a single message), a connection's first frame goes out at once if its socket is
-    idle, and only the frames after it are held: a paced room's fan-out then holds
-    nothing. Flat out, where a block carries many messages, that second write per member
-    costs more than it saves."""
-    global _held, _block, _at_once
+    and come before anything offered after. Nested blocks join the outermost."""
+    global _held
     if _held is not None:
         yield
         return
-    if first_at_once:
-        _block += 1
-    _at_once = first_at_once
     _held = held = []
     try:
         yield
     finally:
         _held = None
-        _at_once = False
         for writer in held:
             writer._uncork()
 
@@ -79,7 +67,6 @@ class WireWriter:
         "_scope",
         "_cork",
         "_direct",
-        "_block",
         "writes",
         "broken",
     )
@@ -94,7 +81,6 @@ class WireWriter:
         self._scope = trio.CancelScope()
         self._cork: list[bytes] | None = None  # frames held by `corked()`
         self._direct = False  # the held frames go straight to an idle socket
-        self._block = 0  # the corked block in which the first frame went straight out
         self.writes = 0  # bumped on every write; heart-beats watch it
         self.broken = False
 
@@ -134,17 +120,7 @@ class WireWriter:
 
     def _hold(self, data: bytes) -> bool:
         cork = self._cork
-        if cork is None:
-            if (
-                _at_once
-                and self._block != _block
-                and self._fd is not None
-                and not self._sending
-                and not self._outbox.items
-            ):
-                self._block = _block
-                return self._write(data)
-        elif self._direct:
+        if cork is not None and self._direct:
             cork.append(data)
             return True
         # Frames for an idle socket would have been written at once: only a busy one's

@@ -1,6 +1,5 @@
 """WireWriter over a real socket pair: direct writes, the bounded queue, and `corked()`,
-which holds what every connection is offered and writes it once per connection (or, with
-`first_at_once`, writes an idle connection's first frame at once and holds the rest)."""
+which holds what every connection is offered and writes it once per connection."""
 
 from __future__ import annotations
 
@@ -144,61 +143,6 @@ async def test_a_peer_gone_at_the_end_of_the_block_costs_only_its_own_frames() -
     assert gone.broken and gone.closing
     assert read_all(alive_peer) == b"kept"
     assert gone.offer(b"later") is True  # a broken writer ignores what comes after
-
-
-async def test_first_at_once_writes_the_first_frame_now_and_the_rest_at_the_end() -> None:
-    w, peer = pair()
-    with wire.corked(first_at_once=True):
-        for frame in (b"a", b"b", b"c"):
-            assert w.offer(frame)
-        assert read_all(peer) == b"a"  # the socket was idle
-        assert w.writes == 1
-    assert read_all(peer) == b"bc"  # the rest in one write at the end of the block
-    assert w.writes == 2
-    with wire.corked(first_at_once=True):  # a new block: its first frame goes at once again
-        w.offer(b"d")
-        w.offer(b"e")
-        assert read_all(peer) == b"d"
-    assert read_all(peer) == b"e"
-    with wire.corked():  # an ordinary block after it holds everything again
-        w.offer(b"f")
-        assert read_all(peer) == b""
-    assert read_all(peer) == b"f"
-
-
-async def test_first_at_once_holds_a_busy_sockets_first_frame() -> None:
-    w, peer = pair(limit=10)
-    assert w.offer(b"x" * (1 << 20))  # more than the kernel takes: the rest is queued
-    with wire.corked(first_at_once=True):
-        assert w.offer(b"held")
-    assert w.writes == 1  # queued behind the rest, for the writer task
-    peer.close()
-
-
-async def test_first_at_once_nested_blocks_join_the_outermost() -> None:
-    w, peer = pair()
-    with wire.corked(first_at_once=True):
-        w.offer(b"1")
-        with wire.corked():
-            w.offer(b"2")
-            w.offer(b"3")
-        assert read_all(peer) == b"1"
-    assert read_all(peer) == b"23"
-    with wire.corked():
-        w.offer(b"4")
-        with wire.corked(first_at_once=True):  # joins the outer block, which holds all
-            w.offer(b"5")
-        assert read_all(peer) == b""
-    assert read_all(peer) == b"45"
-
-
-async def test_first_at_once_abort_drops_only_the_held_frames() -> None:
-    w, peer = pair()
-    with wire.corked(first_at_once=True):
-        w.offer(b"sent")
-        w.offer(b"dropped")
-        w.abort(b"")
-    assert read_all(peer) == b"sent"
 
 
 async def test_messages_committed_together_reach_a_member_in_order(server: Server) -> None:
