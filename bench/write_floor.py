@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The host's floor for paced fan-out: what one write to an idle loopback socket costs.
 
-    python3 bench/write_floor.py [--sockets 100] [--rate 50] [--duration 10]
+    python3 bench/write_floor.py [--sockets 100] [--rate 50] [--duration 10] [--reader none]
 
 No chatd involved. A writer pinned to core 0 sends one 420-byte frame to each of
 `--sockets` TCP loopback connections, `--rate` times a second; a reader pinned to core 1
@@ -11,9 +11,13 @@ scheduler statistics (`/proc/self/task/TID/schedstat`, nanoseconds).
 
 That figure is the part of "server CPU per delivery" no server code can remove: the
 kernel's TCP send, the receiving side's TCP processing (on loopback it runs in the
-sender's context), and waking the sleeping reader. On a VM, waking an idle vCPU is
-expensive, so the floor moves with the host. Compare hosts by it before comparing
+sender's context), and waking the sleeping reader. On this VM the TCP work on a core that
+was idle is most of it (`--reader none`, which wakes no one, costs as much), and it moves
+with the host. Compare hosts by it before comparing
 chatd's paced figures across them (BENCHMARKS.md has today's).
+
+`--reader none` keeps the connections open but never reads or waits on them, so no write
+wakes anyone: what is left is the TCP send and receive themselves.
 """
 
 from __future__ import annotations
@@ -44,6 +48,19 @@ while True:
             raise SystemExit
 """
 
+IDLE_READER = """
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # room for the whole run
+    s.connect(("127.0.0.1", port))
+    socks.append(s)
+print("connected", flush=True)
+time.sleep(3600)
+"""
+
 
 def thread_cpu_ns() -> int:
     with open(f"/proc/self/task/{os.getpid()}/schedstat") as f:
@@ -57,6 +74,10 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--writer-core", default="0")
     ap.add_argument("--reader-core", default="1")
+    ap.add_argument(
+        "--reader", choices=("epoll", "none"), default="epoll",
+        help="epoll: drain and sleep, as the load generator does; none: never read",
+    )  # fmt: skip
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -66,8 +87,8 @@ def main() -> None:
     listener.listen(args.sockets)
     port = listener.getsockname()[1]
     reader = subprocess.Popen(
-        ["taskset", "-c", args.reader_core, sys.executable, "-c", READER, str(port),
-         str(args.sockets)],
+        ["taskset", "-c", args.reader_core, sys.executable, "-c",
+         READER if args.reader == "epoll" else IDLE_READER, str(port), str(args.sockets)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -101,6 +122,7 @@ def main() -> None:
     res = {
         "sockets": args.sockets,
         "rate": args.rate,
+        "reader": args.reader,
         "writes": writes,
         "writer_cpu_us_per_write": round(cpu_us / max(writes, 1), 2),
     }
@@ -109,7 +131,8 @@ def main() -> None:
     else:
         print(
             f"{res['writer_cpu_us_per_write']} µs of writer CPU per write "
-            f"({writes} writes to {args.sockets} sockets, {args.rate:g} rounds/s)"
+            f"({writes} writes to {args.sockets} sockets, {args.rate:g} rounds/s, reader"
+            f" {args.reader})"
         )
 
 
