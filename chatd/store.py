@@ -6,6 +6,14 @@ transaction, commits, and only then wakes the waiting tasks. So a message is dur
 before anyone is told about it, and under load many messages share one commit. When an
 operation fails, the batch is run again with each operation in its own SAVEPOINT, so
 the failure does not undo its neighbours.
+
+When the store is idle (nothing queued, the thread idle for a few milliseconds), the
+event loop commits a few new messages itself: a commit without fsync (WAL,
+synchronous=NORMAL) takes tens of microseconds, less than handing it to the thread and
+back. Whatever can wait on the disk stays on the thread: checkpoints (the only fsyncs)
+always run there, a write lock held by another process is waited for there, and a commit
+in the loop that takes longer than `_INLINE_SLOW` sends every write to the thread for
+`_INLINE_BACKOFF` seconds.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -159,6 +168,29 @@ def migrate(conn: sqlite3.Connection) -> int:
     return SCHEMA_VERSION
 
 
+# A commit in the event loop slower than this (a disk that blocks) sends every write to
+# the thread for the back-off; a checkpoint is handed to the thread after this many
+# commits or operations, whichever comes first (SQLite's own, at 1,000 WAL pages, would
+# fsync in whichever thread commits).
+_INLINE_SLOW = 0.010
+_INLINE_BACKOFF = 10.0
+_CHECKPOINT_COMMITS = 100
+_CHECKPOINT_OPS = 1000
+_QUICK_OPS = 16  # message appends in one call the loop may commit itself
+# The thread must have been idle this long: under load the thread's group commit is
+# cheaper per message, and a commit in the loop between its batches halved their size.
+_INLINE_IDLE = 0.005
+_BUSY_WAIT = 5.0  # how long the thread waits for another process's write lock
+
+
+class _Busy(Exception):
+    """Another connection (an admin's sqlite3 shell, say) holds the write lock."""
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 class _Job:
     __slots__ = ("fn", "after", "result", "error", "done", "last")
 
@@ -166,7 +198,7 @@ class _Job:
         self,
         fn: Callable[[sqlite3.Connection], Any],
         after: Callable[[Any], None] | None,
-        done: trio.Event,
+        done: trio.Event | None,
     ) -> None:
         self.fn = fn
         self.after = after
@@ -181,6 +213,10 @@ class _Worker:
 
     def __init__(self, name: str, path: Path, batch_max: int, transactional: bool) -> None:
         self.conn = _connect(path)
+        if transactional:
+            self.conn.execute("PRAGMA wal_autocheckpoint=0")  # ours run on the thread
+            # The loop must never wait for a lock: `_begin` waits, on the thread only.
+            self.conn.execute("PRAGMA busy_timeout=0")
         self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._pending: list[_Job] = []
         self._batch_max = batch_max
@@ -192,6 +228,16 @@ class _Worker:
             contextlib.nullcontext
         )
         self._closed = False
+        self._with_thread = 0  # jobs handed to the thread and not yet back
+        self._thread_busy = -math.inf  # when (trio time) jobs last went to or came back
+        # From when (trio time) an idle store may commit in the event loop.
+        self._inline_from = -math.inf if transactional else math.inf
+        self._commits_unchecked = 0  # commits and operations since the last checkpoint
+        self._ops_unchecked = 0
+        self.inline_commits = 0
+        # One commit per turn of the loop at most: the writers that come after it in the
+        # same turn go to the thread together, so a burst still shares one commit.
+        self._inlined = False
 
     def start(self) -> None:
         self._thread.start()
@@ -207,13 +253,24 @@ class _Worker:
         return job.result  # type: ignore[no-any-return]
 
     async def call_many(
-        self, ops: list[tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None] | None]]
+        self,
+        ops: list[tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None] | None]],
+        quick: bool = False,
     ) -> list[_Job]:
         """Queue `ops` in order and wait until all of them ran; each job carries its
         result or error. They share one wake-up: the thread ends them in one batch, or
-        in consecutive ones, and sets the event once the last is done."""
+        in consecutive ones, and sets the event once the last is done. `quick` ops (a
+        few small inserts) may instead be committed here when the store is idle."""
         if self._closed:
             raise StoreClosed("store is closed")
+        if (
+            quick
+            and not self._inlined
+            and not self._pending
+            and not self._with_thread
+            and trio.current_time() >= max(self._inline_from, self._thread_busy + _INLINE_IDLE)
+        ):
+            return await self._commit_inline(ops)
         done = trio.Event()
         jobs = [_Job(fn, after, done) for fn, after in ops]
         for job in jobs[:-1]:
@@ -227,8 +284,55 @@ class _Worker:
         await done.wait()
         return jobs
 
+    async def _commit_inline(
+        self, ops: list[tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None] | None]]
+    ) -> list[_Job]:
+        """Run and commit `ops` here, then their hooks; the thread is idle, so the
+        connection is ours. Like any call, a trio checkpoint, which can cancel it only
+        before the commit. Another process holding the write lock sends them to the
+        thread, which waits for it."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        jobs = [_Job(fn, after, None) for fn, after in ops]
+        started = time.perf_counter()
+        try:
+            self._run_batch(jobs, wait=False)
+        except _Busy:
+            done = trio.Event()
+            for job in jobs:
+                job.done, job.last = done, False
+            jobs[-1].last = True
+            self._pending.extend(jobs)
+            await done.wait()
+            return jobs
+        took = time.perf_counter() - started
+        self.inline_commits += 1
+        self._inlined = True
+        if took > _INLINE_SLOW:
+            self._inline_from = trio.current_time() + _INLINE_BACKOFF
+            log.warning(
+                "store: a commit took %.1f ms; committing on the writer thread for %g s",
+                took * 1000,
+                _INLINE_BACKOFF,
+            )
+        self._committed(len(jobs))
+        self._run_hooks(jobs)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return jobs
+
+    def _committed(self, ops: int) -> None:
+        self._commits_unchecked += 1
+        self._ops_unchecked += ops
+        if self._commits_unchecked >= _CHECKPOINT_COMMITS or self._ops_unchecked >= _CHECKPOINT_OPS:
+            self._commits_unchecked = self._ops_unchecked = 0
+            job = _Job(_checkpoint, None, None)
+            job.last = False
+            self._pending.append(job)
+
     def _flush(self) -> None:
+        self._inlined = False
         if self._pending:
+            self._thread_busy = trio.current_time()
+            self._with_thread += len(self._pending)
             self._queue.put(self._pending)
             self._pending = []
 
@@ -256,11 +360,18 @@ class _Worker:
                     stopping = True
                     break
                 batch = batch + nxt
-            if self._transactional:
-                self._run_batch(batch)
-            else:
-                for job in batch:
+            work = [job for job in batch if job.fn is not _checkpoint]
+            if not self._transactional:
+                for job in work:
                     self._run_one(job)
+            elif work:
+                self._run_batch(work)
+            if len(work) < len(batch):
+                # Outside any transaction; a failure leaves the WAL for the next one.
+                try:
+                    _checkpoint(self.conn)
+                except sqlite3.Error as exc:
+                    log.warning("store: checkpoint failed: %s", exc)
             self._wake(batch)
         self.conn.close()
 
@@ -270,24 +381,37 @@ class _Worker:
         except Exception as exc:  # handed back to the awaiting task
             job.error = exc
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[_Job], wait: bool = True) -> None:
         started = time.perf_counter()
         # The fast path runs the whole batch in one transaction without savepoints (two
         # extra statements a job). Only when a job fails is the batch rolled back and run
         # again, each job in its own savepoint, so the failure undoes that job alone.
-        if not self._transaction(batch, savepoints=False):
+        if not self._transaction(batch, savepoints=False, wait=wait):
             for job in batch:
                 job.result, job.error = None, None
-            self._transaction(batch, savepoints=True)
+            self._transaction(batch, savepoints=True, wait=wait)
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started, len(batch))
 
-    def _transaction(self, batch: list[_Job], savepoints: bool) -> bool:
+    def _begin(self, wait: bool) -> None:
+        deadline = time.monotonic() + _BUSY_WAIT
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                if not wait:
+                    raise _Busy() from None
+            time.sleep(0.002)
+
+    def _transaction(self, batch: list[_Job], savepoints: bool, wait: bool) -> bool:
         """Run and commit `batch`; False (rolled back) when a job failed and savepoints
-        were off."""
+        were off. Raises `_Busy` (nothing run) when the lock is taken and not `wait`."""
         conn = self.conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(wait)
             for job in batch:
                 if savepoints:
                     conn.execute("SAVEPOINT job")
@@ -300,6 +424,8 @@ class _Worker:
                 if savepoints:
                     conn.execute("RELEASE job")
             conn.execute("COMMIT")
+        except _Busy:
+            raise
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -307,22 +433,30 @@ class _Worker:
                 job.result, job.error = None, StoreError(f"commit failed: {exc}")
         return True
 
+    def _run_hooks(self, batch: list[_Job]) -> None:
+        # In the trio thread in commit order, before any waiting task resumes, so
+        # whatever the hooks publish goes out in commit order (trio resumes the woken
+        # tasks themselves in no promised order).
+        with self.hooks_scope():
+            for job in batch:
+                if job.after is not None and job.error is None:
+                    try:
+                        job.after(job.result)
+                    except Exception:
+                        log.exception("store: commit hook failed")
+
     def _wake(self, batch: list[_Job]) -> None:
         def wake() -> None:
-            # Runs in the trio thread in commit order; `after` hooks run here, before any
-            # waiting task resumes, so whatever they publish goes out in commit order
-            # (trio resumes the woken tasks themselves in no promised order).
-            with self.hooks_scope():
-                for job in batch:
-                    if job.after is not None and job.error is None:
-                        try:
-                            job.after(job.result)
-                        except Exception:
-                            log.exception("store: commit hook failed")
+            self._with_thread -= len(batch)
+            self._thread_busy = trio.current_time()
+            ops = sum(job.fn is not _checkpoint for job in batch)
+            if self._transactional and ops:
+                self._committed(ops)
+            self._run_hooks(batch)
             # A caller's jobs may span this batch and the next: only the batch holding
             # the last of them wakes it (the thread works in order, so the rest are done).
             for job in batch:
-                if job.last:
+                if job.last and job.done is not None:
                     job.done.set()
 
         with contextlib.suppress(trio.RunFinishedError):
@@ -411,6 +545,11 @@ class Store:
         trio.lowlevel.remove_instrument(self._hand_over)
         await trio.to_thread.run_sync(self._writer.join)
         await trio.to_thread.run_sync(self._reader.join)
+
+    @property
+    def inline_commits(self) -> int:
+        """Commits the event loop ran itself (the store was idle), not the thread."""
+        return self._writer.inline_commits
 
     async def write(
         self, fn: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None
@@ -556,7 +695,7 @@ class Store:
             )
             after = None if on_commit is None else functools.partial(on_commit, new)
             ops.append((op, after))
-        jobs = await self._writer.call_many(ops)
+        jobs = await self._writer.call_many(ops, quick=len(ops) <= _QUICK_OPS)
         return [job.result if job.error is None else job.error for job in jobs]
 
     async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:

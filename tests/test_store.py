@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+import chatd.store
 from chatd.store import SCHEMA_VERSION, Store, StoreClosed, StoreError
 
 from ._chat import (
@@ -200,8 +202,12 @@ async def test_writes_waiting_together_share_one_commit(store: Store) -> None:
 
 
 async def test_writes_started_in_one_loop_turn_reach_the_thread_as_one_batch(
-    store: Store,
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The first message of the first turn finds the store idle and is committed by the
+    loop; the 49 after it go to the thread as one batch, and so do the later turns' 50
+    (the thread was busy a moment ago)."""
+    monkeypatch.setattr(chatd.store, "_INLINE_IDLE", 3600.0)
     with trio.fail_after(10):
         commits: list[int] = []
         store.set_commit_observer(lambda _seconds, ops: commits.append(ops))
@@ -217,8 +223,134 @@ async def test_writes_started_in_one_loop_turn_reach_the_thread_as_one_batch(
             async with trio.open_nursery() as nursery:
                 for i in range(50):
                     nursery.start_soon(post_after_a_system_call, i)
-            assert commits == [50] * (turn + 1)
+            assert commits == [1, 49] + [50] * turn
+        assert store.inline_commits == 1
         assert sorted(msg.id for msg, _ in results) == list(range(1, 251))
+
+
+async def test_an_idle_store_commits_a_message_in_the_event_loop(store: Store) -> None:
+    with trio.fail_after(10):
+        threads: list[str] = []
+        store.set_commit_observer(lambda _s, _ops: threads.append(threading.current_thread().name))
+        results: list[Any] = []
+        for i in range(3):
+            await post(store, f"m{i}", results)
+        assert threads == ["MainThread"] * 3
+        assert store.inline_commits == 3
+        assert [m.id for m, _ in results] == [1, 2, 3]
+        # Durable before anyone is told: another connection reads them.
+        assert db_rows(store.path, "SELECT content FROM messages ORDER BY id") == [
+            ("m0",),
+            ("m1",),
+            ("m2",),
+        ]
+        # Any other write (rooms, members, reads) still goes to the thread.
+        await store.write(lambda c: threads.append(threading.current_thread().name))
+        assert threads[-1] == "chatd-store-writer"
+
+
+async def test_a_message_waits_behind_writes_the_thread_has(store: Store) -> None:
+    """Commit order is kept: with the thread busy, a message queues behind its work."""
+    with trio.fail_after(10):
+        gate = Gate()
+        results: list[Any] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.write, gate.job)
+                await gate.wait_entered()
+                nursery.start_soon(post, store, "queued", results)
+                await trio.testing.wait_all_tasks_blocked()
+                assert results == []
+                gate.release.set()
+        finally:
+            gate.release.set()
+        assert store.inline_commits == 0
+        assert [m.content for m, _ in results] == ["queued"]
+
+
+async def test_a_store_busy_a_moment_ago_sends_messages_to_the_thread(
+    store: Store, mock_clock: trio.testing.MockClock
+) -> None:
+    """Under load the thread's group commit is cheaper per message: the loop commits only
+    once the thread has been idle for `_INLINE_IDLE`."""
+    with trio.fail_after(10):
+        results: list[Any] = []
+        await store.write(lambda _conn: None)  # the thread was busy just now
+        await post(store, "under load", results)
+        assert store.inline_commits == 0
+        mock_clock.jump(chatd.store._INLINE_IDLE)
+        await post(store, "idle again", results)
+        assert store.inline_commits == 1
+        assert [m.content for m, _ in results] == ["under load", "idle again"]
+
+
+async def test_a_slow_commit_in_the_loop_sends_messages_to_the_thread(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(10):
+        monkeypatch.setattr(chatd.store, "_INLINE_SLOW", 0.0)  # every commit is too slow
+        threads: list[str] = []
+        store.set_commit_observer(lambda _s, _ops: threads.append(threading.current_thread().name))
+        results: list[Any] = []
+        for i in range(3):
+            await post(store, f"m{i}", results)
+        assert threads == ["MainThread", "chatd-store-writer", "chatd-store-writer"]
+        assert store.inline_commits == 1
+        assert "committing on the writer thread for 10 s" in caplog.text
+        assert [m.content for m, _ in results] == ["m0", "m1", "m2"]
+
+
+async def test_a_write_lock_held_elsewhere_never_stops_the_event_loop(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin's sqlite3 shell in a write transaction: the message waits on the thread,
+    and the event loop keeps running meanwhile."""
+    monkeypatch.setattr(chatd.store, "_INLINE_IDLE", 0.0)
+    with trio.fail_after(10):
+        other = sqlite3.connect(store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        results: list[Any] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(post, store, "waited", results)
+                for _ in range(5):
+                    await trio.sleep(0.01)  # the loop turns while the message waits
+                assert results == []
+                other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert store.inline_commits == 0
+        assert [m.content for m, _ in results] == ["waited"]
+        results.clear()
+        await post(store, "later", results)  # the lock is free: the loop commits again
+        assert store.inline_commits == 1
+
+
+async def test_checkpoints_run_on_the_thread_never_in_the_loop(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint is the store's fsync: it must not hold up the event loop."""
+    with trio.fail_after(10):
+        ran_in: list[str] = []
+        checkpoint = chatd.store._checkpoint
+
+        def recorded(conn: sqlite3.Connection) -> None:
+            ran_in.append(threading.current_thread().name)
+            checkpoint(conn)
+
+        monkeypatch.setattr(chatd.store, "_checkpoint", recorded)
+        monkeypatch.setattr(chatd.store, "_INLINE_IDLE", 0.0)
+        monkeypatch.setattr(chatd.store, "_CHECKPOINT_COMMITS", 10)
+        results: list[Any] = []
+        for i in range(50):
+            await post(store, f"m{i}", results)
+            await trio.sleep(0)  # a turn of the loop: the checkpoint reaches the thread
+        assert store.inline_commits >= 40  # the others queued behind a checkpoint
+        assert len(ran_in) >= 4 and set(ran_in) == {"chatd-store-writer"}
+        # SQLite's own checkpoint (which would fsync in the loop) is off for the writer.
+        wal_pages = os.path.getsize(str(store.path) + "-wal") // 4096
+        assert wal_pages < 60, "the WAL was checkpointed and reused"
+        assert len(await store.history(1, None, 100)) == 50
 
 
 async def test_a_failing_write_does_not_undo_its_batch_neighbours(store: Store) -> None:
