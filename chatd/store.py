@@ -183,6 +183,10 @@ _INLINE_IDLE = 0.005
 _BUSY_WAIT = 5.0  # how long the thread waits for another process's write lock
 
 
+# A job's work on the connection, and its hook run in the trio thread after the commit.
+_Op = tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None] | None]
+
+
 class _Busy(Exception):
     """Another connection (an admin's sqlite3 shell, say) holds the write lock."""
 
@@ -254,7 +258,7 @@ class _Worker:
 
     async def call_many(
         self,
-        ops: list[tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None] | None]],
+        ops: list[_Op],
         quick: bool = False,
     ) -> list[_Job]:
         """Queue `ops` in order and wait until all of them ran; each job carries its
@@ -271,6 +275,9 @@ class _Worker:
             and trio.current_time() >= max(self._inline_from, self._thread_busy + _INLINE_IDLE)
         ):
             return await self._commit_inline(ops)
+        return await self._via_thread(ops)
+
+    async def _via_thread(self, ops: list[_Op]) -> list[_Job]:
         done = trio.Event()
         jobs = [_Job(fn, after, done) for fn, after in ops]
         for job in jobs[:-1]:
@@ -284,9 +291,7 @@ class _Worker:
         await done.wait()
         return jobs
 
-    async def _commit_inline(
-        self, ops: list[tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None] | None]]
-    ) -> list[_Job]:
+    async def _commit_inline(self, ops: list[_Op]) -> list[_Job]:
         """Run and commit `ops` here, then their hooks; the thread is idle, so the
         connection is ours. Like any call, a trio checkpoint, which can cancel it only
         before the commit. Another process holding the write lock sends them to the
@@ -297,13 +302,7 @@ class _Worker:
         try:
             self._run_batch(jobs, wait=False)
         except _Busy:
-            done = trio.Event()
-            for job in jobs:
-                job.done, job.last = done, False
-            jobs[-1].last = True
-            self._pending.extend(jobs)
-            await done.wait()
-            return jobs
+            return await self._via_thread(ops)
         took = time.perf_counter() - started
         self.inline_commits += 1
         self._inlined = True
