@@ -17,7 +17,7 @@ import trio
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else str(HERE))
 
-from chatd.store import Store  # noqa: E402
+from chatd.store.engine import Store  # noqa: E402
 
 MESSAGES = 20_000
 TASKS = 100

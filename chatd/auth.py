@@ -11,8 +11,8 @@ from typing import Any
 
 import jwt
 
-from .config import AuthConfig
-from .validation import MAX_ID, id_of_digits
+from chatd.config import AuthConfig
+from chatd.validation import MAX_ID, id_of_digits
 
 
 @dataclass(frozen=True, slots=True)

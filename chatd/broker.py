@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .events import Event
-from .hub import Hub
+from chatd.events import Event
+from chatd.hub import Hub
 
 
 class Broker(Protocol):

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import trio
 
-from . import config as config_mod
-from . import logs, sdnotify
+from chatd import config as config_mod
+from chatd.ops import logs, sdnotify
 
 log = logging.getLogger("chatd")
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _token(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from .server import make_authenticator
+    from chatd.server import make_authenticator
 
     if args.user_id <= 0:
         print("chatd: --user-id must be a positive integer", file=sys.stderr)
@@ -106,7 +106,7 @@ def _settle_gc() -> None:
 
 
 async def _serve_main(cfg: config_mod.Config, config_path: str | None) -> int:
-    from .server import serve
+    from chatd.server import serve
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:

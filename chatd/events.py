@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from .store import StoredMessage, utc_iso
+from chatd.store.engine import StoredMessage, utc_iso
 
 
 class Event:

@@ -12,8 +12,8 @@ from typing import Protocol
 
 import trio
 
-from .events import Event
-from .rooms import Rooms
+from chatd.events import Event
+from chatd.rooms import Rooms
 
 
 class Session(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .store import RoomRow
+from chatd.store.engine import RoomRow
 
 
 @dataclass(slots=True)

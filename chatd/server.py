@@ -11,18 +11,18 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from . import config as config_mod
-from . import logs, sdnotify
-from .auth import Authenticator, load_or_create_secret, secret_path_for
-from .chat_ws import CLOSE_GOING_AWAY, serve_chat
-from .config import Config, resolve_store_path
-from .exporter import serve_metrics
-from .front import serve_front
-from .http_api import create_app
-from .state import ServerState
-from .stomp_logins import StompLogins, stomp_key_path
-from .stomp_transports import serve_stomp_tcp, serve_stomp_websocket, serve_stomp_ws
-from .store import Store
+from chatd import config as config_mod
+from chatd.auth import Authenticator, load_or_create_secret, secret_path_for
+from chatd.config import Config, resolve_store_path
+from chatd.http.api import create_app
+from chatd.net.front import serve_front
+from chatd.ops import logs, sdnotify
+from chatd.ops.exporter import serve_metrics
+from chatd.state import ServerState
+from chatd.stomp.logins import StompLogins, stomp_key_path
+from chatd.stomp.transports import serve_stomp_tcp, serve_stomp_websocket, serve_stomp_ws
+from chatd.store.engine import Store
+from chatd.ticketws.session import CLOSE_GOING_AWAY, serve_chat
 
 log = logging.getLogger("chatd.server")
 

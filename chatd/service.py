@@ -12,16 +12,16 @@ from collections.abc import Callable
 
 import trio
 
-from . import events
-from .auth import User
-from .broker import Broker
-from .config import Config
-from .hub import Hub, Session
-from .metrics import Metrics
-from .ratelimit import RateLimiter
-from .rooms import Room, Rooms
-from .store import Store, StoredMessage
-from .validation import Outgoing
+from chatd import events
+from chatd.auth import User
+from chatd.broker import Broker
+from chatd.config import Config
+from chatd.hub import Hub, Session
+from chatd.ops.metrics import Metrics
+from chatd.ratelimit import RateLimiter
+from chatd.rooms import Room, Rooms
+from chatd.store.engine import Store, StoredMessage
+from chatd.validation import Outgoing
 
 log = logging.getLogger("chatd.service")
 

@@ -7,19 +7,19 @@ from typing import Any
 
 import trio
 
-from . import wire
-from .auth import Authenticator
-from .broker import MemoryBroker
-from .config import Config
-from .heartbeats import Heartbeats
-from .hub import Hub
-from .metrics import Metrics
-from .rooms import Rooms
-from .service import ChatService
-from .stomp_broker import GeneralBroker
-from .stomp_logins import StompLogins
-from .store import Store
-from .tickets import TicketBook
+from chatd.auth import Authenticator
+from chatd.broker import MemoryBroker
+from chatd.config import Config
+from chatd.hub import Hub
+from chatd.net import wire
+from chatd.ops.metrics import Metrics
+from chatd.rooms import Rooms
+from chatd.service import ChatService
+from chatd.stomp.general_broker import GeneralBroker
+from chatd.stomp.heartbeats import Heartbeats
+from chatd.stomp.logins import StompLogins
+from chatd.store.engine import Store
+from chatd.ticketws.tickets import TicketBook
 
 
 @dataclass(eq=False)

@@ -1,4 +1,4 @@
-"""The ASGI layer under the HTTP API (chatd.asgi), called directly with fake receive/send:
+"""The ASGI layer under the HTTP API (chatd.http.asgi), called directly with fake receive/send:
 routing and the int converter, 404/405/308, HEAD, body limits, hooks, error mapping, the
 500 path, lifespan and websocket scopes. Then a few of the same through the real server."""
 
@@ -15,7 +15,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.utils import wrap_app
 
-from chatd.asgi import App, HTTPError, Message, Request, Response, json_response
+from chatd.http.asgi import App, HTTPError, Message, Request, Response, json_response
 
 from .conftest import Server
 

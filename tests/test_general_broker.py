@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from chatd.stomp import CLOSED, NEED_DATA, Frame, FrameReader, FrameWriter
-from chatd.stomp_broker import BrokerError, GeneralBroker, parse_destination, topic_matches
+from chatd.stomp.general_broker import BrokerError, GeneralBroker, parse_destination, topic_matches
 
 
 class Peer:

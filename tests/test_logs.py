@@ -10,7 +10,7 @@ import uuid
 import jwt
 import pytest
 
-from chatd.logs import JsonFormatter, PlainFormatter, redact, setup
+from chatd.ops.logs import JsonFormatter, PlainFormatter, redact, setup
 
 TOKEN = jwt.encode({"sub": "1", "exp": 2_000_000_000}, "x" * 64, algorithm="HS256")
 TICKET = str(uuid.uuid4())

@@ -17,9 +17,9 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
-from chatd import exposition
-from chatd.exporter import _commit_histogram
-from chatd.metrics import COMMIT_BUCKETS
+from chatd.ops import exposition
+from chatd.ops.exporter import _commit_histogram
+from chatd.ops.metrics import COMMIT_BUCKETS
 
 from .conftest import Server, StartServer
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from chatd import sdnotify
+from chatd.ops import sdnotify
 
 from .chatd_proc import chatd_argv, child_env, notify_socket, run_chatd, write_config
 

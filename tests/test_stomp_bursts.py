@@ -10,8 +10,8 @@ import orjson
 import pytest
 import trio
 
-from chatd import store as store_module
 from chatd.stomp import Frame, FrameWriter
+from chatd.store import engine as store_module
 
 from ._chat import history as http_history
 from .conftest import Server, StartServer

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-import chatd.stomp_session
+import chatd.stomp.session
 from chatd.stomp import Frame
 
 from .conftest import Server, StartServer
@@ -220,7 +220,7 @@ async def test_a_frame_bigger_than_max_frame_bytes_after_connect(env: Env) -> No
 
 
 async def test_no_connect_in_time(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chatd.stomp_session, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(chatd.stomp.session, "CONNECT_TIMEOUT", 0.5)
     with trio.fail_after(10):
         async with stomp_user(env.server, 3, rooms=[env.room]) as bystander:
             async with open_stomp(env.server) as silent, open_stomp(env.server, "http") as half:

@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-import chatd.store
-from chatd.store import SCHEMA_VERSION, Store, StoreClosed, StoreError
+import chatd.store.engine
+from chatd.store.engine import SCHEMA_VERSION, Store, StoreClosed, StoreError
 
 from ._chat import (
     Gate,
@@ -207,7 +207,7 @@ async def test_writes_started_in_one_loop_turn_reach_the_thread_as_one_batch(
     """The first message of the first turn finds the store idle and is committed by the
     loop; the 49 after it go to the thread as one batch, and so do the later turns' 50
     (the thread was busy a moment ago)."""
-    monkeypatch.setattr(chatd.store, "_INLINE_IDLE", 3600.0)
+    monkeypatch.setattr(chatd.store.engine, "_INLINE_IDLE", 3600.0)
     with trio.fail_after(10):
         commits: list[int] = []
         store.set_commit_observer(lambda _seconds, ops: commits.append(ops))
@@ -278,7 +278,7 @@ async def test_a_store_busy_a_moment_ago_sends_messages_to_the_thread(
         await store.write(lambda _conn: None)  # the thread was busy just now
         await post(store, "under load", results)
         assert store.inline_commits == 0
-        mock_clock.jump(chatd.store._INLINE_IDLE)
+        mock_clock.jump(chatd.store.engine._INLINE_IDLE)
         await post(store, "idle again", results)
         assert store.inline_commits == 1
         assert [m.content for m, _ in results] == ["under load", "idle again"]
@@ -288,7 +288,7 @@ async def test_a_slow_commit_in_the_loop_sends_messages_to_the_thread(
     store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(10):
-        monkeypatch.setattr(chatd.store, "_INLINE_SLOW", 0.0)  # every commit is too slow
+        monkeypatch.setattr(chatd.store.engine, "_INLINE_SLOW", 0.0)  # every commit is too slow
         threads: list[str] = []
         store.set_commit_observer(lambda _s, _ops: threads.append(threading.current_thread().name))
         results: list[Any] = []
@@ -305,7 +305,7 @@ async def test_a_write_lock_held_elsewhere_never_stops_the_event_loop(
 ) -> None:
     """An admin's sqlite3 shell in a write transaction: the message waits on the thread,
     and the event loop keeps running meanwhile."""
-    monkeypatch.setattr(chatd.store, "_INLINE_IDLE", 0.0)
+    monkeypatch.setattr(chatd.store.engine, "_INLINE_IDLE", 0.0)
     with trio.fail_after(10):
         other = sqlite3.connect(store.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -332,15 +332,15 @@ async def test_checkpoints_run_on_the_thread_never_in_the_loop(
     """A checkpoint is the store's fsync: it must not hold up the event loop."""
     with trio.fail_after(10):
         ran_in: list[str] = []
-        checkpoint = chatd.store._checkpoint
+        checkpoint = chatd.store.engine._checkpoint
 
         def recorded(conn: sqlite3.Connection) -> None:
             ran_in.append(threading.current_thread().name)
             checkpoint(conn)
 
-        monkeypatch.setattr(chatd.store, "_checkpoint", recorded)
-        monkeypatch.setattr(chatd.store, "_INLINE_IDLE", 0.0)
-        monkeypatch.setattr(chatd.store, "_CHECKPOINT_COMMITS", 10)
+        monkeypatch.setattr(chatd.store.engine, "_checkpoint", recorded)
+        monkeypatch.setattr(chatd.store.engine, "_INLINE_IDLE", 0.0)
+        monkeypatch.setattr(chatd.store.engine, "_CHECKPOINT_COMMITS", 10)
         results: list[Any] = []
         for i in range(50):
             await post(store, f"m{i}", results)

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from chatd.auth import User
-from chatd.tickets import TicketBook, TicketError, TooManyTickets
+from chatd.ticketws.tickets import TicketBook, TicketError, TooManyTickets
 
 ALICE = User(1, "alice")
 BOB = User(2, "bob")

@@ -8,8 +8,8 @@ import socket
 import orjson
 import trio
 
-from chatd import wire
-from chatd.wire import WireWriter
+from chatd.net import wire
+from chatd.net.wire import WireWriter
 
 from .conftest import Server
 from .stomp_client import make_room, stomp_user

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from chatd import wsproto_lite as ws
+from chatd.net import websocket as ws
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .stomp import Frame, FrameWriter, LocalProtocolError
+from chatd.stomp import Frame, FrameWriter, LocalProtocolError
 
 RESERVED = frozenset(
     {

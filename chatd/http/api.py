@@ -1,4 +1,4 @@
-"""The HTTP API on chatd.asgi: tickets, rooms, history, admin, health.
+"""The HTTP API on chatd.http.asgi: tickets, rooms, history, admin, health.
 
 Every error is JSON, `{"error": code, "message": text}`, with a status a client can act on.
 """
@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import chatws_api
-from .asgi import App, HTTPError, Request, Response, json_response
-from .auth import AuthError, User, origin_allowed
-from .events import chat_shape
-from .service import ServiceError
-from .state import ServerState
-from .tickets import TooManyTickets
-from .validation import MAX_ID, InvalidMessage, id_of_digits, room_id_of
+from chatd.auth import AuthError, User, origin_allowed
+from chatd.events import chat_shape
+from chatd.http import chatws_api
+from chatd.http.asgi import App, HTTPError, Request, Response, json_response
+from chatd.service import ServiceError
+from chatd.state import ServerState
+from chatd.ticketws.tickets import TooManyTickets
+from chatd.validation import MAX_ID, InvalidMessage, id_of_digits, room_id_of
 
 log = logging.getLogger("chatd.http")
 
@@ -99,7 +99,7 @@ def create_app(state: ServerState) -> App:
     async def _too_large(_exc: HTTPError) -> Response:
         return error_response(413, "body_too_large", "the request body is too large")
 
-    # An unexpected fault is logged and answered 500 `server_error` by chatd.asgi itself.
+    # An unexpected fault is logged and answered 500 `server_error` by chatd.http.asgi itself.
 
     # --- CORS -------------------------------------------------------------------------
 

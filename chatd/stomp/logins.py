@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from .auth import User
+from chatd.auth import User
 
 LOGIN_PREFIX = "chatd-user-"
 

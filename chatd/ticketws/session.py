@@ -18,21 +18,21 @@ from urllib.parse import parse_qs
 import orjson
 import trio
 
-from . import wsproto_lite as wsl
-from .auth import User, origin_allowed
-from .events import Event, chat_shape
-from .service import ServiceError
-from .state import ServerState
-from .store import StoredMessage
-from .tickets import TicketError
-from .validation import (
+from chatd.auth import User, origin_allowed
+from chatd.events import Event, chat_shape
+from chatd.net import websocket as wsl
+from chatd.net.ws_transport import Upgrade, WebSocketTransport
+from chatd.service import ServiceError
+from chatd.state import ServerState
+from chatd.store.engine import StoredMessage
+from chatd.ticketws.tickets import TicketError
+from chatd.validation import (
     InvalidMessage,
     Outgoing,
     chat_message,
     id_of_digits,
     parse_json_object,
 )
-from .ws_transport import Upgrade, WebSocketTransport
 
 log = logging.getLogger("chatd.chat")
 

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .auth import User
+from chatd.auth import User
 
 
 class TicketError(Exception):

@@ -1,6 +1,6 @@
 """Prometheus `GET /metrics`: a collector read at scrape time and a small private listener.
 
-The hot path only bumps plain integers in `chatd.metrics.Metrics` and the hub; this
+The hot path only bumps plain integers in `chatd.ops.metrics.Metrics` and the hub; this
 module turns them into Prometheus families when a scrape arrives, so counting costs
 nothing between scrapes. The listener is its own tiny h11 server on `[metrics] listen`,
 never the public `[http]` one, so /metrics can be kept on loopback or a private network
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 import h11
 import trio
 
-from . import exposition
-from .config import parse_listen
-from .exposition import Family, counter, gauge, histogram
-from .metrics import COMMIT_BUCKETS
+from chatd.config import parse_listen
+from chatd.ops import exposition
+from chatd.ops.exposition import Family, counter, gauge, histogram
+from chatd.ops.metrics import COMMIT_BUCKETS
 
 if TYPE_CHECKING:
-    from .state import ServerState
+    from chatd.state import ServerState
 
 log = logging.getLogger("chatd.metrics")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .asgi import App, Request, Response, json_response
-from .auth import User
-from .events import stomp_message_shape
-from .state import ServerState
-from .stomp_session import CHAT_EXCHANGE
-from .validation import InvalidMessage, http_send_message, room_id_of
+from chatd.auth import User
+from chatd.events import stomp_message_shape
+from chatd.http.asgi import App, Request, Response, json_response
+from chatd.state import ServerState
+from chatd.stomp.session import CHAT_EXCHANGE
+from chatd.validation import InvalidMessage, http_send_message, room_id_of
 
 
 def room_destination(room_id: int) -> str:

@@ -18,12 +18,13 @@ from typing import Protocol
 
 import trio
 
-from . import wire
-from .auth import AuthError, User
-from .events import Event
-from .service import ServiceError
-from .state import ServerState
-from .stomp import (
+from chatd.auth import AuthError, User
+from chatd.events import Event
+from chatd.net import wire
+from chatd.net.wire import WireWriter
+from chatd.service import ServiceError
+from chatd.state import ServerState
+from chatd.stomp import (
     CLOSED,
     NEED_DATA,
     Frame,
@@ -34,9 +35,8 @@ from .stomp import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from .stomp_broker import BrokerError, Consumer
-from .validation import InvalidMessage, Outgoing, parse_json_object, stomp_send_body
-from .wire import WireWriter
+from chatd.stomp.general_broker import BrokerError, Consumer
+from chatd.validation import InvalidMessage, Outgoing, parse_json_object, stomp_send_body
 
 log = logging.getLogger("chatd.stomp")
 

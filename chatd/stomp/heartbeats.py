@@ -11,7 +11,7 @@ from typing import Protocol
 
 import trio
 
-from .outbox import _Waiter
+from chatd.net.outbox import _Waiter
 
 TICK = 0.25  # seconds; heart-beat intervals are at least [stomp] heartbeat_min_ms (1 s)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import trio
 
-from .outbox import Outbox
+from chatd.net.outbox import Outbox
 
 
 class Disconnected(Exception):

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .validation import Outgoing
+from chatd.validation import Outgoing
 
 T = TypeVar("T")
 

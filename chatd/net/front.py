@@ -2,7 +2,7 @@
 
 Each new connection's request head is read here. A WebSocket upgrade to `/chat` or `/ws`
 is served by chatd's own WebSocket layer; anything else is handed, with the bytes already
-read, to hypercorn's HTTP protocol and the ASGI app (chatd.asgi).
+read, to hypercorn's HTTP protocol and the ASGI app (chatd.http.asgi).
 
 Why not let hypercorn serve the WebSockets too: hypercorn shields its socket writes from
 cancellation, so a client that stops reading can neither be cut off nor stop a graceful
@@ -27,10 +27,10 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
-from . import wsproto_lite as ws
-from .config import parse_listen
-from .state import ServerState
-from .ws_transport import Upgrade, read_head
+from chatd.config import parse_listen
+from chatd.net import websocket as ws
+from chatd.net.ws_transport import Upgrade, read_head
+from chatd.state import ServerState
 
 log = logging.getLogger("chatd.http")
 

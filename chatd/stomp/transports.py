@@ -10,14 +10,14 @@ from functools import partial
 import orjson
 import trio
 
-from . import wsproto_lite as ws
-from .auth import origin_allowed
-from .config import parse_listen
-from .state import ServerState
-from .stomp_session import StompSession, StompTransport
-from .wire import Disconnected as WireClosed
-from .wire import WireWriter
-from .ws_transport import Upgrade, WebSocketTransport, read_head
+from chatd.auth import origin_allowed
+from chatd.config import parse_listen
+from chatd.net import websocket as ws
+from chatd.net.wire import Disconnected as WireClosed
+from chatd.net.wire import WireWriter
+from chatd.net.ws_transport import Upgrade, WebSocketTransport, read_head
+from chatd.state import ServerState
+from chatd.stomp.session import StompSession, StompTransport
 
 log = logging.getLogger("chatd.stomp")
 

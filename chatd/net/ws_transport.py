@@ -10,8 +10,8 @@ import contextlib
 
 import trio
 
-from . import wsproto_lite as ws
-from .wire import Disconnected, WireWriter, send_joined
+from chatd.net import websocket as ws
+from chatd.net.wire import Disconnected, WireWriter, send_joined
 
 HEAD_TIMEOUT = 10.0
 
