@@ -3,7 +3,6 @@ process exits 0 on SIGTERM/SIGINT within the grace period."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
@@ -20,6 +19,7 @@ from trio_websocket import open_websocket_url
 from chatd import config as config_mod
 from chatd.auth import Authenticator
 
+from . import chatd_proc
 from ._chat import (
     Gate,
     chat,
@@ -90,30 +90,20 @@ async def test_pending_writes_are_committed_at_shutdown(start_server: StartServe
 
 
 def write_config(tmp_path: Path, grace: float = 5.0) -> Path:
-    path = tmp_path / "chatd.toml"
-    path.write_text(
-        f"""
-[http]
-listen = ["127.0.0.1:0"]
-[store]
-path = "{tmp_path / "chatd.db"}"
-[auth]
-jwt_secret = "{SECRET}"
-[stomp]
-websocket_listen = ["127.0.0.1:0"]
-tcp_listen = ["127.0.0.1:0"]
-[server]
-shutdown_grace_seconds = {grace}
-[log]
-level = "info"
-""",
-        encoding="utf-8",
+    # chatd_proc's config puts every listener on port 0: one left out (metrics was) binds
+    # its default port and fails whenever anything else on the machine holds it.
+    return chatd_proc.write_config(
+        tmp_path / "chatd.toml",
+        tmp_path,
+        auth={"jwt_secret": SECRET},
+        server={"shutdown_grace_seconds": grace},
+        log={"level": "info"},
     )
-    return path
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
+    # Also without the test's own NOTIFY_SOCKET and LISTEN_FDS, which the child would act on.
+    return chatd_proc.child_env()
 
 
 class ServerProcess:
