@@ -5,27 +5,14 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
 
 from chatd.config import AuthConfig
+from chatd.model import User
 from chatd.validation import MAX_ID, id_of_digits
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    id: int
-    username: str
-    profile_image: str | None = None
-    email: str | None = None
-    user_type: str | None = None
-    is_admin: bool = False
-
-    def public(self) -> dict[str, Any]:
-        return {"id": self.id, "username": self.username, "profileImage": self.profile_image}
 
 
 class AuthError(Exception):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from chatd.events import Event
 from chatd.hub import Hub
+from chatd.model import Event
 
 
 class Broker(Protocol):

@@ -1,4 +1,5 @@
-"""Events on the bus, each encoded once per protocol and shared by every recipient."""
+"""The events on the bus (`chatd.model.Event`), each encoded once per protocol here and
+shared by every recipient."""
 
 from __future__ import annotations
 
@@ -7,24 +8,8 @@ from typing import Any
 
 import orjson
 
-from chatd.store.engine import StoredMessage, utc_iso
-
-
-class Event:
-    """`body` is the STOMP/JSON event bytes; `chat` is the ticket protocol's text, for
-    the events that protocol carries (chat messages only). `cache` holds encodings a
-    transport derives once per event, such as a STOMP MESSAGE frame template."""
-
-    __slots__ = ("kind", "body", "chat", "cache", "message_id")
-
-    def __init__(
-        self, kind: str, body: bytes, chat: str | None = None, message_id: int | None = None
-    ) -> None:
-        self.kind = kind
-        self.body = body
-        self.chat = chat
-        self.cache: dict[Any, Any] = {}
-        self.message_id = message_id
+from chatd.model import Event, StoredMessage, utc_iso
+from chatd.stomp import room_destination
 
 
 def now_iso() -> str:
@@ -123,7 +108,7 @@ def room_membership(kind: str, room: dict[str, Any], user_id: int) -> Event:
                 "userId": user_id,
                 "roomId": room["id"],
                 "roomName": room["name"],
-                "destination": f"/exchange/chat.direct/room.{room['id']}",
+                "destination": room_destination(room["id"]),
                 "timestamp": now_iso(),
             }
         ),

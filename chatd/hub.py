@@ -12,7 +12,7 @@ from typing import Protocol
 
 import trio
 
-from chatd.events import Event
+from chatd.model import Event
 from chatd.rooms import Rooms
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from chatd.store.engine import RoomRow
+from chatd.model import RoomRow
 
 
 @dataclass(slots=True)

@@ -13,15 +13,14 @@ from collections.abc import Callable
 import trio
 
 from chatd import events
-from chatd.auth import User
 from chatd.broker import Broker
 from chatd.config import Config
 from chatd.hub import Hub, Session
+from chatd.model import Outgoing, StoredMessage, User
 from chatd.ops.metrics import Metrics
 from chatd.ratelimit import RateLimiter
 from chatd.rooms import Room, Rooms
-from chatd.store.engine import Store, StoredMessage
-from chatd.validation import Outgoing
+from chatd.store.engine import Store
 
 log = logging.getLogger("chatd.service")
 

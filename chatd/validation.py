@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from chatd.model import Outgoing
 
 
 class InvalidMessage(Exception):
@@ -15,15 +16,6 @@ class InvalidMessage(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    room_id: int
-    content: str
-    message_type: str = "text"
-    client_timestamp: str | None = None
-    client_message_id: str | None = None
 
 
 MESSAGE_TYPES = frozenset({"text", "image", "file", "system"})

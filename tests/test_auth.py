@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from chatd.auth import (
     Authenticator,
     AuthError,
-    User,
     load_or_create_secret,
     origin_allowed,
     secret_path_for,
 )
 from chatd.config import AuthConfig
+from chatd.model import User
 
 SECRET = "k" * 64
 OTHER_SECRET = "o" * 64

@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from chatd.model import RoomRow
 from chatd.net.outbox import Outbox
 from chatd.rooms import Room, Rooms
-from chatd.store.engine import RoomRow
 
 
 async def test_outbox_is_bounded_and_never_blocks() -> None:

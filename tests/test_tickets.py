@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from chatd.auth import User
+from chatd.model import User
 from chatd.ticketws.tickets import TicketBook, TicketError, TooManyTickets
 
 ALICE = User(1, "alice")

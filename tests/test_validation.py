@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from chatd.model import Outgoing
 from chatd.validation import (
     MAX_ID,
     InvalidMessage,
-    Outgoing,
     chat_message,
     http_send_message,
     id_of_digits,

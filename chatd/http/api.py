@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from chatd.auth import AuthError, User, origin_allowed
+from chatd.auth import AuthError, origin_allowed
 from chatd.events import chat_shape
 from chatd.http import chatws_api
 from chatd.http.asgi import App, HTTPError, Request, Response, json_response
+from chatd.model import User
 from chatd.service import ServiceError
 from chatd.state import ServerState
 from chatd.ticketws.tickets import TooManyTickets

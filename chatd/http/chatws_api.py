@@ -5,16 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from chatd.auth import User
 from chatd.events import stomp_message_shape
 from chatd.http.asgi import App, Request, Response, json_response
+from chatd.model import User
 from chatd.state import ServerState
-from chatd.stomp.session import CHAT_EXCHANGE
+from chatd.stomp import room_destination, user_destination
 from chatd.validation import InvalidMessage, http_send_message, room_id_of
-
-
-def room_destination(room_id: int) -> str:
-    return f"{CHAT_EXCHANGE}room.{room_id}"
 
 
 def register(
@@ -52,7 +48,7 @@ def register(
                     "vhost": (state.cfg.stomp.vhosts or ["/"])[0],
                 },
                 "subscriptions": subs,
-                "userDestination": f"{CHAT_EXCHANGE}user.{user.id}",
+                "userDestination": user_destination(user.id),
                 "userInfo": {
                     "userId": user.id,
                     "username": user.username,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from chatd.auth import User
+from chatd.model import User
 
 LOGIN_PREFIX = "chatd-user-"
 

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import trio
 
-from chatd.auth import AuthError, User
-from chatd.events import Event
+from chatd.auth import AuthError
+from chatd.model import Event, Outgoing, User
 from chatd.net import wire
 from chatd.net.wire import WireWriter
 from chatd.service import ServiceError
@@ -36,7 +36,7 @@ from chatd.stomp import (
     RemoteProtocolError,
 )
 from chatd.stomp.general_broker import BrokerError, Consumer
-from chatd.validation import InvalidMessage, Outgoing, parse_json_object, stomp_send_body
+from chatd.validation import InvalidMessage, parse_json_object, stomp_send_body
 
 log = logging.getLogger("chatd.stomp")
 

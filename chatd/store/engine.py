@@ -27,13 +27,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
-from chatd.validation import Outgoing
+from chatd.model import Outgoing, RoomRow, StoredMessage, utc_iso
 
 T = TypeVar("T")
 
@@ -102,42 +101,11 @@ class StoreClosed(StoreError):
     pass
 
 
-def utc_iso(ts: float) -> str:
-    t = time.gmtime(ts)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(ts * 1000) % 1000:03d}Z"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    id: int
-    room_id: int
-    user_id: int
-    username: str
-    profile_image: str | None
-    content: str
-    message_type: str
-    created_at: str
-    created_unix: float = 0.0
-    client_message_id: str | None = None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> StoredMessage:
-        return cls(*row)
-
-
+# StoredMessage's fields, in order: a row is `StoredMessage(*row)`.
 _MSG_COLUMNS = (
     "id, room_id, user_id, username, profile_image, content, message_type, created_at,"
     " created_unix, client_message_id"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class RoomRow:
-    id: int
-    name: str
-    public: bool
-    members: frozenset[int]
-    invited: frozenset[int] = frozenset()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -480,7 +448,7 @@ def _append_op(
                 (user_id, new.client_message_id, new.room_id, now - idempotency_window),
             ).fetchone()
             if row is not None:
-                return StoredMessage.from_row(row), False
+                return StoredMessage(*row), False
         # StoredMessage's fields from room_id to created_unix, in order.
         fields = (
             new.room_id, user_id, username, profile_image, new.content, new.message_type,
@@ -709,7 +677,7 @@ class Store:
                 " ORDER BY id DESC LIMIT ?",
                 (room_id, upper, limit),
             )
-            return [StoredMessage.from_row(r) for r in rows]
+            return [StoredMessage(*r) for r in rows]
 
         return await self.read(op)
 
@@ -728,7 +696,7 @@ class Store:
                 " ORDER BY id LIMIT ?",
                 (since, *ids, limit),
             )
-            return [StoredMessage.from_row(r) for r in rows]
+            return [StoredMessage(*r) for r in rows]
 
         return await self.read(op)
 
@@ -746,7 +714,7 @@ class Store:
             row = conn.execute(
                 f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
-            return None if row is None else StoredMessage.from_row(row)
+            return None if row is None else StoredMessage(*row)
 
         return await self.read(op)
 

@@ -18,17 +18,16 @@ from urllib.parse import parse_qs
 import orjson
 import trio
 
-from chatd.auth import User, origin_allowed
-from chatd.events import Event, chat_shape
+from chatd.auth import origin_allowed
+from chatd.events import chat_shape
+from chatd.model import Event, Outgoing, StoredMessage, User
 from chatd.net import websocket as wsl
 from chatd.net.ws_transport import Upgrade, WebSocketTransport
 from chatd.service import ServiceError
 from chatd.state import ServerState
-from chatd.store.engine import StoredMessage
 from chatd.ticketws.tickets import TicketError
 from chatd.validation import (
     InvalidMessage,
-    Outgoing,
     chat_message,
     id_of_digits,
     parse_json_object,

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatd.auth import User
+from chatd.model import User
 
 
 class TicketError(Exception):

@@ -1,0 +1,90 @@
+"""The plain data types every layer shares: who is asking, what a client sends, what the
+store keeps, what travels on the bus.
+
+Types only, no I/O and no encoding, and no import from chatd: any module may import
+this one without making a cycle or reaching upward. The logic that builds or reads these
+types lives with the layer that owns it (validation, the store, events, auth).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+def utc_iso(ts: float) -> str:
+    """A Unix time as the ISO 8601 UTC text with milliseconds that both protocols use."""
+    t = time.gmtime(ts)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An authenticated identity, taken from a token's claims."""
+
+    id: int
+    username: str
+    profile_image: str | None = None
+    email: str | None = None
+    user_type: str | None = None
+    is_admin: bool = False
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "username": self.username, "profileImage": self.profile_image}
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message a client sent, checked and not yet stored."""
+
+    room_id: int
+    content: str
+    message_type: str = "text"
+    client_timestamp: str | None = None
+    client_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A committed message. The store reads rows in this field order."""
+
+    id: int
+    room_id: int
+    user_id: int
+    username: str
+    profile_image: str | None
+    content: str
+    message_type: str
+    created_at: str
+    created_unix: float = 0.0
+    client_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRow:
+    """A room as the store keeps it, loaded once at start into `chatd.rooms.Rooms`."""
+
+    id: int
+    name: str
+    public: bool
+    members: frozenset[int]
+    invited: frozenset[int] = frozenset()
+
+
+class Event:
+    """An event on the bus. `body` is the STOMP/JSON event bytes; `chat` is the ticket
+    protocol's text, for the events that protocol carries (chat messages only). `cache`
+    holds encodings a transport derives once per event, such as a STOMP MESSAGE frame
+    template: a slot the transports fill, so every recipient shares them."""
+
+    __slots__ = ("kind", "body", "chat", "cache", "message_id")
+
+    def __init__(
+        self, kind: str, body: bytes, chat: str | None = None, message_id: int | None = None
+    ) -> None:
+        self.kind = kind
+        self.body = body
+        self.chat = chat
+        self.cache: dict[Any, Any] = {}
+        self.message_id = message_id
