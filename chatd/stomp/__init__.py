@@ -12,6 +12,9 @@ Typical use by a transport::
 
 After negotiating the version from CONNECT/STOMP, assign ``reader.version``
 and ``writer.version``.
+
+The names chatd's STOMP speaks (versions, subprotocols, destination prefixes) live in
+``_names`` and are re-exported here.
 """
 
 from ._codec import FrameReader, FrameTemplate, FrameWriter
@@ -28,14 +31,44 @@ from ._frames import (
     HeartBeat,
     Sentinel,
 )
+from ._names import (
+    AMQ_QUEUE_PREFIX,
+    CHAT_EXCHANGE,
+    EXCHANGE_PREFIX,
+    QUEUE_PREFIX,
+    ROOM_PREFIX,
+    SUBPROTOCOL_OF,
+    SUBPROTOCOLS,
+    TOPIC_PREFIX,
+    USER_PREFIX,
+    V10,
+    V11,
+    V12,
+    VERSIONS,
+    room_destination,
+    user_destination,
+)
 
 __all__ = [
+    "AMQ_QUEUE_PREFIX",
+    "CHAT_EXCHANGE",
     "CLIENT_COMMANDS",
     "CLOSED",
     "COMMANDS",
+    "EXCHANGE_PREFIX",
     "NEED_DATA",
+    "QUEUE_PREFIX",
+    "ROOM_PREFIX",
     "SERVER_COMMANDS",
+    "SUBPROTOCOLS",
+    "SUBPROTOCOL_OF",
     "SUPPORTED_VERSIONS",
+    "TOPIC_PREFIX",
+    "USER_PREFIX",
+    "V10",
+    "V11",
+    "V12",
+    "VERSIONS",
     "Event",
     "Frame",
     "FrameReader",
@@ -46,4 +79,6 @@ __all__ = [
     "RemoteProtocolError",
     "Sentinel",
     "StompError",
+    "room_destination",
+    "user_destination",
 ]

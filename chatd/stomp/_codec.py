@@ -34,6 +34,7 @@ from ._frames import (
     Frame,
     HeartBeat,
 )
+from ._names import V10, V11, V12
 
 __all__ = ["FrameReader", "FrameTemplate", "FrameWriter"]
 
@@ -49,8 +50,8 @@ _UNESCAPED_COMMANDS: Final = frozenset({"CONNECT", "CONNECTED"})
 _BODY_COMMANDS: Final = frozenset({"SEND", "MESSAGE", "ERROR"})
 
 _UNESCAPES: Final[dict[str, dict[str, str]]] = {
-    "1.1": {"n": "\n", "c": ":", "\\": "\\"},
-    "1.2": {"n": "\n", "c": ":", "\\": "\\", "r": "\r"},
+    V11: {"n": "\n", "c": ":", "\\": "\\"},
+    V12: {"n": "\n", "c": ":", "\\": "\\", "r": "\r"},
 }
 # `.?` also matches at end of input, so a trailing lone backslash is reported.
 _ESCAPE_RE: Final = re.compile(r"\\(.?)", re.DOTALL)
@@ -135,7 +136,7 @@ class FrameReader:
         max_frame_size: int = 4 * 1024 * 1024,
         max_headers: int = 100,
         max_header_length: int = 8192,
-        version: str = "1.2",
+        version: str = V12,
     ) -> None:
         if max_frame_size < 1 or max_headers < 0 or max_header_length < 1:
             raise ValueError("limits must be positive")
@@ -369,7 +370,7 @@ class FrameReader:
         # Unescaping happens here rather than per line so that a version
         # switch between next_event() calls applies to whole frames only.
         version = self._version
-        if not escaped or version == "1.0" or self._command in _UNESCAPED_COMMANDS:
+        if not escaped or version == V10 or self._command in _UNESCAPED_COMMANDS:
             headers = tuple(self._raw_headers)
         else:
             table = _UNESCAPES[version]
@@ -446,7 +447,7 @@ def _header_text(name: str, value: str, version: str, escape: bool) -> str:
     if "\0" in name or "\0" in value:
         raise LocalProtocolError("Unencodable header", f"Header {name!r} contains a NUL character")
     if escape:
-        if version == "1.2":
+        if version == V12:
             return f"{name.translate(_ESCAPE_12)}:{value.translate(_ESCAPE_12)}\n"
         if "\r" not in name and "\r" not in value:
             return f"{name.translate(_ESCAPE_11)}:{value.translate(_ESCAPE_11)}\n"
@@ -454,7 +455,7 @@ def _header_text(name: str, value: str, version: str, escape: bool) -> str:
     elif ":" in name or "\n" in name or "\r" in name or "\n" in value or "\r" in value:
         why = (
             f"headers are not escaped in STOMP {version}"
-            if version == "1.0"
+            if version == V10
             else "CONNECT/CONNECTED headers are never escaped"
         )
     else:
@@ -473,7 +474,7 @@ def _encode_parts(frame: Frame, version: str) -> tuple[bytes, bytes, bool]:
     body = frame.body
     if body and command not in _BODY_COMMANDS:
         raise LocalProtocolError("Body not allowed", f"{command} frames must not have a body")
-    escape = version != "1.0" and command not in _UNESCAPED_COMMANDS
+    escape = version != V10 and command not in _UNESCAPED_COMMANDS
     lines: list[str] = []
     has_length = False
     for name, value in frame.headers:
@@ -555,7 +556,7 @@ class FrameWriter:
 
     __slots__ = ("_version",)
 
-    def __init__(self, version: str = "1.2") -> None:
+    def __init__(self, version: str = V12) -> None:
         self._version = _check_version(version)
 
     @property

@@ -4,6 +4,8 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
+from ._names import VERSIONS
+
 __all__ = [
     "CLIENT_COMMANDS",
     "CLOSED",
@@ -36,7 +38,7 @@ SERVER_COMMANDS: Final = frozenset({"CONNECTED", "MESSAGE", "RECEIPT", "ERROR"})
 COMMANDS: Final = CLIENT_COMMANDS | SERVER_COMMANDS
 
 #: Protocol versions understood by the reader and the writer.
-SUPPORTED_VERSIONS: Final = ("1.0", "1.1", "1.2")
+SUPPORTED_VERSIONS: Final = VERSIONS
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from chatd.stomp import Frame, FrameWriter, LocalProtocolError
+from chatd.stomp import (
+    AMQ_QUEUE_PREFIX,
+    EXCHANGE_PREFIX,
+    QUEUE_PREFIX,
+    TOPIC_PREFIX,
+    Frame,
+    FrameWriter,
+    LocalProtocolError,
+)
 
 RESERVED = frozenset(
     {
@@ -107,14 +115,13 @@ def _match(pat: list[str], words: list[str]) -> bool:
 
 def parse_destination(dest: str) -> tuple[str, str, str]:
     """('queue', name, '') or ('exchange', exchange, routing key); BrokerError otherwise."""
-    if dest.startswith("/queue/") and len(dest) > 7:
-        return "queue", dest[7:], ""
-    if dest.startswith("/amq/queue/") and len(dest) > 11:
-        return "queue", dest[11:], ""
-    if dest.startswith("/topic/") and len(dest) > 7:
-        return "exchange", "amq.topic", dest[7:]
-    if dest.startswith("/exchange/"):
-        name, _, key = dest[10:].partition("/")
+    for prefix in (QUEUE_PREFIX, AMQ_QUEUE_PREFIX):
+        if dest.startswith(prefix) and len(dest) > len(prefix):
+            return "queue", dest[len(prefix) :], ""
+    if dest.startswith(TOPIC_PREFIX) and len(dest) > len(TOPIC_PREFIX):
+        return "exchange", "amq.topic", dest[len(TOPIC_PREFIX) :]
+    if dest.startswith(EXCHANGE_PREFIX):
+        name, _, key = dest[len(EXCHANGE_PREFIX) :].partition("/")
         if name:
             return "exchange", name, key
     raise BrokerError("Bad destination", f"destination {dest!r} is not a broker destination")

@@ -17,11 +17,11 @@ from chatd.net.wire import Disconnected as WireClosed
 from chatd.net.wire import WireWriter
 from chatd.net.ws_transport import Upgrade, WebSocketTransport, read_head
 from chatd.state import ServerState
+from chatd.stomp import SUBPROTOCOLS
 from chatd.stomp.session import StompSession, StompTransport
 
 log = logging.getLogger("chatd.stomp")
 
-SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 _FORBIDDEN = b'{"error":"origin_not_allowed","message":"origin not allowed"}'
 
 
