@@ -8,6 +8,7 @@ from typing import Any
 from chatd.events import stomp_message_shape
 from chatd.http.asgi import App, Request, Response, json_response
 from chatd.model import User
+from chatd.net.websocket import CLOSE_NORMAL
 from chatd.state import ServerState
 from chatd.stomp import room_destination, user_destination
 from chatd.validation import InvalidMessage, http_send_message, room_id_of
@@ -112,5 +113,5 @@ def register(
         user = authenticate(request)
         assert state.stomp_logins is not None
         await state.store.revoke_logins(user.id, state.stomp_logins.revoke(user.id))
-        n = state.service.disconnect_user(user.id, "stomp", 1000, "disconnected by request")
+        n = state.service.disconnect_user(user.id, "stomp", CLOSE_NORMAL, "disconnected by request")
         return json_response({"status": "disconnected", "closedSessions": n})

@@ -13,16 +13,26 @@ import base64
 import codecs
 import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
+# Every WebSocket close code chatd sends or reads, defined here only (RFC 6455 section
+# 7.4.1; 4000-4999 are the application's own). What each means to a /chat client is in
+# chatd.ticketws.session; STOMP clients learn why from an ERROR frame instead.
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_GOING_AWAY = 1001  # shutting down, or a peer that stopped answering pings
+CLOSE_PROTOCOL_ERROR = 1002  # /chat: also a missing ticket, bad query, refused Origin
+CLOSE_UNSUPPORTED_DATA = 1003  # /chat: a ticket that is unknown, used or expired
+CLOSE_NO_STATUS = 1005  # never sent: a close frame that carried no code
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_SERVER_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_SLOW_CONSUMER = 4008  # the connection's outbox filled up
 
 MAX_HANDSHAKE = 16384
 
@@ -195,7 +205,7 @@ class FrameParser:
             if ev is not False:
                 out.append(ev)
 
-    def _next(self) -> Message | Ping | Close | None | bool:
+    def _next(self) -> Message | Ping | Close | None | Literal[False]:
         buf = self._buf
         if len(buf) < 2:
             return None
@@ -235,7 +245,7 @@ class FrameParser:
         if opcode == OP_CLOSE:
             if len(payload) == 1:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "bad close payload")
-            code = int.from_bytes(payload[:2], "big") if payload else 1005
+            code = int.from_bytes(payload[:2], "big") if payload else CLOSE_NO_STATUS
             return Close(code, payload[2:].decode("utf-8", "replace"))
         if opcode == OP_CONT:
             if self._opcode is None:

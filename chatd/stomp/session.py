@@ -21,6 +21,7 @@ import trio
 from chatd.auth import AuthError
 from chatd.model import Event, Outgoing, User
 from chatd.net import wire
+from chatd.net.websocket import CLOSE_SLOW_CONSUMER
 from chatd.net.wire import WireWriter
 from chatd.service import ServiceError
 from chatd.state import ServerState
@@ -44,7 +45,6 @@ VERSIONS = ("1.0", "1.1", "1.2")
 SERVER_NAME = "chatd/0.1"
 CHAT_EXCHANGE = "/exchange/chat.direct/"
 CONNECT_TIMEOUT = 10.0
-CLOSE_SLOW_CONSUMER = 4008
 # RabbitMQ's limits: a client cannot park unbounded work in server memory.
 MAX_TRANSACTIONS = 16
 MAX_TX_FRAMES = 1024

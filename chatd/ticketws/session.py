@@ -22,6 +22,12 @@ from chatd.auth import origin_allowed
 from chatd.events import chat_shape
 from chatd.model import Event, Outgoing, StoredMessage, User
 from chatd.net import websocket as wsl
+from chatd.net.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_SERVER_ERROR,
+    CLOSE_SLOW_CONSUMER,
+)
 from chatd.net.ws_transport import Upgrade, WebSocketTransport
 from chatd.service import ServiceError
 from chatd.state import ServerState
@@ -35,12 +41,9 @@ from chatd.validation import (
 
 log = logging.getLogger("chatd.chat")
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_TICKET_MISSING = 1002
-CLOSE_TICKET_INVALID = 1003
-CLOSE_SERVER_ERROR = 1011
-CLOSE_SLOW_CONSUMER = 4008
+# What two of the shared codes mean on /chat (the module docstring lists them all).
+CLOSE_TICKET_MISSING = wsl.CLOSE_PROTOCOL_ERROR
+CLOSE_TICKET_INVALID = wsl.CLOSE_UNSUPPORTED_DATA
 
 _RESUME_PAGE = 500
 
