@@ -14,8 +14,8 @@ Node) runs on core 1. It samples the server's /proc/PID/stat (utime+stime) and
 /proc/PID/status (VmRSS) at the load generator's checkpoints and prints the figures as a
 table, or as JSON with --json.
 
-Standard library only, plus httpx and pyjwt from chatd's venv (run it with
-.venv/bin/python, or any Python that has them).
+Standard library only, plus chatd's TOML writer from this tree, and httpx and pyjwt from
+chatd's venv (run it with .venv/bin/python, or any Python that has them).
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ DRIVER = BENCH / "loadgen" / "driver.mjs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ADMIN_ID = 999_000_000
 PUBLISHER_BASE = 900_000_000  # publisher user ids (subscribers are 1..N)
+
+# chatd's TOML writer, from this tree whatever Python runs the script: `python
+# bench/run.py` puts bench/, not the repository, first on sys.path.
+sys.path.insert(1, str(ROOT))
+from chatd import toml_writer  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -167,16 +172,6 @@ def raise_nofile() -> int:
 
 
 # --- servers -----------------------------------------------------------------------------
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 _READY = re.compile(
@@ -342,13 +337,8 @@ def start_chatd(args: argparse.Namespace) -> Server:
         "log": {"level": "info", "format": "json"},
         "server": {"shutdown_grace_seconds": 5.0},
     }
-    lines = []
-    for section, values in cfg.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-        lines.append("")
     config_path = tmp / "chatd.toml"
-    config_path.write_text("\n".join(lines))
+    config_path.write_text(toml_writer.dumps(cfg), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
     for k in ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC"):
         env.pop(k, None)

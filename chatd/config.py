@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatd import toml_writer
+
 ENV_PREFIX = "CHATD_"
 
 
@@ -326,28 +328,16 @@ def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
 
 def to_toml(cfg: Config) -> str:
     """The effective config as TOML, with secrets masked."""
-    out: list[str] = []
+    doc: dict[str, dict[str, Any]] = {}
     for name in SECTIONS:
         section = getattr(cfg, name)
-        out.append(f"[{name}]")
+        values = doc[name] = {}
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if f.name == "jwt_secret" and value:
                 value = "********"
-            out.append(f"{f.name} = {_toml_value(value)}")
-        out.append("")
-    return "\n".join(out)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    s = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+            values[f.name] = value
+    return toml_writer.dumps(doc)
 
 
 def resolve_store_path(cfg: Config, env: Mapping[str, str] | None = None) -> Path:

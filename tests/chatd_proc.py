@@ -20,6 +20,8 @@ from typing import Any
 
 import trio
 
+from chatd import toml_writer
+
 SECRET = "subprocess-test-secret-long-enough-for-hs256-0123456789"
 
 _READY = re.compile(
@@ -43,30 +45,12 @@ def write_config(path: Path, store_dir: Path, **sections: Mapping[str, Any]) -> 
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
-    lines: list[str] = []
-    for name, values in raw.items():
-        lines.append(f"[{name}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {_toml(value)}")
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(toml_writer.dumps(raw), encoding="utf-8")
     return path
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("CHATD_") and k not in _SCRUB
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_") and k not in _SCRUB}
     env.update(extra or {})
     return env
 
