@@ -6,7 +6,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -16,13 +15,16 @@ from chatd.auth import Authenticator, load_or_create_secret, secret_path_for
 from chatd.config import Config, resolve_store_path
 from chatd.http.api import create_app
 from chatd.net.front import serve_front
+from chatd.net.handshake import WsHandler
+from chatd.net.listeners import BoundListeners, address_of
+from chatd.net.websocket import CLOSE_GOING_AWAY
 from chatd.ops import logs, sdnotify
 from chatd.ops.exporter import serve_metrics
 from chatd.state import ServerState
 from chatd.stomp.logins import StompLogins, stomp_key_path
 from chatd.stomp.transports import serve_stomp_tcp, serve_stomp_websocket, serve_stomp_ws
 from chatd.store.engine import Store
-from chatd.ticketws.session import CLOSE_GOING_AWAY, serve_chat
+from chatd.ticketws.session import serve_chat
 
 log = logging.getLogger("chatd.server")
 
@@ -141,21 +143,22 @@ async def _keepalive(state: ServerState) -> None:
 
 async def _serve_http(
     state: ServerState,
+    listeners: list[trio.SocketListener],
     stop: trio.Event,
     done: trio.Event,
     *,
-    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    routes = {
+    routes: dict[str, WsHandler] = {
         "/chat": partial(serve_chat, state),
         "/ws": partial(serve_stomp_ws, state),
     }
     try:
         await serve_front(
-            state,
             create_app(state),
             hypercorn_config(state.cfg),
             routes,
+            listeners,
             stop,
             task_status=task_status,
         )
@@ -163,29 +166,48 @@ async def _serve_http(
         done.set()
 
 
+async def _serve_metrics(
+    state: ServerState,
+    listeners: list[trio.SocketListener],
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await serve_metrics(state, listeners, stop, task_status=task_status)
+    finally:
+        done.set()
+
+
 async def _serve_stomp(
     state: ServerState,
+    bound: BoundListeners,
     scope: trio.CancelScope,
     handler_nursery: trio.Nursery,
     *,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    cfg = state.cfg.stomp
     with scope:
         async with trio.open_nursery() as nursery:
-            ws = [
-                await nursery.start(serve_stomp_websocket, state, addr, handler_nursery)
-                for addr in cfg.websocket_listen
-            ]
-            tcp = [
-                await nursery.start(serve_stomp_tcp, state, addr, handler_nursery)
-                for addr in cfg.tcp_listen
-            ]
-            task_status.started((ws, tcp))
+            if bound.stomp_websocket:
+                await nursery.start(
+                    serve_stomp_websocket, state, bound.stomp_websocket, handler_nursery
+                )
+            if bound.stomp_tcp:
+                await nursery.start(serve_stomp_tcp, state, bound.stomp_tcp, handler_nursery)
+            task_status.started()
 
 
 def _addrs(addrs: list[tuple[str, int]]) -> str:
     return ", ".join(f"{h}:{p}" for h, p in addrs) or "-"
+
+
+def _activated_http(cfg: Config, inherited: list[int]) -> list[str]:
+    """The sockets systemd passed that the HTTP listener takes: every one that no other
+    listener names as `fd://N` in the config."""
+    others = {*cfg.stomp.websocket_listen, *cfg.stomp.tcp_listen, *cfg.metrics.listen}
+    return [f"fd://{fd}" for fd in inherited if f"fd://{fd}" not in others]
 
 
 async def serve(
@@ -194,17 +216,26 @@ async def serve(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until `Running.shutdown()` is called, then shut down gracefully."""
-    inherited = sdnotify.listen_fds()
-    if inherited:
+    activated = _activated_http(cfg, sdnotify.listen_fds())
+    if activated:
         # Socket activation (systemd/chatd.socket): systemd holds the HTTP listeners, so
         # connections wait in their backlog across restarts instead of being refused.
-        fds = [f"fd://{fd}" for fd in inherited]
-        cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, listen=fds))
+        cfg = dataclasses.replace(cfg, http=dataclasses.replace(cfg.http, listen=activated))
     if log.isEnabledFor(logging.DEBUG):
         # to_toml masks the JWT secret.
         log.debug("effective config from %s: %s", cfg.source, config_mod.to_toml(cfg))
     auth = make_authenticator(cfg)
-    store = Store(resolve_store_path(cfg), cfg.store.batch_max)
+    # Every listener is bound before the store opens: a port that is taken (often by a
+    # chatd already running on the same database) fails here, database untouched, with
+    # a ListenError naming the listener and the address.
+    bound = await BoundListeners.open(
+        cfg.http.listen, cfg.stomp.websocket_listen, cfg.stomp.tcp_listen, cfg.metrics.listen
+    )
+    try:
+        store = Store(resolve_store_path(cfg), cfg.store.batch_max)
+    except BaseException:
+        bound.close()
+        raise
     try:
         state = ServerState.build(cfg, auth, store)
         state.stomp_logins = StompLogins(
@@ -212,7 +243,7 @@ async def serve(
             cfg.stomp.login_ttl_seconds,
             revoked=store.load_revocations_sync(),
         )
-        running = Running(state, socket_activated=bool(inherited))
+        running = Running(state, socket_activated=bool(activated))
         http_stop = trio.Event()
         listen_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
@@ -222,13 +253,19 @@ async def serve(
             nursery.start_soon(state.heartbeats.run)
             nursery.start_soon(sdnotify.watchdog_loop)
             http_done = trio.Event()
-            running.http = await nursery.start(_serve_http, state, http_stop, http_done)
-            running.stomp_ws, running.stomp_tcp = await nursery.start(
-                _serve_stomp, state, listen_scope, nursery
-            )
-            running.metrics = [
-                await nursery.start(serve_metrics, state, addr) for addr in cfg.metrics.listen
-            ]
+            running.http = [address_of(lst) for lst in bound.http]
+            running.stomp_ws = [address_of(lst) for lst in bound.stomp_websocket]
+            running.stomp_tcp = [address_of(lst) for lst in bound.stomp_tcp]
+            running.metrics = [address_of(lst) for lst in bound.metrics]
+            await nursery.start(_serve_http, state, bound.http, http_stop, http_done)
+            await nursery.start(_serve_stomp, state, bound, listen_scope, nursery)
+            metrics_stop, metrics_done = trio.Event(), trio.Event()
+            if bound.metrics:
+                await nursery.start(
+                    _serve_metrics, state, bound.metrics, metrics_stop, metrics_done
+                )
+            else:
+                metrics_done.set()
             state.ready = True
             log.info(
                 "ready: http %s; stomp websocket %s; stomp tcp %s; metrics %s; %d rooms",
@@ -253,11 +290,18 @@ async def serve(
             state.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
             for session in list(state.unconnected):
                 session.close(CLOSE_GOING_AWAY, "server shutting down")
-            with trio.move_on_after(cfg.server.shutdown_grace_seconds):
+            deadline = trio.current_time() + cfg.server.shutdown_grace_seconds
+            with trio.move_on_at(deadline):
                 await state.hub.wait_empty()
                 await http_done.wait()
+            # /metrics answers while the sessions drain (chatd_ready says 0), then stops
+            # as the API did: no new scrapes, the one in progress within the same grace.
+            metrics_stop.set()
+            with trio.move_on_at(deadline):
+                await metrics_done.wait()
             nursery.cancel_scope.cancel()
     finally:
+        bound.close()
         with trio.CancelScope(shield=True):
             await store.aclose()
         log.info("stopped")

@@ -11,13 +11,14 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
-from chatd.ops import exposition
+from chatd.ops import exporter, exposition
 from chatd.ops.exporter import _commit_histogram
 from chatd.ops.metrics import COMMIT_BUCKETS
 
@@ -326,3 +327,83 @@ async def test_process_series_survive_a_hidden_proc_stat(
         assert after[(name, ())] > 0, name
     # The boot clock stands in for btime: the same start time to within a second or two.
     assert abs(after[("process_start_time_seconds", ())] - _process_start_from_proc()) < 5
+
+
+# --- the listener's bounds and its part in a graceful shutdown ----------------------------
+
+
+async def _scrape_raw(stream: trio.SocketStream, *, last: bool = False) -> bytes:
+    """One scrape on a raw connection, read to the end of the answer: its status line, or
+    b"" when the server closed the connection instead. `last` asks the server to close the
+    connection after answering."""
+    close = b"Connection: close\r\n" if last else b""
+    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + close + b"\r\n")
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return b""
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )
+        while len(body) < length:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "closed in the middle of an answer"
+            body += chunk
+    except trio.BrokenResourceError:  # a reset is a refusal too
+        return b""
+    return head.split(b"\r\n", 1)[0]
+
+
+async def test_scrapers_beyond_the_limit_are_refused(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exporter, "MAX_CONNECTIONS", 2)
+    host, port = server.running.metrics[0]
+    with trio.fail_after(TIMEOUT):
+        first = await trio.open_tcp_stream(host, port)
+        second = await trio.open_tcp_stream(host, port)
+        async with first, second:
+            # Both answered, and kept alive: two connections are open at the server.
+            assert (await _scrape_raw(first)).startswith(b"HTTP/1.1 200")
+            assert (await _scrape_raw(second)).startswith(b"HTTP/1.1 200")
+            third = await trio.open_tcp_stream(host, port)
+            async with third:
+                assert await _scrape_raw(third) == b""
+            # The server closes `first` after this answer, and its place is free again.
+            # (A close by the scraper would hold it until the keep-alive timeout ran out:
+            # hypercorn notices a peer's close only then.)
+            assert (await _scrape_raw(first, last=True)).startswith(b"HTTP/1.1 200")
+            await trio.testing.wait_all_tasks_blocked()
+            again = await trio.open_tcp_stream(host, port)
+            async with again:
+                assert (await _scrape_raw(again)).startswith(b"HTTP/1.1 200")
+
+
+async def test_metrics_answer_while_the_server_drains_then_stop(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(server={"shutdown_grace_seconds": 25.0})
+    url = metrics_url(server)
+    with trio.fail_after(TIMEOUT):
+        # A request head that never ends holds the main listener's drain open.
+        holder = await trio.open_tcp_stream("127.0.0.1", server.running.http_port)
+        async with holder:
+            await holder.send_all(b"GET /chat?ticket=x HTTP/1.1\r\nHost: x\r\n")
+            await trio.testing.wait_all_tasks_blocked()  # accepted and reading
+            server.running.shutdown()
+            await server.state.closing.wait()
+            async with httpx.AsyncClient(timeout=10) as http:
+                during = await http.get(url)
+            assert during.status_code == 200
+            assert samples(during.text)[("chatd_ready", ())] == 0
+        # The held connection is gone, the drain ends, and /metrics stops with the rest.
+        await server.stopped.wait()
+        host, port = server.running.metrics[0]
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream(host, port)

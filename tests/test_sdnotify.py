@@ -180,16 +180,21 @@ async def test_bad_config_on_sighup_keeps_the_old_one(tmp_path: Path) -> None:
 
 # --- socket activation -----------------------------------------------------------------------
 
-# Stands in for systemd: put the listening socket on fd 3, say it is ours, exec chatd.
+# Stands in for systemd: put the listening sockets (argv[1], comma-separated) on fds 3, 4,
+# ..., say they are ours, exec chatd.
 _ACTIVATE = """
-import os, sys
-fd = int(sys.argv[1])
-if fd != 3:
-    os.dup2(fd, 3)
+import fcntl, os, sys
+given = [int(fd) for fd in sys.argv[1].split(",")]
+# Out of the way first, so that moving one to 3 + i cannot overwrite another.
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in given]
+for fd in given:
+    os.close(fd)
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
     os.close(fd)
 os.environ["LISTEN_PID"] = str(os.getpid())
-os.environ["LISTEN_FDS"] = "1"
-os.environ["LISTEN_FDNAMES"] = "chatd.socket"
+os.environ["LISTEN_FDS"] = str(len(given))
+os.environ["LISTEN_FDNAMES"] = ":".join(["chatd.socket"] * len(given))
 os.execv(sys.executable, [sys.executable, "-m", "chatd", *sys.argv[2:]])
 """
 
@@ -227,3 +232,54 @@ async def test_socket_activation_serves_http_on_the_passed_socket(tmp_path: Path
 
                 chatd.send_signal(signal.SIGTERM)
                 assert await chatd.wait_exit() == 0
+
+
+async def test_socket_activation_of_every_listener(tmp_path: Path) -> None:
+    # systemd passes four sockets (fds 3-6). The config gives fds 4-6 to the STOMP and
+    # metrics listeners as fd://N; HTTP takes the one that no other listener names.
+    config = write_config(
+        tmp_path / "chatd.toml",
+        tmp_path,
+        stomp={"websocket_listen": ["fd://4"], "tcp_listen": ["fd://5"]},
+        metrics={"listen": ["fd://6"]},
+    )
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(4)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+        http, ws, tcp, metrics = (sock.getsockname()[1] for sock in socks)
+        fds = [sock.fileno() for sock in socks]
+        argv = [sys.executable, "-c", _ACTIVATE, ",".join(map(str, fds))]
+        argv += ["serve", "--config", str(config)]
+        with trio.fail_after(TIMEOUT):
+            async with notify_socket(tmp_path, abstract=True) as ns:
+                env = child_env({"NOTIFY_SOCKET": ns.address})
+                async with run_chatd(argv, env, pass_fds=fds) as chatd:
+                    await ns.wait_for("READY", "1")
+                    assert (chatd.http_port, chatd.stomp_ws_port) == (http, ws)
+                    assert (chatd.stomp_tcp_port, chatd.metrics_port) == (tcp, metrics)
+                    async with httpx.AsyncClient(timeout=10) as client:
+                        ready = await client.get(f"http://127.0.0.1:{http}/readyz")
+                        assert ready.status_code == 200
+                        scrape = await client.get(f"http://127.0.0.1:{metrics}/metrics")
+                        assert scrape.status_code == 200
+                        assert "chatd_ready 1.0" in scrape.text
+                    # STOMP over TCP answers a CONNECT (refused: no login) on its socket.
+                    stream = await trio.open_tcp_stream("127.0.0.1", tcp)
+                    async with stream:
+                        await stream.send_all(b"CONNECT\naccept-version:1.2\n\n\0")
+                        reply = await stream.receive_some(4096)
+                        assert reply.startswith(b"ERROR\n"), reply
+                    # The STOMP WebSocket listener answers a handshake on its socket.
+                    stream = await trio.open_tcp_stream("127.0.0.1", ws)
+                    async with stream:
+                        await stream.send_all(b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n")
+                        reply = await stream.receive_some(4096)
+                        assert reply.startswith(b"HTTP/1.1 426 "), reply
+
+                    chatd.send_signal(signal.SIGTERM)
+                    assert await chatd.wait_exit() == 0
+    finally:
+        for sock in socks:
+            sock.close()

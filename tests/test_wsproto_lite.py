@@ -146,3 +146,27 @@ def test_server_frames() -> None:
     assert ws.frame_header(ws.OP_BINARY, 300) == b"\x82\x7e\x01\x2c"
     assert ws.frame_header(ws.OP_TEXT, 70000)[:2] == b"\x81\x7f"
     assert ws.close_frame(1001, "bye") == b"\x88\x05\x03\xe9bye"
+
+
+def test_a_close_frame_without_a_code_reads_as_no_status() -> None:
+    assert feed_all(client_frame(ws.OP_CLOSE, b""), bytewise=False) == [
+        ws.Close(ws.CLOSE_NO_STATUS, "")
+    ]
+
+
+def test_close_codes_are_the_documented_numbers() -> None:
+    # Clients switch on these numbers (README, the /chat guide): the one definition must
+    # not drift.
+    assert {name: getattr(ws, name) for name in dir(ws) if name.startswith("CLOSE_")} == {
+        "CLOSE_NORMAL": 1000,
+        "CLOSE_GOING_AWAY": 1001,
+        "CLOSE_PROTOCOL_ERROR": 1002,
+        "CLOSE_UNSUPPORTED_DATA": 1003,
+        "CLOSE_NO_STATUS": 1005,
+        "CLOSE_INVALID_DATA": 1007,
+        "CLOSE_POLICY_VIOLATION": 1008,
+        "CLOSE_TOO_BIG": 1009,
+        "CLOSE_SERVER_ERROR": 1011,
+        "CLOSE_TRY_AGAIN_LATER": 1013,
+        "CLOSE_SLOW_CONSUMER": 4008,
+    }

@@ -47,7 +47,8 @@ def corked() -> Iterator[None]:
     if _held is not None:
         yield
         return
-    _held = held = []
+    held: list[WireWriter] = []
+    _held = held
     try:
         yield
     finally:

@@ -13,8 +13,6 @@ import trio
 from chatd.net import websocket as ws
 from chatd.net.wire import Disconnected, WireWriter, send_joined
 
-HEAD_TIMEOUT = 10.0
-
 
 class Upgrade:
     """A handshake handed from the listener to a protocol. `take` empties it: a
@@ -32,19 +30,6 @@ class Upgrade:
         assert request is not None, "an upgrade is taken once"
         self._request, self._leftover = None, b""
         return request, leftover
-
-
-async def read_head(stream: trio.SocketStream) -> bytes:
-    """Bytes up to and including the blank line after an HTTP request head (and any that
-    came with it), or what arrived before the size limit, EOF or the timeout."""
-    buf = b""
-    with trio.move_on_after(HEAD_TIMEOUT):
-        while b"\r\n\r\n" not in buf and len(buf) <= ws.MAX_HANDSHAKE:
-            chunk = await stream.receive_some(16384)
-            if not chunk:
-                break
-            buf += chunk
-    return buf
 
 
 class WebSocketTransport:
@@ -70,7 +55,7 @@ class WebSocketTransport:
                 if isinstance(ev, ws.Ping):
                     self.out.offer(ws.encode_frame(ws.OP_PONG, ev.payload))
                 else:
-                    self.close(ws.CLOSE_NORMAL if ev.code == 1005 else ev.code)
+                    self.close(ws.CLOSE_NORMAL if ev.code == ws.CLOSE_NO_STATUS else ev.code)
                     return None
             try:
                 events.extend(self.parser.events())
@@ -93,8 +78,12 @@ class WebSocketTransport:
         first control frame, without reading the socket."""
         events = self._events
         taken: list[bytes] = []
-        while events and isinstance(events[0], ws.Message):
-            taken.append(events.pop(0).data)
+        while events:
+            ev = events[0]
+            if not isinstance(ev, ws.Message):
+                break
+            taken.append(ev.data)
+            del events[0]
         return taken
 
     def keepalive(self, now: float, interval: float) -> None:

@@ -1,24 +1,23 @@
-"""Prometheus `GET /metrics`: a collector read at scrape time and a small private listener.
+"""Prometheus `GET /metrics`: a collector read at scrape time, served on a private listener.
 
 The hot path only bumps plain integers in `chatd.ops.metrics.Metrics` and the hub; this
 module turns them into Prometheus families when a scrape arrives, so counting costs
-nothing between scrapes. The listener is its own tiny h11 server on `[metrics] listen`,
-never the public `[http]` one, so /metrics can be kept on loopback or a private network
-however public the API is.
+nothing between scrapes. /metrics is a small ASGI app of its own, served by hypercorn
+(chatd.net.asgi_server, as the API is) on `[metrics] listen`, never on the public `[http]`
+listener, so it can be kept on loopback or a private network however public the API is.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from collections import Counter
-from functools import partial
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import h11
 import trio
+from hypercorn.config import Config as HypercornConfig
 
-from chatd.config import parse_listen
+from chatd.net.asgi_server import ServeHttp, serve_asgi
 from chatd.ops import exposition
 from chatd.ops.exposition import Family, counter, gauge, histogram
 from chatd.ops.metrics import COMMIT_BUCKETS
@@ -29,8 +28,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatd.metrics")
 
 METRICS_PATH = "/metrics"
-# A scraper that sends nothing for this long is dropped (seconds).
-IDLE_TIMEOUT = 60.0
+# A scraper that sends nothing for this long in the middle of a request is dropped (s).
+IDLE_TIMEOUT = 60
+# Between requests, hypercorn keeps a connection this long (s). Short on purpose: hypercorn
+# only notices a scraper's close when this runs out, so until then a connection the
+# scraper closed still holds one of MAX_CONNECTIONS (and a descriptor).
+KEEP_ALIVE_TIMEOUT = 5.0
 # Scrapers are few; anything beyond this many at once is refused at accept.
 MAX_CONNECTIONS = 32
 MAX_REQUEST_BYTES = 16 * 1024
@@ -135,116 +138,91 @@ def _le(bound: float) -> str:
 
 # --- the listener --------------------------------------------------------------------------
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_TEXT = b"text/plain; charset=utf-8"
+
+
+class MetricsApp:
+    """The ASGI app of the metrics listener: `GET`/`HEAD /metrics`, and 404 or 405 for
+    anything else. A plain ASGI callable: a framework would cost more memory than the
+    route it serves."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close"})  # hypercorn answers it with a 403
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        status, body, ctype = self.route(scope)
+        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        # hypercorn leaves the body out of a HEAD answer; the length stays the GET's.
+        await send({"type": "http.response.body", "body": body})
+
+    def route(self, scope: Scope) -> tuple[int, bytes, bytes]:
+        if scope["path"] != METRICS_PATH:
+            return 404, b"not found; try /metrics\n", _TEXT
+        if scope["method"] not in ("GET", "HEAD"):
+            return 405, b"method not allowed\n", _TEXT
+        accept = ""
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value.decode("latin-1")
+        body, ctype = exposition.render(self.collector.collect(), accept)
+        return 200, body, ctype.encode("latin-1")
+
+
+def hypercorn_config(graceful_timeout: float) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.accesslog = None
+    hc.errorlog = log
+    hc.graceful_timeout = graceful_timeout
+    hc.include_server_header = False
+    hc.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    hc.read_timeout = IDLE_TIMEOUT
+    hc.h11_max_incomplete_size = MAX_REQUEST_BYTES
+    return hc
+
 
 async def serve_metrics(
     state: ServerState,
-    address: str,
+    listeners: Sequence[trio.SocketListener],
+    stop: trio.Event,
     *,
-    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve /metrics on one `[metrics] listen` entry until cancelled."""
-    collector = Collector(state)
-    if address.startswith("fd://"):
-        sock = trio.socket.from_stdlib_socket(socket.socket(fileno=int(address[5:])))
-        sock.listen(128)
-        listeners = [trio.SocketListener(sock)]
-    else:
-        host, port = parse_listen(address)
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    name = listeners[0].socket.getsockname()
-    task_status.started((name[0], name[1]))
-    active = _Gate(MAX_CONNECTIONS)
-    await trio.serve_listeners(partial(_connection, collector, active), listeners)
+    """Serve /metrics on the `[metrics] listen` listeners until `stop` is set, then let
+    a scrape in progress finish within `[server] shutdown_grace_seconds`."""
+    open_now = 0
 
-
-class _Gate:
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open = 0
-
-
-async def _connection(collector: Collector, gate: _Gate, stream: trio.SocketStream) -> None:
-    """Never raises: a broken scrape is the scraper's problem, not the server's."""
-    if gate.open >= gate.limit:
-        await trio.aclose_forcefully(stream)
-        return
-    gate.open += 1
-    try:
-        await _serve_http(collector, stream)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-        pass
-    except Exception:
-        log.exception("metrics connection failed")
-    finally:
-        gate.open -= 1
-        await trio.aclose_forcefully(stream)
-
-
-async def _serve_http(collector: Collector, stream: trio.SocketStream) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
-    while True:
-        request = None
-        with trio.move_on_after(IDLE_TIMEOUT):
-            try:
-                request = await _read_request(conn, stream)
-            except h11.RemoteProtocolError as exc:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    status = exc.error_status_hint
-                    await _respond(conn, stream, status, b"bad request\n", close=True)
-                return
-        if request is None:
+    async def gate(stream: trio.SocketStream, serve_http: ServeHttp) -> None:
+        nonlocal open_now
+        if open_now >= MAX_CONNECTIONS:
+            await trio.aclose_forcefully(stream)
             return
-        status, body, ctype = _route(collector, request)
-        await _respond(conn, stream, status, body, ctype, head=request.method == b"HEAD")
-        if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-            return
-        conn.start_next_cycle()
+        open_now += 1
+        try:
+            await serve_http(stream)
+        finally:
+            open_now -= 1
 
-
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
-    """The next request once its (ignored) body has been read; None when the peer left."""
-    request: h11.Request | None = None
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(MAX_REQUEST_BYTES))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        elif isinstance(event, h11.ConnectionClosed):
-            return None
-
-
-def _route(collector: Collector, request: h11.Request) -> tuple[int, bytes, str]:
-    path = request.target.split(b"?", 1)[0]
-    if path != METRICS_PATH.encode():
-        return 404, b"not found; try /metrics\n", "text/plain; charset=utf-8"
-    if request.method not in (b"GET", b"HEAD"):
-        return 405, b"method not allowed\n", "text/plain; charset=utf-8"
-    accept = ""
-    for name, value in request.headers:
-        if name == b"accept":
-            accept = value.decode("latin-1")
-    body, ctype = exposition.render(collector.collect(), accept)
-    return 200, body, ctype
-
-
-async def _respond(
-    conn: h11.Connection,
-    stream: trio.SocketStream,
-    status: int,
-    body: bytes,
-    ctype: str = "text/plain; charset=utf-8",
-    *,
-    head: bool = False,
-    close: bool = False,
-) -> None:
-    headers = [("content-type", ctype), ("content-length", str(len(body)))]
-    if close:
-        headers.append(("connection", "close"))
-    data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
-    if not head:
-        data += conn.send(h11.Data(data=body)) or b""
-    data += conn.send(h11.EndOfMessage()) or b""
-    await stream.send_all(data)
+    app = MetricsApp(Collector(state))
+    hc = hypercorn_config(state.cfg.server.shutdown_grace_seconds)
+    await serve_asgi(app, hc, listeners, stop, on_connection=gate, task_status=task_status)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from functools import partial
 
-import orjson
 import trio
 
 from chatd.auth import origin_allowed
-from chatd.config import parse_listen
 from chatd.net import websocket as ws
+from chatd.net.handshake import WsRoutes, refuse, serve_connection
 from chatd.net.wire import Disconnected as WireClosed
 from chatd.net.wire import WireWriter
-from chatd.net.ws_transport import Upgrade, WebSocketTransport, read_head
+from chatd.net.ws_transport import Upgrade, WebSocketTransport
 from chatd.state import ServerState
 from chatd.stomp import SUBPROTOCOLS
 from chatd.stomp.session import StompSession, StompTransport
@@ -81,13 +79,12 @@ async def run_session(state: ServerState, kind: str, transport: StompTransport) 
 
 
 async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade: Upgrade) -> None:
-    """A `/ws` upgrade, from the front door or the dedicated listener."""
+    """A `/ws` upgrade, from the front door or the dedicated listener (both routed by
+    chatd.net.handshake)."""
     request, leftover = upgrade.take()
     status, body = _check_request(state, request)
     if status:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(ws.reject_response(status, body))
-        await stream.aclose()
+        await refuse(stream, status, body)
         return
     try:
         proto = choose_subprotocol(list(request.subprotocols))
@@ -102,31 +99,7 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     await run_session(state, "websocket", transport)
 
 
-async def _handle_websocket(state: ServerState, stream: trio.SocketStream) -> None:
-    """The dedicated STOMP WebSocket listener: every connection is a handshake for /ws."""
-    try:
-        head = await read_head(stream)
-        request = ws.parse_request(head)
-    except ws.HandshakeError as exc:
-        body = orjson.dumps({"error": "bad_handshake", "message": exc.message})
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(ws.reject_response(exc.status, body))
-        await stream.aclose()
-        return
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.aclose()
-        return
-    if request is None:
-        await stream.aclose()
-        return
-    upgrade = Upgrade(request, head[head.index(b"\r\n\r\n") + 4 :])
-    del head, request
-    await serve_stomp_ws(state, stream, upgrade)
-
-
 def _check_request(state: ServerState, request: ws.Request) -> tuple[int, bytes]:
-    if request.path.split("?", 1)[0] != "/ws":
-        return 404, b'{"error":"not_found","message":"STOMP is at /ws"}'
     if not origin_allowed(request.headers.get("origin"), state.cfg.auth.allowed_origins):
         state.metrics.auth_failures["origin"] += 1
         return 403, _FORBIDDEN
@@ -144,32 +117,30 @@ async def _handle_tcp(state: ServerState, stream: trio.SocketStream) -> None:
 
 async def serve_stomp_websocket(
     state: ServerState,
-    address: str,
+    listeners: Sequence[trio.SocketListener],
     handler_nursery: trio.Nursery,
     *,
-    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await _serve(partial(_handle_websocket, state), address, handler_nursery, task_status)
+    """The dedicated STOMP WebSocket listener: `/ws` only, until cancelled."""
+    routes = WsRoutes({"/ws": partial(serve_stomp_ws, state)}, not_found="STOMP is at /ws")
+    handler = partial(serve_connection, routes=routes)
+    await trio.serve_listeners(
+        handler, list(listeners), handler_nursery=handler_nursery, task_status=task_status
+    )
 
 
 async def serve_stomp_tcp(
     state: ServerState,
-    address: str,
+    listeners: Sequence[trio.SocketListener],
     handler_nursery: trio.Nursery,
     *,
-    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await _serve(partial(_handle_tcp, state), address, handler_nursery, task_status)
-
-
-async def _serve(
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
-    address: str,
-    handler_nursery: trio.Nursery,
-    task_status: trio.TaskStatus[tuple[str, int]],
-) -> None:
-    host, port = parse_listen(address)
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()
-    task_status.started((host, bound[1]))
-    await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
+    """STOMP over plain TCP, until cancelled."""
+    await trio.serve_listeners(
+        partial(_handle_tcp, state),
+        list(listeners),
+        handler_nursery=handler_nursery,
+        task_status=task_status,
+    )
