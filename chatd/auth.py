@@ -11,17 +11,16 @@ from typing import Any
 import jwt
 
 from chatd.config import AuthConfig
-from chatd.model import User
+from chatd.model import ClientError, User
 from chatd.validation import MAX_ID, id_of_digits
 
 
-class AuthError(Exception):
-    """A token was refused. `reason` is a short label for metrics and logs."""
+class AuthError(ClientError):
+    """A token was refused. `reason` (also the `code`) is a short label for metrics and logs."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(reason, message, 401)
         self.reason = reason
-        self.message = message
 
 
 def load_or_create_secret(path: Path) -> str:

@@ -88,3 +88,19 @@ class Event:
         self.chat = chat
         self.cache: dict[Any, Any] = {}
         self.message_id = message_id
+
+
+class ClientError(Exception):
+    """A request refused for what the client sent or who it is, not for a fault of ours.
+    `code` is the machine-readable reason, `message` the text for a person, `status` the
+    HTTP status that fits (a class attribute, so a subclass can fix its own). Each protocol
+    maps it to its own reply: HTTP to `{"error": code, "message": message}` with `status`."""
+
+    status: int = 400
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        if status is not None:
+            self.status = status

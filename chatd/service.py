@@ -16,7 +16,7 @@ from chatd import events
 from chatd.broker import Broker
 from chatd.config import Config
 from chatd.hub import Hub, Session
-from chatd.model import Outgoing, StoredMessage, User
+from chatd.model import ClientError, Outgoing, StoredMessage, User
 from chatd.ops.metrics import Metrics
 from chatd.ratelimit import RateLimiter
 from chatd.rooms import Room, Rooms
@@ -25,13 +25,8 @@ from chatd.store.engine import Store
 log = logging.getLogger("chatd.service")
 
 
-class ServiceError(Exception):
+class ServiceError(ClientError):
     status = 400
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Forbidden(ServiceError):

@@ -6,16 +6,11 @@ from typing import Any
 
 import orjson
 
-from chatd.model import Outgoing
+from chatd.model import ClientError, Outgoing
 
 
-class InvalidMessage(Exception):
+class InvalidMessage(ClientError):
     """A client sent something we refuse; `code` is the machine-readable error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 MESSAGE_TYPES = frozenset({"text", "image", "file", "system"})

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from chatd.model import ClientError
 from chatd.stomp import (
     AMQ_QUEUE_PREFIX,
     EXCHANGE_PREFIX,
@@ -49,10 +50,11 @@ RESERVED = frozenset(
 _ids = itertools.count(1)
 
 
-class BrokerError(Exception):
-    def __init__(self, message: str, detail: str) -> None:
-        super().__init__(message)
-        self.message = message
+class BrokerError(ClientError):
+    """`message` is the STOMP ERROR frame's message header, `detail` its body."""
+
+    def __init__(self, message: str, detail: str, status: int = 400) -> None:
+        super().__init__(message.lower().replace(" ", "_"), message, status)
         self.detail = detail
 
 
@@ -140,7 +142,7 @@ class GeneralBroker:
 
     def _check(self, dest: str) -> tuple[str, str, str]:
         if not self.allowed(dest):
-            raise BrokerError("Access refused", f"destination {dest!r} is not allowed here")
+            raise BrokerError("Access refused", f"destination {dest!r} is not allowed here", 403)
         return parse_destination(dest)
 
     # --- consumers ----------------------------------------------------------------------
@@ -196,7 +198,9 @@ class GeneralBroker:
             targets = [q for ex, pat, q in self._bindings if ex == name and topic_matches(pat, key)]
         for queue in targets:
             if len(queue.messages) >= queue.max_messages:
-                raise BrokerError("Queue full", f"{queue.name} holds {queue.max_messages} messages")
+                raise BrokerError(
+                    "Queue full", f"{queue.name} holds {queue.max_messages} messages", 429
+                )
         for queue in targets:
             queue.messages.append(BrokerMessage(msg_id, dest, kept, body))
             self._dispatch(queue)

@@ -6,17 +6,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatd.model import User
+from chatd.model import ClientError, User
 
 
-class TicketError(Exception):
+class TicketError(ClientError):
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(reason, f"ticket {reason}", 401)
         self.reason = reason  # "unknown", "used" or "expired"
 
 
-class TooManyTickets(Exception):
-    pass
+class TooManyTickets(ClientError):
+    def __init__(self, user_id: int) -> None:
+        super().__init__("too_many_tickets", "too many unused tickets; use one", 429)
+        self.user_id = user_id
 
 
 @dataclass(slots=True)
