@@ -23,7 +23,7 @@ from chatd.ops.exporter import serve_metrics
 from chatd.state import ServerState
 from chatd.stomp.logins import StompLogins, stomp_key_path
 from chatd.stomp.transports import serve_stomp_tcp, serve_stomp_websocket, serve_stomp_ws
-from chatd.store.engine import Store
+from chatd.store import Store
 from chatd.ticketws.session import serve_chat
 
 log = logging.getLogger("chatd.server")

@@ -18,7 +18,7 @@ from chatd.service import ChatService
 from chatd.stomp.general_broker import GeneralBroker
 from chatd.stomp.heartbeats import Heartbeats
 from chatd.stomp.logins import StompLogins
-from chatd.store.engine import Store
+from chatd.store import Store
 from chatd.ticketws.tickets import TicketBook
 
 

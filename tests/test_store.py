@@ -15,7 +15,8 @@ import trio
 import trio.testing
 
 import chatd.store.engine
-from chatd.store.engine import SCHEMA_VERSION, Store, StoreClosed, StoreError
+from chatd.store import Store, StoreClosed, StoreError
+from chatd.store.schema import SCHEMA_VERSION
 
 from ._chat import (
     Gate,

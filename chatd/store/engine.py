@@ -1,4 +1,6 @@
-"""SQLite persistence: one writer thread with group commit, one reader thread.
+"""The store's engine: one writer thread with group commit, one reader thread, and `Store`,
+the async face that queues each operation of `chatd.store.queries` on them (the schema
+and its migrations are `chatd.store.schema`).
 
 Writes started during one turn of the event loop go to the writer thread together;
 the thread takes everything waiting (up to `batch_max` operations), runs it in one
@@ -33,108 +35,12 @@ from typing import Any, TypeVar
 import trio
 
 from chatd.model import Outgoing, RoomRow, StoredMessage, utc_iso
+from chatd.store import queries, schema
+from chatd.store.errors import StoreClosed, StoreError
 
 T = TypeVar("T")
 
 log = logging.getLogger("chatd.store")
-
-SCHEMA_VERSION = 2
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE rooms (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        public INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE members (
-        room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
-        user_id INTEGER NOT NULL,
-        joined_at TEXT NOT NULL,
-        PRIMARY KEY (room_id, user_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX members_by_user ON members(user_id);
-    CREATE TABLE invites (
-        room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
-        user_id INTEGER NOT NULL,
-        PRIMARY KEY (room_id, user_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE messages (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        room_id INTEGER NOT NULL,
-        user_id INTEGER NOT NULL,
-        username TEXT NOT NULL,
-        profile_image TEXT,
-        content TEXT NOT NULL,
-        message_type TEXT NOT NULL DEFAULT 'text',
-        created_at TEXT NOT NULL,
-        created_unix REAL NOT NULL,
-        client_timestamp TEXT,
-        client_message_id TEXT
-    );
-    CREATE INDEX messages_by_room ON messages(room_id, id);
-    CREATE INDEX messages_by_client_id ON messages(user_id, client_message_id)
-        WHERE client_message_id IS NOT NULL;
-    CREATE TABLE reads (
-        room_id INTEGER NOT NULL,
-        user_id INTEGER NOT NULL,
-        message_id INTEGER NOT NULL,
-        read_at TEXT NOT NULL,
-        PRIMARY KEY (room_id, user_id)
-    ) WITHOUT ROWID;
-    """,
-    2: """
-    CREATE TABLE stomp_revocations (
-        user_id INTEGER PRIMARY KEY,
-        revoked_at REAL NOT NULL
-    );
-    """,
-}
-
-
-class StoreError(Exception):
-    pass
-
-
-class StoreClosed(StoreError):
-    pass
-
-
-# StoredMessage's fields, in order: a row is `StoredMessage(*row)`.
-_MSG_COLUMNS = (
-    "id, room_id, user_id, username, profile_image, content, message_type, created_at,"
-    " created_unix, client_message_id"
-)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration newer than the file's user_version; returns the new version."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > SCHEMA_VERSION:
-        raise StoreError(f"database schema {version} is newer than this chatd ({SCHEMA_VERSION})")
-    for v in range(version + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _MIGRATIONS[v].split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            conn.execute(f"PRAGMA user_version = {v}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return SCHEMA_VERSION
-
 
 # A commit in the event loop slower than this (a disk that blocks) sends every write to
 # the thread for the back-off; a checkpoint is handed to the thread after this many
@@ -184,7 +90,7 @@ class _Worker:
     """A thread that owns one sqlite3 connection and runs jobs from a queue."""
 
     def __init__(self, name: str, path: Path, batch_max: int, transactional: bool) -> None:
-        self.conn = _connect(path)
+        self.conn = schema.connect(path)
         if transactional:
             self.conn.execute("PRAGMA wal_autocheckpoint=0")  # ours run on the thread
             # The loop must never wait for a lock: `_begin` waits, on the thread only.
@@ -222,7 +128,7 @@ class _Worker:
         (job,) = await self.call_many([(fn, after)])
         if job.error is not None:
             raise job.error
-        return job.result  # type: ignore[no-any-return]
+        return job.result
 
     async def call_many(
         self,
@@ -440,28 +346,9 @@ def _append_op(
     idempotency_window: float,
 ) -> Callable[[sqlite3.Connection], tuple[StoredMessage, bool]]:
     def op(conn: sqlite3.Connection) -> tuple[StoredMessage, bool]:
-        if new.client_message_id is not None:
-            row = conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = ? AND"
-                " client_message_id = ? AND room_id = ? AND created_unix >= ?"
-                " ORDER BY id DESC LIMIT 1",
-                (user_id, new.client_message_id, new.room_id, now - idempotency_window),
-            ).fetchone()
-            if row is not None:
-                return StoredMessage(*row), False
-        # StoredMessage's fields from room_id to created_unix, in order.
-        fields = (
-            new.room_id, user_id, username, profile_image, new.content, new.message_type,
-            created_at, now,
-        )  # fmt: skip
-        cur = conn.execute(
-            "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
-            " message_type, created_at, created_unix, client_timestamp, client_message_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*fields, new.client_timestamp, new.client_message_id),
+        return queries.append_message(
+            conn, new, user_id, username, profile_image, now, created_at, idempotency_window
         )
-        msg = StoredMessage(int(cur.lastrowid or 0), *fields, new.client_message_id)
-        return msg, True
 
     return op
 
@@ -485,9 +372,9 @@ class Store:
     def __init__(self, path: Path, batch_max: int = 512) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        boot = _connect(path)
+        boot = schema.connect(path)
         try:
-            migrate(boot)
+            schema.migrate(boot)
         finally:
             boot.close()
         self._writer = _Worker("chatd-store-writer", path, batch_max, transactional=True)
@@ -531,88 +418,38 @@ class Store:
     # --- rooms -----------------------------------------------------------------
 
     def load_rooms_sync(self) -> list[RoomRow]:
-        conn = _connect(self.path)
+        conn = schema.connect(self.path)
         try:
-            members: dict[int, set[int]] = {}
-            for room_id, user_id in conn.execute("SELECT room_id, user_id FROM members"):
-                members.setdefault(room_id, set()).add(user_id)
-            invited: dict[int, set[int]] = {}
-            for room_id, user_id in conn.execute("SELECT room_id, user_id FROM invites"):
-                invited.setdefault(room_id, set()).add(user_id)
-            return [
-                RoomRow(
-                    rid,
-                    name,
-                    bool(public),
-                    frozenset(members.get(rid, ())),
-                    frozenset(invited.get(rid, ())),
-                )
-                for rid, name, public in conn.execute("SELECT id, name, public FROM rooms")
-            ]
+            return queries.load_rooms(conn)
         finally:
             conn.close()
 
     async def create_room(self, name: str, public: bool, members: Iterable[int]) -> int:
         now = utc_iso(time.time())
         member_list = sorted(set(members))
-
-        def op(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "INSERT INTO rooms(name, public, created_at) VALUES (?, ?, ?)",
-                (name, int(public), now),
-            )
-            room_id = int(cur.lastrowid or 0)
-            conn.executemany(
-                "INSERT INTO members(room_id, user_id, joined_at) VALUES (?, ?, ?)",
-                [(room_id, uid, now) for uid in member_list],
-            )
-            return room_id
-
-        return await self.write(op)
+        return await self.write(
+            lambda conn: queries.create_room(conn, name, public, member_list, now)
+        )
 
     async def add_member(self, room_id: int, user_id: int) -> bool:
         now = utc_iso(time.time())
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO members(room_id, user_id, joined_at) VALUES (?, ?, ?)",
-                (room_id, user_id, now),
-            )
-            return cur.rowcount > 0
-
-        return await self.write(op)
+        return await self.write(lambda conn: queries.add_member(conn, room_id, user_id, now))
 
     async def remove_member(self, room_id: int, user_id: int) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "DELETE FROM members WHERE room_id = ? AND user_id = ?", (room_id, user_id)
-            )
-            return cur.rowcount > 0
-
-        return await self.write(op)
+        return await self.write(lambda conn: queries.remove_member(conn, room_id, user_id))
 
     def load_revocations_sync(self) -> dict[int, float]:
-        conn = _connect(self.path)
+        conn = schema.connect(self.path)
         try:
-            return dict(conn.execute("SELECT user_id, revoked_at FROM stomp_revocations"))
+            return queries.load_revocations(conn)
         finally:
             conn.close()
 
     async def revoke_logins(self, user_id: int, at: float) -> None:
-        await self.write(
-            lambda conn: conn.execute(
-                "INSERT INTO stomp_revocations(user_id, revoked_at) VALUES (?, ?)"
-                " ON CONFLICT(user_id) DO UPDATE SET revoked_at = excluded.revoked_at",
-                (user_id, at),
-            )
-        )
+        await self.write(lambda conn: queries.revoke_logins(conn, user_id, at))
 
     async def add_invite(self, room_id: int, user_id: int) -> None:
-        await self.write(
-            lambda conn: conn.execute(
-                "INSERT OR IGNORE INTO invites(room_id, user_id) VALUES (?, ?)", (room_id, user_id)
-            )
-        )
+        await self.write(lambda conn: queries.add_invite(conn, room_id, user_id))
 
     # --- messages --------------------------------------------------------------
 
@@ -655,7 +492,7 @@ class Store:
         (message, created) or the error that stopped it."""
         now = time.time()
         created_at = utc_iso(now)
-        ops = []
+        ops: list[_Op] = []
         for new in messages:
             op = _append_op(
                 new, user_id, username, profile_image, now, created_at, idempotency_window
@@ -667,19 +504,7 @@ class Store:
 
     async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
         """Newest first."""
-
-        # SQLite's largest integer: no row id reaches it, so `id < upper` keeps them all.
-        upper = 2**63 - 1 if before is None else before
-
-        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
-            rows = conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = ? AND id < ?"
-                " ORDER BY id DESC LIMIT ?",
-                (room_id, upper, limit),
-            )
-            return [StoredMessage(*r) for r in rows]
-
-        return await self.read(op)
+        return await self.read(lambda conn: queries.history(conn, room_id, before, limit))
 
     async def messages_since(
         self, room_ids: Iterable[int], since: int, limit: int
@@ -688,46 +513,17 @@ class Store:
         ids = sorted(set(room_ids))
         if not ids:
             return []
-
-        def op(conn: sqlite3.Connection) -> list[StoredMessage]:
-            marks = ",".join("?" * len(ids))
-            rows = conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE id > ? AND room_id IN ({marks})"
-                " ORDER BY id LIMIT ?",
-                (since, *ids, limit),
-            )
-            return [StoredMessage(*r) for r in rows]
-
-        return await self.read(op)
+        return await self.read(lambda conn: queries.messages_since(conn, ids, since, limit))
 
     async def last_message_id(self) -> int:
         """The newest message id, 0 when there is none."""
-
-        def op(conn: sqlite3.Connection) -> int:
-            (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
-            return int(last)
-
-        return await self.read(op)
+        return await self.read(queries.last_message_id)
 
     async def get_message(self, message_id: int) -> StoredMessage | None:
-        def op(conn: sqlite3.Connection) -> StoredMessage | None:
-            row = conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
-            return None if row is None else StoredMessage(*row)
-
-        return await self.read(op)
+        return await self.read(lambda conn: queries.get_message(conn, message_id))
 
     async def mark_read(self, room_id: int, user_id: int, message_id: int) -> str:
         read_at = utc_iso(time.time())
-
-        def op(conn: sqlite3.Connection) -> str:
-            conn.execute(
-                "INSERT INTO reads(room_id, user_id, message_id, read_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(room_id, user_id) DO UPDATE SET"
-                " message_id = max(message_id, excluded.message_id), read_at = excluded.read_at",
-                (room_id, user_id, message_id, read_at),
-            )
-            return read_at
-
-        return await self.write(op)
+        return await self.write(
+            lambda conn: queries.mark_read(conn, room_id, user_id, message_id, read_at)
+        )

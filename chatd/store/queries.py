@@ -1,0 +1,186 @@
+"""The SQL of each store operation, as plain functions of a sqlite3 connection.
+
+None of them begins or commits a transaction: the engine runs them inside its own (one
+per batch, a savepoint per operation when a batch is run again), so they know nothing
+of threads or trio either. Times come in as arguments, taken by the caller before the
+operation is queued.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from chatd.model import Outgoing, RoomRow, StoredMessage
+
+# StoredMessage's fields, in order: a row is `StoredMessage(*row)`.
+_MSG_COLUMNS = (
+    "id, room_id, user_id, username, profile_image, content, message_type, created_at,"
+    " created_unix, client_message_id"
+)
+
+# SQLite's largest integer: no row id reaches it, so `id < _NO_UPPER` keeps them all.
+_NO_UPPER = 2**63 - 1
+
+
+# --- rooms ------------------------------------------------------------------------------
+
+
+def load_rooms(conn: sqlite3.Connection) -> list[RoomRow]:
+    members: dict[int, set[int]] = {}
+    for room_id, user_id in conn.execute("SELECT room_id, user_id FROM members"):
+        members.setdefault(room_id, set()).add(user_id)
+    invited: dict[int, set[int]] = {}
+    for room_id, user_id in conn.execute("SELECT room_id, user_id FROM invites"):
+        invited.setdefault(room_id, set()).add(user_id)
+    return [
+        RoomRow(
+            rid,
+            name,
+            bool(public),
+            frozenset(members.get(rid, ())),
+            frozenset(invited.get(rid, ())),
+        )
+        for rid, name, public in conn.execute("SELECT id, name, public FROM rooms")
+    ]
+
+
+def create_room(
+    conn: sqlite3.Connection, name: str, public: bool, members: Sequence[int], now: str
+) -> int:
+    cur = conn.execute(
+        "INSERT INTO rooms(name, public, created_at) VALUES (?, ?, ?)",
+        (name, int(public), now),
+    )
+    room_id = int(cur.lastrowid or 0)
+    conn.executemany(
+        "INSERT INTO members(room_id, user_id, joined_at) VALUES (?, ?, ?)",
+        [(room_id, uid, now) for uid in members],
+    )
+    return room_id
+
+
+def add_member(conn: sqlite3.Connection, room_id: int, user_id: int, now: str) -> bool:
+    """False when the user was a member already."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO members(room_id, user_id, joined_at) VALUES (?, ?, ?)",
+        (room_id, user_id, now),
+    )
+    return cur.rowcount > 0
+
+
+def remove_member(conn: sqlite3.Connection, room_id: int, user_id: int) -> bool:
+    """False when the user was not a member."""
+    cur = conn.execute("DELETE FROM members WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+    return cur.rowcount > 0
+
+
+def add_invite(conn: sqlite3.Connection, room_id: int, user_id: int) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO invites(room_id, user_id) VALUES (?, ?)", (room_id, user_id)
+    )
+
+
+# --- STOMP logins ------------------------------------------------------------------------
+
+
+def load_revocations(conn: sqlite3.Connection) -> dict[int, float]:
+    return dict(conn.execute("SELECT user_id, revoked_at FROM stomp_revocations"))
+
+
+def revoke_logins(conn: sqlite3.Connection, user_id: int, at: float) -> None:
+    conn.execute(
+        "INSERT INTO stomp_revocations(user_id, revoked_at) VALUES (?, ?)"
+        " ON CONFLICT(user_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+        (user_id, at),
+    )
+
+
+# --- messages ----------------------------------------------------------------------------
+
+
+def append_message(
+    conn: sqlite3.Connection,
+    new: Outgoing,
+    user_id: int,
+    username: str,
+    profile_image: str | None,
+    now: float,
+    created_at: str,
+    idempotency_window: float,
+) -> tuple[StoredMessage, bool]:
+    """Insert `new`; returns (message, True). With the same client message id from this
+    user in this room within the window, inserts nothing and returns (earlier, False)."""
+    if new.client_message_id is not None:
+        row = conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = ? AND"
+            " client_message_id = ? AND room_id = ? AND created_unix >= ?"
+            " ORDER BY id DESC LIMIT 1",
+            (user_id, new.client_message_id, new.room_id, now - idempotency_window),
+        ).fetchone()
+        if row is not None:
+            return StoredMessage(*row), False
+    # StoredMessage's fields from room_id to created_unix, in order.
+    fields = (
+        new.room_id, user_id, username, profile_image, new.content, new.message_type,
+        created_at, now,
+    )  # fmt: skip
+    cur = conn.execute(
+        "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
+        " message_type, created_at, created_unix, client_timestamp, client_message_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (*fields, new.client_timestamp, new.client_message_id),
+    )
+    return StoredMessage(int(cur.lastrowid or 0), *fields, new.client_message_id), True
+
+
+def history(
+    conn: sqlite3.Connection, room_id: int, before: int | None, limit: int
+) -> list[StoredMessage]:
+    """A room's messages older than `before` (all when None), newest first."""
+    upper = _NO_UPPER if before is None else before
+    rows = conn.execute(
+        f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = ? AND id < ?"
+        " ORDER BY id DESC LIMIT ?",
+        (room_id, upper, limit),
+    )
+    return [StoredMessage(*r) for r in rows]
+
+
+def messages_since(
+    conn: sqlite3.Connection, room_ids: Sequence[int], since: int, limit: int
+) -> list[StoredMessage]:
+    """Messages after id `since` in any of `room_ids` (not empty), oldest first."""
+    marks = ",".join("?" * len(room_ids))
+    rows = conn.execute(
+        f"SELECT {_MSG_COLUMNS} FROM messages WHERE id > ? AND room_id IN ({marks})"
+        " ORDER BY id LIMIT ?",
+        (since, *room_ids, limit),
+    )
+    return [StoredMessage(*r) for r in rows]
+
+
+def last_message_id(conn: sqlite3.Connection) -> int:
+    """The newest message id, 0 when there is none."""
+    (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
+    return int(last)
+
+
+def get_message(conn: sqlite3.Connection, message_id: int) -> StoredMessage | None:
+    row = conn.execute(
+        f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    return None if row is None else StoredMessage(*row)
+
+
+def mark_read(
+    conn: sqlite3.Connection, room_id: int, user_id: int, message_id: int, read_at: str
+) -> str:
+    """Move the user's read mark in the room forward to `message_id` (never back)."""
+    conn.execute(
+        "INSERT INTO reads(room_id, user_id, message_id, read_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(room_id, user_id) DO UPDATE SET"
+        " message_id = max(message_id, excluded.message_id), read_at = excluded.read_at",
+        (room_id, user_id, message_id, read_at),
+    )
+    return read_at
