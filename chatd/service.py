@@ -20,7 +20,7 @@ from chatd.model import ClientError, Outgoing, StoredMessage, User
 from chatd.ops.metrics import Metrics
 from chatd.ratelimit import RateLimiter
 from chatd.rooms import Room, Rooms
-from chatd.store.engine import Store
+from chatd.store import Store
 
 log = logging.getLogger("chatd.service")
 
