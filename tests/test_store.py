@@ -156,9 +156,30 @@ async def test_many_concurrent_posts_are_all_stored_in_order(start_server: Start
         assert metrics.commit_ops >= total
 
 
+class StoreClock:
+    """The store's own clock, apart from trio's, which stays real so that every
+    `fail_after` still holds (pytest-trio would run the whole test on a MockClock that a
+    fixture returned). It stands still unless a test moves it: no commit is slow, and the
+    writer thread is never idle for long, because the machine happens to be busy."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def jump(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "unit.db", batch_max=512)
+def store_clock() -> StoreClock:
+    return StoreClock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, store_clock: StoreClock) -> AsyncIterator[Store]:
+    s = Store(tmp_path / "unit.db", batch_max=512, clock=store_clock)
     try:
         yield s
     finally:
@@ -203,12 +224,11 @@ async def test_writes_waiting_together_share_one_commit(store: Store) -> None:
 
 
 async def test_writes_started_in_one_loop_turn_reach_the_thread_as_one_batch(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store,
 ) -> None:
     """The first message of the first turn finds the store idle and is committed by the
     loop; the 49 after it go to the thread as one batch, and so do the later turns' 50
-    (the thread was busy a moment ago)."""
-    monkeypatch.setattr(chatd.store.engine, "_INLINE_IDLE", 3600.0)
+    (the thread was busy a moment ago: the store's clock stands still)."""
     with trio.fail_after(10):
         commits: list[int] = []
         store.set_commit_observer(lambda _seconds, ops: commits.append(ops))
@@ -270,7 +290,7 @@ async def test_a_message_waits_behind_writes_the_thread_has(store: Store) -> Non
 
 
 async def test_a_store_busy_a_moment_ago_sends_messages_to_the_thread(
-    store: Store, mock_clock: trio.testing.MockClock
+    store: Store, store_clock: StoreClock
 ) -> None:
     """Under load the thread's group commit is cheaper per message: the loop commits only
     once the thread has been idle for `_INLINE_IDLE`."""
@@ -279,34 +299,56 @@ async def test_a_store_busy_a_moment_ago_sends_messages_to_the_thread(
         await store.write(lambda _conn: None)  # the thread was busy just now
         await post(store, "under load", results)
         assert store.inline_commits == 0
-        mock_clock.jump(chatd.store.engine._INLINE_IDLE)
+        store_clock.jump(chatd.store.engine._INLINE_IDLE * 0.9)
+        await post(store, "still too soon", results)  # and the thread was busy again
+        assert store.inline_commits == 0
+        store_clock.jump(chatd.store.engine._INLINE_IDLE)
         await post(store, "idle again", results)
         assert store.inline_commits == 1
-        assert [m.content for m, _ in results] == ["under load", "idle again"]
+        assert [m.content for m, _ in results] == ["under load", "still too soon", "idle again"]
 
 
 async def test_a_slow_commit_in_the_loop_sends_messages_to_the_thread(
-    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: Store, store_clock: StoreClock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A commit in the loop slower than `_INLINE_SLOW` (a disk that blocks) sends every
+    write to the thread for `_INLINE_BACKOFF`; after that the loop commits again."""
     with trio.fail_after(10):
-        monkeypatch.setattr(chatd.store.engine, "_INLINE_SLOW", 0.0)  # every commit is too slow
         threads: list[str] = []
-        store.set_commit_observer(lambda _s, _ops: threads.append(threading.current_thread().name))
+        # The first commit in the loop takes a little over the limit by the store's clock:
+        # the observer runs while the commit is being timed, in the loop's thread.
+        slow = [chatd.store.engine._INLINE_SLOW * 1.5]
+
+        def observe(_seconds: float, _ops: int) -> None:
+            threads.append(threading.current_thread().name)
+            if threading.current_thread() is threading.main_thread() and slow:
+                store_clock.jump(slow.pop())
+
+        store.set_commit_observer(observe)
         results: list[Any] = []
         for i in range(3):
             await post(store, f"m{i}", results)
         assert threads == ["MainThread", "chatd-store-writer", "chatd-store-writer"]
         assert store.inline_commits == 1
         assert "committing on the writer thread for 10 s" in caplog.text
-        assert [m.content for m, _ in results] == ["m0", "m1", "m2"]
+        store_clock.jump(chatd.store.engine._INLINE_BACKOFF * 0.9)
+        await post(store, "m3", results)
+        assert threads[-1] == "chatd-store-writer"
+        store_clock.jump(chatd.store.engine._INLINE_BACKOFF * 0.1)
+        await post(store, "m4", results)
+        assert threads[-1] == "MainThread"
+        assert store.inline_commits == 2
+        assert [m.content for m, _ in results] == ["m0", "m1", "m2", "m3", "m4"]
 
 
 async def test_a_write_lock_held_elsewhere_never_stops_the_event_loop(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, store_clock: StoreClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An admin's sqlite3 shell in a write transaction: the message waits on the thread,
     and the event loop keeps running meanwhile."""
-    monkeypatch.setattr(chatd.store.engine, "_INLINE_IDLE", 0.0)
+    # The thread waits for the lock as long as this test holds it, however slowly the
+    # loop turns on a busy machine (the lock is let go in `finally` whatever happens).
+    monkeypatch.setattr(chatd.store.engine, "_BUSY_WAIT", 3600.0)
     with trio.fail_after(10):
         other = sqlite3.connect(store.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -323,12 +365,13 @@ async def test_a_write_lock_held_elsewhere_never_stops_the_event_loop(
         assert store.inline_commits == 0
         assert [m.content for m, _ in results] == ["waited"]
         results.clear()
+        store_clock.jump(chatd.store.engine._INLINE_IDLE)
         await post(store, "later", results)  # the lock is free: the loop commits again
         assert store.inline_commits == 1
 
 
 async def test_checkpoints_run_on_the_thread_never_in_the_loop(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Store, store_clock: StoreClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A checkpoint is the store's fsync: it must not hold up the event loop."""
     with trio.fail_after(10):
@@ -340,13 +383,14 @@ async def test_checkpoints_run_on_the_thread_never_in_the_loop(
             checkpoint(conn)
 
         monkeypatch.setattr(chatd.store.engine, "_checkpoint", recorded)
-        monkeypatch.setattr(chatd.store.engine, "_INLINE_IDLE", 0.0)
         monkeypatch.setattr(chatd.store.engine, "_CHECKPOINT_COMMITS", 10)
         results: list[Any] = []
         for i in range(50):
+            store_clock.jump(chatd.store.engine._INLINE_IDLE)  # each finds the store idle
             await post(store, f"m{i}", results)
             await trio.sleep(0)  # a turn of the loop: the checkpoint reaches the thread
-        assert store.inline_commits >= 40  # the others queued behind a checkpoint
+        # At most the message after each of the five checkpoints queued behind it.
+        assert store.inline_commits >= 45
         assert len(ran_in) >= 4 and set(ran_in) == {"chatd-store-writer"}
         # SQLite's own checkpoint (which would fsync in the loop) is off for the writer.
         wal_pages = os.path.getsize(str(store.path) + "-wal") // 4096

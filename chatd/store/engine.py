@@ -42,10 +42,10 @@ T = TypeVar("T")
 
 log = logging.getLogger("chatd.store")
 
-# A commit in the event loop slower than this (a disk that blocks) sends every write to
-# the thread for the back-off; a checkpoint is handed to the thread after this many
-# commits or operations, whichever comes first (SQLite's own, at 1,000 WAL pages, would
-# fsync in whichever thread commits).
+# A commit in the event loop slower than this by the store's clock (a disk that blocks)
+# sends every write to the thread for the back-off; a checkpoint is handed to the thread
+# after this many commits or operations, whichever comes first (SQLite's own, at 1,000
+# WAL pages, would fsync in whichever thread commits).
 _INLINE_SLOW = 0.010
 _INLINE_BACKOFF = 10.0
 _CHECKPOINT_COMMITS = 100
@@ -89,7 +89,14 @@ class _Job:
 class _Worker:
     """A thread that owns one sqlite3 connection and runs jobs from a queue."""
 
-    def __init__(self, name: str, path: Path, batch_max: int, transactional: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        batch_max: int,
+        transactional: bool,
+        clock: Callable[[], float],
+    ) -> None:
         self.conn = schema.connect(path)
         if transactional:
             self.conn.execute("PRAGMA wal_autocheckpoint=0")  # ours run on the thread
@@ -101,14 +108,17 @@ class _Worker:
         self._transactional = transactional
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # Read in the trio thread only: whether the store is idle, and how long a commit
+        # in the loop took.
+        self._clock = clock
         self.on_commit: Callable[[float, int], None] | None = None
         self.hooks_scope: Callable[[], contextlib.AbstractContextManager[None]] = (
             contextlib.nullcontext
         )
         self._closed = False
         self._with_thread = 0  # jobs handed to the thread and not yet back
-        self._thread_busy = -math.inf  # when (trio time) jobs last went to or came back
-        # From when (trio time) an idle store may commit in the event loop.
+        self._thread_busy = -math.inf  # when (`clock`) jobs last went to or came back
+        # From when (`clock`) an idle store may commit in the event loop.
         self._inline_from = -math.inf if transactional else math.inf
         self._commits_unchecked = 0  # commits and operations since the last checkpoint
         self._ops_unchecked = 0
@@ -146,7 +156,7 @@ class _Worker:
             and not self._inlined
             and not self._pending
             and not self._with_thread
-            and trio.current_time() >= max(self._inline_from, self._thread_busy + _INLINE_IDLE)
+            and self._clock() >= max(self._inline_from, self._thread_busy + _INLINE_IDLE)
         ):
             return await self._commit_inline(ops)
         return await self._via_thread(ops)
@@ -172,16 +182,17 @@ class _Worker:
         thread, which waits for it."""
         await trio.lowlevel.checkpoint_if_cancelled()
         jobs = [_Job(fn, after, None) for fn, after in ops]
-        started = time.perf_counter()
+        started = self._clock()
         try:
             self._run_batch(jobs, wait=False)
         except _Busy:
             return await self._via_thread(ops)
-        took = time.perf_counter() - started
+        now = self._clock()
+        took = now - started
         self.inline_commits += 1
         self._inlined = True
         if took > _INLINE_SLOW:
-            self._inline_from = trio.current_time() + _INLINE_BACKOFF
+            self._inline_from = now + _INLINE_BACKOFF
             log.warning(
                 "store: a commit took %.1f ms; committing on the writer thread for %g s",
                 took * 1000,
@@ -204,7 +215,7 @@ class _Worker:
     def _flush(self) -> None:
         self._inlined = False
         if self._pending:
-            self._thread_busy = trio.current_time()
+            self._thread_busy = self._clock()
             self._with_thread += len(self._pending)
             self._queue.put(self._pending)
             self._pending = []
@@ -321,7 +332,7 @@ class _Worker:
     def _wake(self, batch: list[_Job]) -> None:
         def wake() -> None:
             self._with_thread -= len(batch)
-            self._thread_busy = trio.current_time()
+            self._thread_busy = self._clock()
             ops = sum(job.fn is not _checkpoint for job in batch)
             if self._transactional and ops:
                 self._committed(ops)
@@ -369,7 +380,11 @@ class _HandOver(trio.abc.Instrument):
 class Store:
     """The async face of the database. Open it with `Store.open(path)` inside trio."""
 
-    def __init__(self, path: Path, batch_max: int = 512) -> None:
+    def __init__(
+        self, path: Path, batch_max: int = 512, clock: Callable[[], float] = trio.current_time
+    ) -> None:
+        """`clock` times the event loop's own commits and the thread's idleness; tests
+        give it a fake one, so that a busy machine cannot make a commit slow."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         boot = schema.connect(path)
@@ -377,8 +392,8 @@ class Store:
             schema.migrate(boot)
         finally:
             boot.close()
-        self._writer = _Worker("chatd-store-writer", path, batch_max, transactional=True)
-        self._reader = _Worker("chatd-store-reader", path, 64, transactional=False)
+        self._writer = _Worker("chatd-store-writer", path, batch_max, True, clock)
+        self._reader = _Worker("chatd-store-reader", path, 64, False, clock)
         self._writer.start()
         self._reader.start()
         self._hand_over = _HandOver((self._writer, self._reader))
