@@ -6,13 +6,18 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
 from chatd.config import AuthConfig
 from chatd.model import ClientError, User
 from chatd.validation import MAX_ID, id_of_digits
+
+if TYPE_CHECKING:
+    # pyjwt's TypedDict of decode options (pyjwt >= 2.10); typing only, so an older
+    # pyjwt still imports this module.
+    from jwt.types import Options
 
 
 class AuthError(ClientError):
@@ -59,7 +64,7 @@ class Authenticator:
             raise AuthError("missing", "missing token")
         # pyjwt >= 2.10 refuses a non-string `sub`; issuers that put the numeric user id
         # there are common, and user_from_claims checks the id itself.
-        options: dict[str, Any] = {"require": ["exp"], "verify_sub": False}
+        options: Options = {"require": ["exp"], "verify_sub": False}
         kwargs: dict[str, Any] = {}
         if self.cfg.audience:
             kwargs["audience"] = self.cfg.audience
