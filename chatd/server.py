@@ -13,7 +13,7 @@ from hypercorn.config import Config as HypercornConfig
 from chatd import config as config_mod
 from chatd.auth import Authenticator, load_or_create_secret, secret_path_for
 from chatd.config import Config, resolve_store_path
-from chatd.http.api import create_app
+from chatd.http.app import create_app
 from chatd.net.front import serve_front
 from chatd.net.handshake import WsHandler
 from chatd.net.listeners import BoundListeners, address_of
