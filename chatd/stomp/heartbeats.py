@@ -11,8 +11,6 @@ from typing import Protocol
 
 import trio
 
-from chatd.net.outbox import _Waiter
-
 TICK = 0.25  # seconds; heart-beat intervals are at least [stomp] heartbeat_min_ms (1 s)
 
 
@@ -23,11 +21,14 @@ class Beating(Protocol):
 class Heartbeats:
     def __init__(self) -> None:
         self._members: set[Beating] = set()
-        self._idle = _Waiter()
+        # Set when a member arrives while `run` waits for one. One per server, so a plain
+        # trio.Event: the outbox's smaller waiter is private to chatd.net, and saves
+        # memory only where there is one per connection.
+        self._arrived = trio.Event()
 
     def add(self, member: Beating) -> None:
         self._members.add(member)
-        self._idle.wake()
+        self._arrived.set()
 
     def discard(self, member: Beating) -> None:
         self._members.discard(member)
@@ -35,7 +36,8 @@ class Heartbeats:
     async def run(self) -> None:
         while True:
             if not self._members:
-                await self._idle.park()
+                self._arrived = trio.Event()
+                await self._arrived.wait()
                 continue
             await trio.sleep(TICK)
             now = trio.current_time()
