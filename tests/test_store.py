@@ -334,7 +334,7 @@ async def test_a_slow_commit_in_the_loop_sends_messages_to_the_thread(
         store_clock.jump(chatd.store.engine._INLINE_BACKOFF * 0.9)
         await post(store, "m3", results)
         assert threads[-1] == "chatd-store-writer"
-        store_clock.jump(chatd.store.engine._INLINE_BACKOFF * 0.1)
+        store_clock.jump(chatd.store.engine._INLINE_BACKOFF * 0.2)
         await post(store, "m4", results)
         assert threads[-1] == "MainThread"
         assert store.inline_commits == 2
