@@ -14,6 +14,7 @@ import trio.testing
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from ._chat import (
+    Gate,
     Json,
     RawWebSocket,
     add_member,
@@ -507,6 +508,58 @@ async def test_resume_delivers_missed_then_live_with_no_gap_or_double(
                     assert got_ids[0] > ids[4]
                     await posted.wait()
                     await assert_only(resumed, room, sender, "marker")
+
+
+async def test_resume_skips_a_message_it_replayed_whose_publication_comes_late(
+    start_server: StartServer,
+) -> None:
+    """The writer thread commits, then hands the commit's hooks (the publication) to the
+    event loop; in between, the reader thread already sees the message. A resume whose
+    replay read it there, and finished, must not send it again when it is published.
+    (The cause of a rare double in the test above: a checkpoint the writer runs after a
+    commit, before the hand-over, widened the window.)"""
+    with trio.fail_after(10):
+        server = await start_server(chat=FAST)
+        room = await create_room(server, [1, 2])
+        store = server.state.store
+        observe = server.state.metrics.observe_commit
+        gate = Gate()
+        held, release = threading.Event(), threading.Event()
+        first_batch_done = threading.Event()
+
+        def observer(seconds: float, jobs: int) -> None:
+            observe(seconds, jobs)
+            if threading.current_thread() is threading.main_thread():
+                return  # committed in the event loop: its hooks run right after
+            if not first_batch_done.is_set():
+                first_batch_done.set()  # the gate's own (empty) commit
+                return
+            if not held.is_set():
+                held.set()
+                release.wait(timeout=10)
+
+        try:
+            async with chat(server, 1) as sender, trio.open_nursery() as nursery:
+                ids = [(await roundtrip(sender, room, f"m{i}"))["id"] for i in range(3)]
+                # Held behind the gate, the next message goes to the writer thread.
+                nursery.start_soon(store.write, gate.job)
+                await gate.wait_entered()
+                store.set_commit_observer(observer)
+                await send(sender, room, "late")
+                await trio.testing.wait_all_tasks_blocked()
+                gate.release.set()
+                assert await trio.to_thread.run_sync(held.wait, 10)
+                # "late" is committed, not yet published.
+                async with chat(server, 2, since=ids[-1]) as resumed:
+                    replayed = await recv_message(resumed)
+                    assert replayed["content"] == "late"
+                    release.set()
+                    assert (await recv_message(sender))["id"] == replayed["id"]
+                    await assert_only(resumed, room, sender, "marker")
+        finally:
+            gate.release.set()
+            release.set()
+            store.set_commit_observer(observe)
 
 
 async def test_resume_then_nothing_extra(start_server: StartServer) -> None:

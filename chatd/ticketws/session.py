@@ -84,6 +84,11 @@ class ChatConnection:
             if len(held) < self.state.cfg.chat.outbox_messages:
                 held.append(event)
                 return
+        elif event.message_id is not None and event.message_id <= self.replayed_upto:
+            # The replay sent it already. The writer thread's commit is visible to the
+            # reader before the loop runs its hooks, so a message the replay read can
+            # be published after the replay has ended.
+            return
         elif self.ws.out.offer(_chat_frame(event)):
             return
         self.state.metrics.slow_consumer_disconnects += 1
