@@ -13,11 +13,31 @@ Typical use by a transport::
 After negotiating the version from CONNECT/STOMP, assign ``reader.version``
 and ``writer.version``.
 
+The conversation (``_conversation``) is the protocol's state machine on top of the
+codec: CONNECT, versions, heart-beats, receipts, transactions, in one table.
+
 The names chatd's STOMP speaks (versions, subprotocols, destination prefixes) live in
 ``_names`` and are re-exported here.
 """
 
 from ._codec import FrameReader, FrameTemplate, FrameWriter
+from ._conversation import (
+    ACK_MODES,
+    SERVER_NAME,
+    TRANSITIONS,
+    Ack,
+    ConnectRequest,
+    Conversation,
+    ConversationEvent,
+    Disconnect,
+    Receipt,
+    Refuse,
+    Send,
+    State,
+    Subscribe,
+    Take,
+    Unsubscribe,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError, StompError
 from ._frames import (
     CLIENT_COMMANDS,
@@ -50,6 +70,7 @@ from ._names import (
 )
 
 __all__ = [
+    "ACK_MODES",
     "AMQ_QUEUE_PREFIX",
     "CHAT_EXCHANGE",
     "CLIENT_COMMANDS",
@@ -60,15 +81,22 @@ __all__ = [
     "QUEUE_PREFIX",
     "ROOM_PREFIX",
     "SERVER_COMMANDS",
+    "SERVER_NAME",
     "SUBPROTOCOLS",
     "SUBPROTOCOL_OF",
     "SUPPORTED_VERSIONS",
     "TOPIC_PREFIX",
+    "TRANSITIONS",
     "USER_PREFIX",
     "V10",
     "V11",
     "V12",
     "VERSIONS",
+    "Ack",
+    "ConnectRequest",
+    "Conversation",
+    "ConversationEvent",
+    "Disconnect",
     "Event",
     "Frame",
     "FrameReader",
@@ -76,9 +104,16 @@ __all__ = [
     "FrameWriter",
     "HeartBeat",
     "LocalProtocolError",
+    "Receipt",
+    "Refuse",
     "RemoteProtocolError",
+    "Send",
     "Sentinel",
+    "State",
     "StompError",
+    "Subscribe",
+    "Take",
+    "Unsubscribe",
     "room_destination",
     "user_destination",
 ]

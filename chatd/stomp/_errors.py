@@ -14,15 +14,24 @@ class StompError(Exception):
 
     ``message`` is a short single-line summary, suitable for the ``message``
     header of an ERROR frame; ``detail`` is a longer human-readable explanation,
-    suitable for the ERROR frame body (it defaults to ``message``).
+    suitable for the ERROR frame body (it defaults to ``message``); ``headers``
+    are further headers of that ERROR frame, in order (``receipt-id`` naming the
+    frame at fault, ``version`` listing the versions a server speaks).
     """
 
     message: str
     detail: str
+    headers: tuple[tuple[str, str], ...]
 
-    def __init__(self, message: str, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        detail: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.message = _one_line(message)
         self.detail = detail if detail is not None else self.message
+        self.headers = headers
         super().__init__(self.message)
 
     def __repr__(self) -> str:
@@ -30,7 +39,9 @@ class StompError(Exception):
 
 
 class RemoteProtocolError(StompError):
-    """The peer sent bytes that violate the STOMP protocol.
+    """The peer broke the protocol: bytes that are not STOMP, or a frame the
+    conversation refuses. The error says what the ERROR frame that answers it
+    holds.
 
     Once raised by a :class:`~chatd.stomp.FrameReader`, that reader is broken
     for good; the connection should be answered with an ERROR frame and closed.
@@ -38,4 +49,5 @@ class RemoteProtocolError(StompError):
 
 
 class LocalProtocolError(StompError):
-    """We tried to serialise a frame that cannot be sent as valid STOMP."""
+    """We broke the protocol: a frame that cannot be sent as valid STOMP, or a
+    call the conversation's state does not allow (a bug of the caller's)."""
