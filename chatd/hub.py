@@ -30,7 +30,10 @@ class ChatSession(Session, Protocol):
 
 
 class Subscription(Protocol):
-    session: Session
+    # Read-only: a property is covariant, so a protocol's subscription may name its own
+    # kind of session (a plain attribute would be invariant and refuse StompSession).
+    @property
+    def session(self) -> Session: ...
 
     def offer(self, event: Event) -> None: ...
 
