@@ -1,4 +1,4 @@
-"""A WebSocket connection over a trio stream, on wsproto_lite, for /chat and STOMP.
+"""A WebSocket connection over a trio stream, on chatd.net.websocket, for /chat and STOMP.
 
 Every write, pongs and the close frame included, goes through one WireWriter, so frames
 never interleave, and an idle socket is written directly (see wire.py).
