@@ -8,7 +8,7 @@ apply to them with no bookkeeping here. STOMP subscriptions are explicit, keyed 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import trio
 
@@ -38,6 +38,11 @@ class Subscription(Protocol):
     def offer(self, event: Event) -> None: ...
 
 
+def _is_chat(session: Session) -> TypeGuard[ChatSession]:
+    # A session says its protocol; only /chat sessions take every room of their user.
+    return session.protocol == "chat"
+
+
 class Hub:
     def __init__(self, rooms: Rooms) -> None:
         self.rooms = rooms
@@ -57,8 +62,8 @@ class Hub:
         mine = self._sessions.setdefault(session.user_id, set())
         first = not mine
         mine.add(session)
-        if session.protocol == "chat":
-            self._chat.setdefault(session.user_id, set()).add(session)  # type: ignore[arg-type]
+        if _is_chat(session):
+            self._chat.setdefault(session.user_id, set()).add(session)
         return first
 
     def unregister(self, session: Session) -> bool:
@@ -69,7 +74,7 @@ class Hub:
         mine.discard(session)
         chat = self._chat.get(session.user_id)
         if chat is not None:
-            chat.discard(session)  # type: ignore[arg-type]
+            chat.discard(session)
             if not chat:
                 del self._chat[session.user_id]
         if mine:
