@@ -1,12 +1,16 @@
-"""Logging to stderr, one line per event, plain or JSON. Secrets are masked on the way out."""
+"""Logging to stderr, one line per event, plain or JSON. Secrets are masked on the way out.
+`RateLimitedLog` keeps a condition that recurs many times a second to one line an interval."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 # Defence in depth: code never logs these on purpose, but a library or a traceback might.
 _SECRETS = [
@@ -58,3 +62,54 @@ def setup(level: str, fmt: str) -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+class RateLimitedLog:
+    """One condition (a failing disk, a checkpoint that cannot finish) logged at most once
+    per `interval` seconds: the first occurrence at once, the repeats in between counted
+    and named on the next line. A store refusing writes met every request with a warning,
+    every 40 ms under load; a journal full of one line hides everything else, and a
+    journald rate limit would then drop lines of other kinds too.
+
+    One instance per condition; safe to share between threads. `clock` is injectable so
+    that tests move time themselves."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next = -math.inf
+        self._suppressed = 0
+
+    def log(self, level: int, msg: str, *args: object) -> bool:
+        """Log `msg % args` unless a line was logged less than `interval` ago; True if it
+        was logged."""
+        with self._lock:
+            now = self._clock()
+            if now < self._next:
+                self._suppressed += 1
+                return False
+            suppressed, self._suppressed = self._suppressed, 0
+            self._next = now + self.interval
+        if suppressed:
+            msg += " (%d more like this since the last such line)"
+            args = (*args, suppressed)
+        self.logger.log(level, msg, *args)
+        return True
+
+    def warning(self, msg: str, *args: object) -> bool:
+        return self.log(logging.WARNING, msg, *args)
+
+    def reset(self) -> int:
+        """The condition is over: the next occurrence is logged at once. Returns how many
+        repeats were not logged, for a line that says it is over."""
+        with self._lock:
+            suppressed, self._suppressed = self._suppressed, 0
+            self._next = -math.inf
+        return suppressed
