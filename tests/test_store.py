@@ -483,6 +483,41 @@ async def test_fresh_file_gets_the_current_schema(tmp_path: Path) -> None:
     assert db_rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
+# --- file modes ---------------------------------------------------------------------------------
+
+
+async def test_the_database_its_wal_and_shm_are_private(tmp_path: Path) -> None:
+    """SQLite created them 0644 (less the umask): every user of the machine could read the
+    messages. The -wal and -shm files take the database file's mode."""
+    with trio.fail_after(10):
+        old = os.umask(0o022)  # the usual umask outside systemd
+        try:
+            s = Store(tmp_path / "private.db")
+        finally:
+            os.umask(old)
+        try:
+            await s.create_room("r", False, [1])
+            for suffix in ("", "-wal", "-shm"):
+                mode = stat.S_IMODE(os.stat(f"{s.path}{suffix}").st_mode)
+                assert mode == 0o600, (suffix, oct(mode))
+        finally:
+            await s.aclose()
+
+
+async def test_a_database_readable_by_others_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One made by an older chatd keeps its mode (an operator may have chosen it), but the
+    log says so at every start."""
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).close()
+    path.chmod(0o644)
+    s = Store(path)
+    await s.aclose()
+    assert f"store: {path} is readable by other users (mode 0644)" in caplog.text
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     conn = sqlite3.connect(path)

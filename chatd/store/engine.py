@@ -24,6 +24,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import queue
 import sqlite3
 import threading
@@ -387,6 +388,15 @@ class Store:
         give it a fake one, so that a busy machine cannot make a commit slow."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not schema.create_private(path):
+            mode = os.stat(path).st_mode & 0o777
+            if mode & 0o077:
+                log.warning(
+                    "store: %s is readable by other users (mode %04o); chmod 600 it (its"
+                    " -wal and -shm files take its mode)",
+                    path,
+                    mode,
+                )
         boot = schema.connect(path)
         try:
             schema.migrate(boot)

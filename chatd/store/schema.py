@@ -3,6 +3,7 @@ file of any older version to `SCHEMA_VERSION`."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -61,6 +62,18 @@ _MIGRATIONS: dict[int, str] = {
     );
     """,
 }
+
+
+def create_private(path: Path) -> bool:
+    """Create the database file, empty and mode 0600, unless it exists; True if it was
+    created. SQLite would create it 0644 (less the umask), readable by every user of the
+    machine, and gives its -wal and -shm files the database file's mode."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
 
 
 def connect(path: Path) -> sqlite3.Connection:
