@@ -96,6 +96,7 @@ _RESTART_ONLY = [
     ("http", "listen"),
     ("store", "path"),
     ("store", "batch_max"),
+    ("store", "max_wal_bytes"),
     ("stomp", "websocket_listen"),
     ("stomp", "tcp_listen"),
     ("metrics", "listen"),
@@ -232,7 +233,9 @@ async def serve(
         cfg.http.listen, cfg.stomp.websocket_listen, cfg.stomp.tcp_listen, cfg.metrics.listen
     )
     try:
-        store = Store(resolve_store_path(cfg), cfg.store.batch_max)
+        store = Store(
+            resolve_store_path(cfg), cfg.store.batch_max, max_wal_bytes=cfg.store.max_wal_bytes
+        )
     except BaseException:
         bound.close()
         raise

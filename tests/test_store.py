@@ -378,9 +378,9 @@ async def test_checkpoints_run_on_the_thread_never_in_the_loop(
         ran_in: list[str] = []
         checkpoint = chatd.store.engine._checkpoint
 
-        def recorded(conn: sqlite3.Connection) -> None:
+        def recorded(conn: sqlite3.Connection) -> Any:
             ran_in.append(threading.current_thread().name)
-            checkpoint(conn)
+            return checkpoint(conn)
 
         monkeypatch.setattr(chatd.store.engine, "_checkpoint", recorded)
         monkeypatch.setattr(chatd.store.engine, "_CHECKPOINT_COMMITS", 10)

@@ -49,6 +49,7 @@ from chatd.stomp import (
     Unsubscribe,
 )
 from chatd.stomp.general_broker import BrokerError, Consumer
+from chatd.store import StoreUnavailable
 from chatd.validation import InvalidMessage, parse_json_object, stomp_send_body
 
 log = logging.getLogger("chatd.stomp")
@@ -385,6 +386,12 @@ class StompSession:
                     self._emit(send.receipt)
         if failed is not None:
             send, error = failed
+            if isinstance(error, StoreUnavailable):
+                # Documented and retryable: the store logged why, once for all sessions.
+                self._fail(
+                    StompError(error.code, f"{error.code}: {error.message}"), send.receipt_id
+                )
+                return
             log.error("stomp session %s: could not store a message: %s", self.session_id, error)
             self._fail(
                 StompError("Internal error", "the message could not be stored"), send.receipt_id

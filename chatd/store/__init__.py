@@ -5,6 +5,6 @@ and a reader thread, over the tables that `schema` creates and migrates.
 """
 
 from chatd.store.engine import Store
-from chatd.store.errors import StoreClosed, StoreError
+from chatd.store.errors import StoreClosed, StoreError, StoreUnavailable
 
-__all__ = ["Store", "StoreClosed", "StoreError"]
+__all__ = ["Store", "StoreClosed", "StoreError", "StoreUnavailable"]

@@ -16,6 +16,12 @@ back. Whatever can wait on the disk stays on the thread: checkpoints (the only f
 always run there, a write lock held by another process is waited for there, and a commit
 in the loop that takes longer than `_INLINE_SLOW` sends every write to the thread for
 `_INLINE_BACKOFF` seconds.
+
+An operational failure of the database (disk full, a read-only file, an I/O error) fails
+the whole batch with `StoreUnavailable`, which every protocol answers as a documented
+refusal; it is logged once an interval, not once a request. When checkpoints cannot finish
+(a reader holding an old snapshot, an I/O error) the WAL grows with every commit: past
+`max_wal_bytes` writes are refused until a checkpoint succeeds, before the disk fills.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from typing import Any, TypeVar
 import trio
 
 from chatd.model import Outgoing, RoomRow, StoredMessage, utc_iso
+from chatd.ops.logs import RateLimitedLog
 from chatd.store import queries, schema
-from chatd.store.errors import StoreClosed, StoreError
+from chatd.store.errors import StoreClosed, StoreError, StoreUnavailable, unavailable
 
 T = TypeVar("T")
 
@@ -56,6 +63,13 @@ _QUICK_OPS = 16  # message appends in one call the loop may commit itself
 # cheaper per message, and a commit in the loop between its batches halved their size.
 _INLINE_IDLE = 0.005
 _BUSY_WAIT = 5.0  # how long the thread waits for another process's write lock
+# /readyz proves a write at most this often (store clock); in between, the outcome of the
+# last write anyone made answers. It gives up on a writer that has not answered in time.
+_PROBE_EVERY = 1.0
+_PROBE_TIMEOUT = 2.0
+# A failure that recurs (refused writes, failing checkpoints) is logged once this often.
+_LOG_EVERY = 60.0
+_MiB = 1024 * 1024
 
 
 # A job's work on the connection, and its hook run in the trio thread after the commit.
@@ -66,12 +80,21 @@ class _Busy(Exception):
     """Another connection (an admin's sqlite3 shell, say) holds the write lock."""
 
 
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+def _checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int] | None:
+    """(busy, frames in the WAL, frames of it now in the database)."""
+    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 class _Job:
-    __slots__ = ("fn", "after", "result", "error", "done", "last")
+    __slots__ = ("fn", "after", "result", "error", "done", "last", "checkpoint")
 
     def __init__(
         self,
@@ -85,6 +108,7 @@ class _Job:
         self.error: BaseException | None = None
         self.done = done
         self.last = True  # the last job of its caller's: its batch sets `done`
+        self.checkpoint = False  # a request for a checkpoint after the batch, not work
 
 
 class _Worker:
@@ -97,8 +121,14 @@ class _Worker:
         batch_max: int,
         transactional: bool,
         clock: Callable[[], float],
+        max_wal_bytes: int = 0,
     ) -> None:
         self.conn = schema.connect(path)
+        self.kind = "writes" if transactional else "reads"
+        self._wal_path = f"{path}-wal"
+        self._max_wal_bytes = max_wal_bytes  # 0: no bound
+        (page_size,) = self.conn.execute("PRAGMA page_size").fetchone()
+        self._frame_bytes = int(page_size) + 24  # a WAL frame: its header and one page
         if transactional:
             self.conn.execute("PRAGMA wal_autocheckpoint=0")  # ours run on the thread
             # The loop must never wait for a lock: `_begin` waits, on the thread only.
@@ -127,6 +157,16 @@ class _Worker:
         # One commit per turn of the loop at most: the writers that come after it in the
         # same turn go to the thread together, so a burst still shares one commit.
         self._inlined = False
+        # Set by the thread only: why writes are refused (the WAL is past its bound and
+        # cannot be checkpointed), None when they are not.
+        self.refusing: str | None = None
+        # In the trio thread: why the last batch could not be done (None: it was), and
+        # when (`clock`) that was learnt.
+        self.unavailable: str | None = None
+        self.outcome_at = -math.inf
+        self._failed_ops = 0
+        self._failure_log = RateLimitedLog(log, _LOG_EVERY, clock)
+        self._checkpoint_log = RateLimitedLog(log, _LOG_EVERY, clock)
 
     def start(self) -> None:
         self._thread.start()
@@ -155,6 +195,7 @@ class _Worker:
         if (
             quick
             and not self._inlined
+            and self.refusing is None
             and not self._pending
             and not self._with_thread
             and self._clock() >= max(self._inline_from, self._thread_busy + _INLINE_IDLE)
@@ -190,6 +231,7 @@ class _Worker:
             return await self._via_thread(ops)
         now = self._clock()
         took = now - started
+        self._outcome(jobs)
         self.inline_commits += 1
         self._inlined = True
         if took > _INLINE_SLOW:
@@ -199,18 +241,22 @@ class _Worker:
                 took * 1000,
                 _INLINE_BACKOFF,
             )
-        self._committed(len(jobs))
+        self._committed(jobs)
         self._run_hooks(jobs)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return jobs
 
-    def _committed(self, ops: int) -> None:
+    def _committed(self, jobs: Sequence[_Job]) -> None:
+        ops = sum(not isinstance(job.error, StoreUnavailable) for job in jobs)
+        if not ops:  # refused: nothing reached the WAL
+            return
         self._commits_unchecked += 1
         self._ops_unchecked += ops
         if self._commits_unchecked >= _CHECKPOINT_COMMITS or self._ops_unchecked >= _CHECKPOINT_OPS:
             self._commits_unchecked = self._ops_unchecked = 0
             job = _Job(_checkpoint, None, None)
             job.last = False
+            job.checkpoint = True
             self._pending.append(job)
 
     def _flush(self) -> None:
@@ -245,26 +291,62 @@ class _Worker:
                     stopping = True
                     break
                 batch = batch + nxt
-            work = [job for job in batch if job.fn is not _checkpoint]
+            work = [job for job in batch if not job.checkpoint]
+            checkpoint = len(work) < len(batch)
+            problem = None
+            if self.refusing is not None:
+                # Only a checkpoint that finishes lifts the refusal: one is tried before
+                # each batch (cheap when there is nothing it may copy yet).
+                problem = self._try_checkpoint()
+                checkpoint = False
             if not self._transactional:
                 for job in work:
                     self._run_one(job)
+            elif work and self.refusing is not None:
+                for job in work:
+                    job.error = StoreUnavailable(self.refusing)
             elif work:
                 self._run_batch(work)
-            if len(work) < len(batch):
-                # Outside any transaction; a failure leaves the WAL for the next one.
-                try:
-                    _checkpoint(self.conn)
-                except sqlite3.Error as exc:
-                    log.warning("store: checkpoint failed: %s", exc)
-            self._wake(batch)
+            if checkpoint:
+                problem = self._try_checkpoint()
+            self._wake(batch, problem)
         self.conn.close()
+
+    def _try_checkpoint(self) -> str | None:
+        """Checkpoint, outside any transaction; returns what went wrong, for the log. Past
+        `max_wal_bytes`, writes are refused until a checkpoint gets every frame of the WAL
+        into the database (the next commit then starts the WAL over): a reader holding an
+        old snapshot, or a failing disk, would otherwise grow it until the disk is full."""
+        try:
+            row = _checkpoint(self.conn)
+        except sqlite3.Error as exc:
+            wal = _file_size(self._wal_path)  # at least what is in use
+            problem = f"a checkpoint failed ({exc}); the WAL file is {wal / _MiB:.1f} MiB"
+        else:
+            if row is None or row[1] <= row[2]:
+                self.refusing = None
+                return None
+            wal = row[1] * self._frame_bytes
+            if wal <= self._max_wal_bytes // 2 or not self._max_wal_bytes:
+                # A reader in the middle of a query holds a checkpoint back for a moment;
+                # worth a line only once the WAL has grown.
+                self.refusing = None
+                return None
+            problem = (
+                f"a checkpoint cannot finish (a reader holds an old snapshot); the WAL holds"
+                f" {wal / _MiB:.1f} MiB"
+            )
+        if self._max_wal_bytes and wal > self._max_wal_bytes:
+            self.refusing = f"{problem}, over [store] max_wal_bytes ({self._max_wal_bytes} bytes)"
+            return self.refusing
+        self.refusing = None
+        return problem
 
     def _run_one(self, job: _Job) -> None:
         try:
             job.result = job.fn(self.conn)
         except Exception as exc:  # handed back to the awaiting task
-            job.error = exc
+            job.error = unavailable(exc) or exc
 
     def _run_batch(self, batch: list[_Job], wait: bool = True) -> None:
         started = time.perf_counter()
@@ -301,6 +383,10 @@ class _Worker:
                 if savepoints:
                     conn.execute("SAVEPOINT job")
                 self._run_one(job)
+                if isinstance(job.error, StoreUnavailable):
+                    # The disk, not the job: nothing of the batch can be committed (and
+                    # SQLite may have rolled the transaction back already).
+                    raise job.error
                 if job.error is not None:
                     if not savepoints:
                         conn.execute("ROLLBACK")
@@ -314,9 +400,37 @@ class _Worker:
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            failure = unavailable(exc)
             for job in batch:
-                job.result, job.error = None, StoreError(f"commit failed: {exc}")
+                job.result = None
+                if failure is not None:
+                    job.error = StoreUnavailable(failure.reason)
+                    job.error.__cause__ = failure.__cause__
+                else:
+                    job.error = StoreError(f"commit failed: {exc}")
         return True
+
+    def _outcome(self, jobs: Sequence[_Job]) -> None:
+        """In the trio thread: whether a batch could be done. While operations fail for
+        the machine's reasons, one warning an interval says why; the first success after
+        them says how many failed."""
+        failed = [job.error for job in jobs if isinstance(job.error, StoreUnavailable)]
+        self.outcome_at = self._clock()
+        if not failed:
+            if self.unavailable is not None:
+                self._failure_log.reset()
+                log.warning(
+                    "store: %s succeed again, after %d refused", self.kind, self._failed_ops
+                )
+                self.unavailable = None
+                self._failed_ops = 0
+            return
+        reason = failed[0].reason
+        self.unavailable = reason
+        self._failed_ops += len(failed)
+        self._failure_log.warning(
+            "store: %s refused (answered store_unavailable): %s", self.kind, reason
+        )
 
     def _run_hooks(self, batch: list[_Job]) -> None:
         # In the trio thread in commit order, before any waiting task resumes, so
@@ -330,13 +444,17 @@ class _Worker:
                     except Exception:
                         log.exception("store: commit hook failed")
 
-    def _wake(self, batch: list[_Job]) -> None:
+    def _wake(self, batch: list[_Job], checkpoint_problem: str | None = None) -> None:
         def wake() -> None:
             self._with_thread -= len(batch)
             self._thread_busy = self._clock()
-            ops = sum(job.fn is not _checkpoint for job in batch)
-            if self._transactional and ops:
-                self._committed(ops)
+            if checkpoint_problem is not None:
+                self._checkpoint_log.warning("store: %s", checkpoint_problem)
+            work = [job for job in batch if not job.checkpoint]
+            if self._transactional and work:
+                self._committed(work)
+            if work:
+                self._outcome(work)
             self._run_hooks(batch)
             # A caller's jobs may span this batch and the next: only the batch holding
             # the last of them wakes it (the thread works in order, so the rest are done).
@@ -382,11 +500,19 @@ class Store:
     """The async face of the database. Open it with `Store.open(path)` inside trio."""
 
     def __init__(
-        self, path: Path, batch_max: int = 512, clock: Callable[[], float] = trio.current_time
+        self,
+        path: Path,
+        batch_max: int = 512,
+        clock: Callable[[], float] = trio.current_time,
+        *,
+        max_wal_bytes: int = 1 << 30,
     ) -> None:
-        """`clock` times the event loop's own commits and the thread's idleness; tests
-        give it a fake one, so that a busy machine cannot make a commit slow."""
+        """`clock` times the event loop's own commits and the thread's idleness, and
+        spaces readiness probes and repeated log lines; tests give it a fake one, so that
+        a busy machine cannot make a commit slow. `max_wal_bytes` is the `[store]` key
+        of the same name."""
         self.path = path
+        self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
         if not schema.create_private(path):
             mode = os.stat(path).st_mode & 0o777
@@ -402,7 +528,9 @@ class Store:
             schema.migrate(boot)
         finally:
             boot.close()
-        self._writer = _Worker("chatd-store-writer", path, batch_max, True, clock)
+        self._writer = _Worker(
+            "chatd-store-writer", path, batch_max, True, clock, max_wal_bytes
+        )
         self._reader = _Worker("chatd-store-reader", path, 64, False, clock)
         self._writer.start()
         self._reader.start()
@@ -439,6 +567,24 @@ class Store:
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._reader.call(fn)
+
+    async def writable(self) -> str | None:
+        """None when the store can commit a write now, else why not (for /readyz). Proven
+        by committing the health row, at most once per `_PROBE_EVERY` seconds: within
+        that, the outcome of the last write anyone made answers, so a probe every second
+        under load costs no commit at all."""
+        writer = self._writer
+        if self._clock() - writer.outcome_at < _PROBE_EVERY:
+            return writer.unavailable
+        with trio.move_on_after(_PROBE_TIMEOUT):
+            try:
+                await self.write(functools.partial(queries.touch_health, at=time.time()))
+            except StoreUnavailable as exc:
+                return exc.reason
+            except StoreError as exc:  # closed, or a commit that failed otherwise
+                return str(exc)
+            return None
+        return f"no write was committed within {_PROBE_TIMEOUT:g} s"
 
     # --- rooms -----------------------------------------------------------------
 

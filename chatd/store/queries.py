@@ -184,3 +184,16 @@ def mark_read(
         (room_id, user_id, message_id, read_at),
     )
     return read_at
+
+
+# --- health ------------------------------------------------------------------------------
+
+
+def touch_health(conn: sqlite3.Connection, at: float) -> None:
+    """A write that changes a page, so its commit proves the file, its WAL and the disk
+    take one (a `SELECT 1` proved only that the writer thread answers)."""
+    conn.execute(
+        "INSERT INTO health(id, checked_at) VALUES (1, ?)"
+        " ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at",
+        (at,),
+    )

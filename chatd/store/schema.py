@@ -9,7 +9,7 @@ from pathlib import Path
 
 from chatd.store.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -59,6 +59,13 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TABLE stomp_revocations (
         user_id INTEGER PRIMARY KEY,
         revoked_at REAL NOT NULL
+    );
+    """,
+    # /readyz commits a write here to prove the store can take one (one row, rewritten).
+    3: """
+    CREATE TABLE health (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        checked_at REAL NOT NULL
     );
     """,
 }

@@ -31,6 +31,7 @@ from chatd.net.websocket import (
 from chatd.net.ws_transport import Upgrade, WebSocketTransport
 from chatd.service import ServiceError
 from chatd.state import ServerState
+from chatd.store import StoreUnavailable
 from chatd.ticketws.tickets import TicketError
 from chatd.validation import (
     InvalidMessage,
@@ -210,9 +211,13 @@ class ChatConnection:
         # message (and its id), in its place among the echoes of the batch.
         results = await self.state.service.store_admitted(self.user, admitted, self._retried)
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, StoreUnavailable):
+                # The disk, not the message: nothing of it was stored, and the same
+                # message may be sent again later. The store logged why.
+                self.reply(error_reply(result.code, result.message))
+            elif isinstance(result, BaseException):
                 # The others of the batch are stored and published; this connection
-                # ends with 1011, as any store failure on /chat does.
+                # ends with 1011, as any other store failure on /chat does.
                 raise result
 
     def _retried(self, msg: StoredMessage) -> None:
