@@ -323,7 +323,7 @@ def start_chatd(args: argparse.Namespace) -> Server:
     tmp = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
     cfg = {
         "http": {"listen": ["127.0.0.1:0"], "max_body_bytes": 16 * 1024 * 1024},
-        "store": {"path": str(tmp / "chatd.db")},
+        "store": {"path": str(tmp / "chatd.db"), "durability": args.durability},
         "chat": {
             # The benchmark is the only user: no rate limit worth the name, and outboxes
             # deep enough that a load generator a second behind is not cut off.
@@ -863,7 +863,8 @@ def params_of(args: argparse.Namespace) -> dict[str, Any]:
         "churn": ["concurrency", "duration"],
         "store": ["publishers", "window", "rate", "messages", "duration", "size"],
     }[args.scenario]  # fmt: skip
-    return {k: getattr(args, k) for k in keys} | {"workers": args.workers}
+    extra = {"durability": args.durability} if args.target == "chatd" else {}
+    return {k: getattr(args, k) for k in keys} | {"workers": args.workers} | extra
 
 
 # --- output --------------------------------------------------------------------------------
@@ -1294,6 +1295,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "WebSocket that stays silent for 60 s)",
     )
     p.add_argument("--outbox", type=int, default=65536, help="chatd [chat] outbox_messages")
+    p.add_argument(
+        "--durability",
+        choices=["normal", "full"],
+        default="normal",
+        help="chatd [store] durability (full: every commit fsynced before it is acknowledged)",
+    )
     # fan-out, rooms, history, store
     p.add_argument("--subscribers", type=int, default=100)
     p.add_argument("--rooms", type=int, default=100)

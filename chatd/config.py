@@ -53,6 +53,7 @@ class HttpConfig:
 class StoreConfig:
     path: str = "chatd.db"
     batch_max: int = _pos(512)
+    durability: str = _choice("normal", "normal", "full")
     max_wal_bytes: int = _pos(1024 * 1024 * 1024)
 
 

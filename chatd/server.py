@@ -96,6 +96,7 @@ _RESTART_ONLY = [
     ("http", "listen"),
     ("store", "path"),
     ("store", "batch_max"),
+    ("store", "durability"),
     ("store", "max_wal_bytes"),
     ("stomp", "websocket_listen"),
     ("stomp", "tcp_listen"),
@@ -234,7 +235,10 @@ async def serve(
     )
     try:
         store = Store(
-            resolve_store_path(cfg), cfg.store.batch_max, max_wal_bytes=cfg.store.max_wal_bytes
+            resolve_store_path(cfg),
+            cfg.store.batch_max,
+            durability=cfg.store.durability,
+            max_wal_bytes=cfg.store.max_wal_bytes,
         )
     except BaseException:
         bound.close()

@@ -483,6 +483,30 @@ async def test_fresh_file_gets_the_current_schema(tmp_path: Path) -> None:
     assert db_rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
+@pytest.mark.parametrize(
+    ("durability", "synchronous", "committed_in"),
+    [("normal", 1, "MainThread"), ("full", 2, "chatd-store-writer")],
+)
+async def test_durability_full_fsyncs_every_commit_and_never_in_the_loop(
+    tmp_path: Path, durability: str, synchronous: int, committed_in: str
+) -> None:
+    """`[store] durability = "full"`: synchronous=FULL fsyncs the WAL at each commit, so
+    an acknowledged message survives a power loss; that fsync must not block the event
+    loop, so even an idle store commits on the writer thread."""
+    with trio.fail_after(10):
+        s = Store(tmp_path / "d.db", clock=StoreClock(), durability=durability)
+        try:
+            threads: list[str] = []
+            s.set_commit_observer(lambda _s, _ops: threads.append(threading.current_thread().name))
+            results: list[Any] = []
+            await post(s, "idle", results)  # a fresh store is idle
+            assert threads == [committed_in]
+            got = await s.write(lambda c: c.execute("PRAGMA synchronous").fetchone())
+            assert got == (synchronous,)
+        finally:
+            await s.aclose()
+
+
 # --- file modes ---------------------------------------------------------------------------------
 
 

@@ -15,7 +15,8 @@ synchronous=NORMAL) takes tens of microseconds, less than handing it to the thre
 back. Whatever can wait on the disk stays on the thread: checkpoints (the only fsyncs)
 always run there, a write lock held by another process is waited for there, and a commit
 in the loop that takes longer than `_INLINE_SLOW` sends every write to the thread for
-`_INLINE_BACKOFF` seconds.
+`_INLINE_BACKOFF` seconds. With `[store] durability = "full"` every commit fsyncs the WAL
+(synchronous=FULL), so none is ever made in the loop.
 
 An operational failure of the database (disk full, a read-only file, an I/O error) fails
 the whole batch with `StoreUnavailable`, which every protocol answers as a documented
@@ -121,9 +122,10 @@ class _Worker:
         batch_max: int,
         transactional: bool,
         clock: Callable[[], float],
+        durability: str = "normal",
         max_wal_bytes: int = 0,
     ) -> None:
-        self.conn = schema.connect(path)
+        self.conn = schema.connect(path, durability)
         self.kind = "writes" if transactional else "reads"
         self._wal_path = f"{path}-wal"
         self._max_wal_bytes = max_wal_bytes  # 0: no bound
@@ -149,8 +151,9 @@ class _Worker:
         self._closed = False
         self._with_thread = 0  # jobs handed to the thread and not yet back
         self._thread_busy = -math.inf  # when (`clock`) jobs last went to or came back
-        # From when (`clock`) an idle store may commit in the event loop.
-        self._inline_from = -math.inf if transactional else math.inf
+        # From when (`clock`) an idle store may commit in the event loop: never when each
+        # commit fsyncs, which must not block the loop.
+        self._inline_from = -math.inf if transactional and durability == "normal" else math.inf
         self._commits_unchecked = 0  # commits and operations since the last checkpoint
         self._ops_unchecked = 0
         self.inline_commits = 0
@@ -505,12 +508,13 @@ class Store:
         batch_max: int = 512,
         clock: Callable[[], float] = trio.current_time,
         *,
+        durability: str = "normal",
         max_wal_bytes: int = 1 << 30,
     ) -> None:
         """`clock` times the event loop's own commits and the thread's idleness, and
         spaces readiness probes and repeated log lines; tests give it a fake one, so that
-        a busy machine cannot make a commit slow. `max_wal_bytes` is the `[store]` key
-        of the same name."""
+        a busy machine cannot make a commit slow. `durability` and `max_wal_bytes` are
+        the `[store]` keys of the same names."""
         self.path = path
         self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -523,13 +527,13 @@ class Store:
                     path,
                     mode,
                 )
-        boot = schema.connect(path)
+        boot = schema.connect(path, durability)
         try:
             schema.migrate(boot)
         finally:
             boot.close()
         self._writer = _Worker(
-            "chatd-store-writer", path, batch_max, True, clock, max_wal_bytes
+            "chatd-store-writer", path, batch_max, True, clock, durability, max_wal_bytes
         )
         self._reader = _Worker("chatd-store-reader", path, 64, False, clock)
         self._writer.start()

@@ -11,6 +11,11 @@ from chatd.store.errors import StoreError
 
 SCHEMA_VERSION = 3
 
+# `[store] durability` as SQLite's synchronous setting. In WAL mode NORMAL fsyncs only at
+# checkpoints: a commit survives the process (kill -9) but not the machine losing power.
+# FULL fsyncs the WAL at every commit.
+SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE rooms (
@@ -83,12 +88,12 @@ def create_private(path: Path) -> bool:
     return True
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, durability: str = "normal") -> sqlite3.Connection:
     """A connection in autocommit mode (the store writes its own BEGIN and COMMIT), usable
     from the thread that is handed it."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[durability]}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
