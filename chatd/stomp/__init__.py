@@ -17,7 +17,7 @@ The conversation (``_conversation``) is the protocol's state machine on top of t
 codec: CONNECT, versions, heart-beats, receipts, transactions, in one table.
 
 The names chatd's STOMP speaks (versions, subprotocols, destination prefixes) live in
-``_names`` and are re-exported here.
+``_names`` and are re-exported here; ``_numbers`` reads every number on the wire.
 """
 
 from ._codec import FrameReader, FrameTemplate, FrameWriter
@@ -37,6 +37,8 @@ from ._conversation import (
     Subscribe,
     Take,
     Unsubscribe,
+    parse_heart_beat,
+    parse_prefetch_count,
 )
 from ._errors import LocalProtocolError, RemoteProtocolError, StompError
 from ._frames import (
@@ -68,6 +70,7 @@ from ._names import (
     room_destination,
     user_destination,
 )
+from ._numbers import parse_digits
 
 __all__ = [
     "ACK_MODES",
@@ -114,6 +117,9 @@ __all__ = [
     "Subscribe",
     "Take",
     "Unsubscribe",
+    "parse_digits",
+    "parse_heart_beat",
+    "parse_prefetch_count",
     "room_destination",
     "user_destination",
 ]

@@ -35,6 +35,7 @@ from ._frames import (
     HeartBeat,
 )
 from ._names import V10, V11, V12
+from ._numbers import parse_digits
 
 __all__ = ["FrameReader", "FrameTemplate", "FrameWriter"]
 
@@ -59,6 +60,8 @@ _ESCAPE_11: Final = str.maketrans({"\\": "\\\\", ":": "\\c", "\n": "\\n"})
 _ESCAPE_12: Final = str.maketrans({"\\": "\\\\", ":": "\\c", "\n": "\\n", "\r": "\\r"})
 
 _HEARTBEAT: Final = HeartBeat()
+# A content-length of 20 significant digits is already far beyond any frame size.
+_MAX_LENGTH_DIGITS: Final = 20
 
 # Reader states.
 _COMMAND: Final = 0
@@ -383,18 +386,15 @@ class FrameReader:
         self._content_length = None
         for name, value in headers:
             if name == "content-length":
-                if not (value.isascii() and value.isdigit()):
+                length = parse_digits(value, _MAX_LENGTH_DIGITS)
+                if length is None:
+                    if value.isdigit() and value.isascii():
+                        raise self._too_large()  # a number, far beyond any frame size
                     raise RemoteProtocolError(
                         "Invalid content-length",
                         "content-length must be a non-negative decimal integer, "
                         f"got {value[:40]!r}",
                     )
-                # Stripping zeros keeps int() clear of its 4300-digit limit;
-                # anything still long is far beyond any sane frame size.
-                digits = value.lstrip("0")
-                if len(digits) > 20:
-                    raise self._too_large()
-                length = int(digits or "0")
                 if self._frame_size + length > self.max_frame_size:
                     raise self._too_large()
                 self._content_length = length

@@ -36,6 +36,7 @@ from ._codec import FrameReader, FrameWriter
 from ._errors import LocalProtocolError, RemoteProtocolError, StompError
 from ._frames import CLIENT_COMMANDS, CLOSED, COMMANDS, NEED_DATA, Frame, HeartBeat, Sentinel
 from ._names import V10, V12, VERSIONS
+from ._numbers import parse_digits
 
 __all__ = [
     "ACK_MODES",
@@ -54,6 +55,7 @@ __all__ = [
     "Take",
     "Unsubscribe",
     "parse_heart_beat",
+    "parse_prefetch_count",
 ]
 
 SERVER_NAME: Final = "chatd/0.1"
@@ -61,9 +63,10 @@ ACK_MODES: Final = ("auto", "client", "client-individual")
 # RabbitMQ's limits: a client cannot park unbounded work in server memory.
 MAX_TRANSACTIONS: Final = 16
 MAX_TX_FRAMES: Final = 1024
-# A heart-beat interval in milliseconds: 18 digits is about 32 million years, and keeps
-# int() far from its 4300-digit limit.
+# A heart-beat interval in milliseconds: 18 digits is about 32 million years.
 _MAX_HEART_BEAT_DIGITS: Final = 18
+_MAX_PREFETCH_COUNT: Final = 65535
+_MAX_PREFETCH_DIGITS: Final = 5
 
 
 class State(enum.Enum):
@@ -220,17 +223,33 @@ _STRIPPED_AT_COMMIT: Final = ("transaction", "receipt")
 
 
 def parse_heart_beat(value: str | None) -> tuple[int, int]:
-    """The client's `heart-beat` header as (cx, cy) in ms; (0, 0) when absent."""
+    """The client's `heart-beat` header as (cx, cy) in ms; (0, 0) when absent. Spaces
+    around either number are tolerated (ASCII spaces and tabs: nothing else)."""
     if value is None:
         return 0, 0
-    parts = [p.strip() for p in value.split(",")]
-    if len(parts) != 2 or not all(
-        p.isascii() and p.isdigit() and len(p.lstrip("0")) <= _MAX_HEART_BEAT_DIGITS for p in parts
-    ):
+    cx, _, cy = value.partition(",")
+    x = parse_digits(cx.strip(" \t"), _MAX_HEART_BEAT_DIGITS)
+    y = parse_digits(cy.strip(" \t"), _MAX_HEART_BEAT_DIGITS)
+    if x is None or y is None:  # also for no comma (cy empty) or a second one (in cy)
         raise RemoteProtocolError(
             "Invalid heart-beat header", f"heart-beat must be 'cx,cy', got {value!r}"
         )
-    return int(parts[0]), int(parts[1])
+    return x, y
+
+
+def parse_prefetch_count(value: str | None) -> int:
+    """RabbitMQ's `prefetch-count` SUBSCRIBE header: how many unacknowledged messages a
+    subscription may hold; 0 (absent or empty) for no limit. AMQP carries it in 16 bits."""
+    if not value:
+        return 0
+    count = parse_digits(value, _MAX_PREFETCH_DIGITS)
+    if count is None or count > _MAX_PREFETCH_COUNT:
+        raise RemoteProtocolError(
+            "Bad prefetch-count",
+            f"prefetch-count must be a whole number from 0 to {_MAX_PREFETCH_COUNT}: "
+            f"{value[:40]!r}",
+        )
+    return count
 
 
 def negotiate_version(accept_version: str | None) -> str | None:

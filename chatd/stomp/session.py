@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import re
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
@@ -47,6 +46,8 @@ from chatd.stomp import (
     StompError,
     Subscribe,
     Unsubscribe,
+    parse_digits,
+    parse_prefetch_count,
 )
 from chatd.stomp.general_broker import BrokerError, Consumer
 from chatd.store import StoreUnavailable
@@ -56,7 +57,7 @@ log = logging.getLogger("chatd.stomp")
 
 CONNECT_TIMEOUT = 10.0
 
-_CHAT_DEST = re.compile(f"({re.escape(ROOM_PREFIX)}|{re.escape(USER_PREFIX)})([1-9][0-9]{{0,17}})")
+_MAX_ID_DIGITS = 18
 _message_ids = itertools.count(1)
 
 
@@ -104,16 +105,23 @@ class _ChatSend:
 
 
 def chat_destination(dest: str) -> tuple[str, int] | None:
-    """("room", id) or ("user", id) for a chat destination, None for any other."""
+    """("room", id) or ("user", id) for a chat destination, None for any other. An id is
+    written one way only: ASCII digits, no leading zero, at most 18 of them."""
     parsed = _parsed.get(dest)
     if parsed is not None:
         return parsed
-    m = _CHAT_DEST.fullmatch(dest)
-    if m is None:
+    if dest.startswith(ROOM_PREFIX):
+        kind, digits = "room", dest[len(ROOM_PREFIX) :]
+    elif dest.startswith(USER_PREFIX):
+        kind, digits = "user", dest[len(USER_PREFIX) :]
+    else:
+        return None
+    n = parse_digits(digits, _MAX_ID_DIGITS)
+    if not n or digits[0] == "0":
         return None
     if len(_parsed) >= _MAX_PARSED:
         _parsed.clear()
-    parsed = _parsed[dest] = ("room" if m.group(1) == ROOM_PREFIX else "user"), int(m.group(2))
+    parsed = _parsed[dest] = kind, n
     return parsed
 
 
@@ -495,13 +503,9 @@ class StompSession:
         broker = self.state.stomp_broker
         if broker is None or self.user is None:
             raise RemoteProtocolError("Bad destination", f"destination {dest!r} is not available")
-        raw = frame.get("prefetch-count") or "0"
-        if not raw.isdigit():
-            raise RemoteProtocolError(
-                "Bad prefetch-count", f"prefetch-count must be a whole number: {raw!r}"
-            )
+        prefetch = parse_prefetch_count(frame.get("prefetch-count"))
         try:
-            return broker.subscribe(self, sub_id, dest, ack, int(raw))
+            return broker.subscribe(self, sub_id, dest, ack, prefetch)
         except BrokerError as exc:
             raise RemoteProtocolError(exc.message, exc.detail) from None
 
