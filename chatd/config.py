@@ -98,6 +98,8 @@ class StompConfig:
     public_url: str = "ws://localhost:15674/ws"
     vhosts: list[str] = field(default_factory=list)
     max_frame_bytes: int = _pos(4 * 1024 * 1024)
+    max_connect_frame_bytes: int = _pos(8192)
+    max_unauthenticated_connections: int = _pos(1000)
     max_headers: int = _pos(100)
     max_header_bytes: int = _pos(8192)
     heartbeat_min_ms: int = _pos(1000)

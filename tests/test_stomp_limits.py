@@ -15,9 +15,12 @@ import trio.testing
 
 from .conftest import Server, StartServer
 from .stomp_client import (
+    Kind,
     assert_carries_on,
+    issue_login,
     make_room,
     open_stomp,
+    room_dest,
     stomp_user,
 )
 
@@ -34,6 +37,92 @@ async def until(condition: Callable[[], bool]) -> None:
 async def started(start_server: StartServer, **stomp: Any) -> tuple[Server, int]:
     server = await start_server(stomp=stomp)
     return server, await make_room(server, [1, 2], name="limits")
+
+
+# --- 1. before the login is accepted ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ws", "http"])
+async def test_a_frame_before_login_is_bounded_by_max_connect_frame_bytes(
+    start_server: StartServer, kind: Kind
+) -> None:
+    server, room = await started(start_server, max_connect_frame_bytes=1024, **BROKER)
+    with trio.fail_after(10):
+        async with stomp_user(server, 2, rooms=[room]) as bystander:
+            async with open_stomp(server, kind, binary=True) as c:
+                # A CONNECT that never ends (no blank line, no NUL), over the limit but
+                # within the WebSocket message limit (1024 + 1024).
+                await c.send_raw(b"CONNECT\naccept-version:1.2\nlogin:" + b"x" * 1500)
+                await c.expect_error(
+                    "Frame too large", "Frame exceeds the maximum frame size of 1024 bytes"
+                )
+            await assert_carries_on(server, room, bystander)
+
+
+@pytest.mark.parametrize("kind", ["ws", "http"])
+async def test_a_websocket_message_before_login_is_bounded_too(
+    start_server: StartServer, kind: Kind
+) -> None:
+    """The WebSocket layer holds a whole message before STOMP reads it: before login it
+    takes no more than the pre-login frame size plus 1024 bytes (close 1009)."""
+    server, room = await started(start_server, max_connect_frame_bytes=1024)
+    with trio.fail_after(10):
+        async with stomp_user(server, 2, rooms=[room]) as bystander:
+            async with open_stomp(server, kind, binary=True) as c:
+                await c.send_raw(b"CONNECT\naccept-version:1.2\nlogin:" + b"x" * 3000)
+                await c.expect_closed()
+                assert c.ws.closed is not None and c.ws.closed.code == 1009
+            await assert_carries_on(server, room, bystander, kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ws", "http"])
+async def test_after_login_frames_up_to_max_frame_bytes_pass(
+    start_server: StartServer, kind: Kind
+) -> None:
+    server, _ = await started(start_server, max_connect_frame_bytes=1024, **BROKER)
+    body = b"b" * 30000
+    with trio.fail_after(10):
+        async with stomp_user(server, 2, kind) as consumer, stomp_user(server, 1, kind) as c:
+            await consumer.subscribe("/queue/big", "q")
+            await c.publish("/queue/big", body)
+            frame = await consumer.next_frame()
+            assert frame.command == "MESSAGE" and frame.body == body
+
+
+async def test_a_connect_with_a_jwt_passcode_fits_the_default(start_server: StartServer) -> None:
+    server, room = await started(start_server)
+    # Claims make the token about 2 KB, as an identity provider's may be.
+    token = server.token(1, email="a" * 900 + "@example.org", profile_image="p" * 900)
+    assert len(token) > 2000
+    with trio.fail_after(10):
+        async with open_stomp(server, "ws") as c:
+            await c.connect("user1", token)
+            await c.subscribe(room_dest(room))
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ws"])
+async def test_connections_not_logged_in_are_bounded(start_server: StartServer, kind: Kind) -> None:
+    server, room = await started(start_server, max_unauthenticated_connections=2)
+    unconnected = server.state.unconnected
+    with trio.fail_after(10):
+        async with (
+            stomp_user(server, 2, rooms=[room]) as bystander,  # logged in: not counted
+            open_stomp(server, "tcp") as a,
+            open_stomp(server, "http") as b,
+        ):
+            await until(lambda: len(unconnected) == 2)
+            async with open_stomp(server, kind) as c:
+                await c.expect_error(
+                    "Too many connections",
+                    "node limit (2) of connections not yet logged in is reached; try again later",
+                )
+            # The two waiting ones were not disturbed: one logs in, and frees a place.
+            login, passcode = await issue_login(server, 1)
+            await a.connect(login, passcode)
+            assert len(unconnected) == 1
+            await assert_carries_on(server, room, bystander)
+            await b.connect(login, passcode)
+            await b.subscribe(room_dest(room))
 
 
 # --- 10. numbers in headers --------------------------------------------------------------------

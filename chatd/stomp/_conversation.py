@@ -4,7 +4,8 @@ Bytes in (:meth:`Conversation.receive_data`), events out (:meth:`Conversation.ne
 the rules STOMP itself makes are kept here, and what they mean for the chat is left to
 the caller (``chatd.stomp.session``), which does the I/O, checks logins and routes.
 
-Kept here: CONNECT first and once, version negotiation (``accept-version``, 1.0 when
+Kept here: CONNECT first and once (and, until the login is accepted, frames of at most
+``max_connect_frame_size`` bytes), version negotiation (``accept-version``, 1.0 when
 absent, the highest version both speak), ``heart-beat`` parsing and negotiation, the
 virtual host, the headers each command needs in each version, subscription ids (unique,
 known to UNSUBSCRIBE), transactions (BEGIN/COMMIT/ABORT; frames in a transaction held
@@ -63,6 +64,10 @@ ACK_MODES: Final = ("auto", "client", "client-individual")
 # RabbitMQ's limits: a client cannot park unbounded work in server memory.
 MAX_TRANSACTIONS: Final = 16
 MAX_TX_FRAMES: Final = 1024
+# Until the login is accepted a frame may be no larger than this: a CONNECT needs a few
+# hundred bytes, or one to two KB with a JWT passcode (RabbitMQ allows 8 KB before
+# authentication for the same reason).
+MAX_CONNECT_FRAME_SIZE: Final = 8192
 # A heart-beat interval in milliseconds: 18 digits is about 32 million years.
 _MAX_HEART_BEAT_DIGITS: Final = 18
 _MAX_PREFETCH_COUNT: Final = 65535
@@ -286,6 +291,7 @@ class Conversation:
         "heartbeat_min_ms",
         "max_transactions",
         "max_tx_frames",
+        "_max_frame_size",
         "_table",
         "_subscriptions",
         "_transactions",
@@ -298,6 +304,7 @@ class Conversation:
         self,
         *,
         max_frame_size: int = 4 * 1024 * 1024,
+        max_connect_frame_size: int = MAX_CONNECT_FRAME_SIZE,
         max_headers: int = 100,
         max_header_length: int = 8192,
         vhosts: Collection[str] = (),
@@ -308,8 +315,11 @@ class Conversation:
         self.state = State.AWAIT_CONNECT
         self.version = V10  # until CONNECTED says otherwise
         self.heart_beat = (0, 0)  # agreed (sx, sy), ms
+        # Anyone can open a connection: until accept(), a frame is bounded by the small
+        # limit, so an anonymous peer cannot make the server hold megabytes.
+        self._max_frame_size = max_frame_size
         self.reader = FrameReader(
-            max_frame_size=max_frame_size,
+            max_frame_size=min(max_connect_frame_size, max_frame_size),
             max_headers=max_headers,
             max_header_length=max_header_length,
         )
@@ -396,7 +406,7 @@ class Conversation:
 
     def accept(self, session_id: str) -> bytes:
         """The login of the ConnectRequest is good: the CONNECTED frame to send. From now
-        on, frames are read and written in the agreed version."""
+        on, frames are read and written in the agreed version, up to the full frame size."""
         if self.state is not State.LOGIN:
             raise LocalProtocolError("Not expecting a login", f"accept() in state {self.state!r}")
         sx, sy = self.heart_beat
@@ -412,6 +422,7 @@ class Conversation:
             )
         )
         self.reader.version = self.version
+        self.reader.max_frame_size = self._max_frame_size
         self.writer.version = self.version
         self._enter(State.CONNECTED)
         return data

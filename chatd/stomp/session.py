@@ -68,6 +68,7 @@ class StompTransport(Protocol):
     def wire(self, frame: bytes, utf8: bool = False) -> bytes: ...
     async def receive(self) -> bytes | None: ...
     async def aclose(self) -> None: ...
+    def logged_in(self, max_frame_bytes: int) -> None: ...  # the login is accepted
 
 
 @dataclass(eq=False, slots=True)
@@ -163,6 +164,7 @@ class StompSession:
         self.kind = kind
         self.conv = Conversation(
             max_frame_size=cfg.max_frame_bytes,
+            max_connect_frame_size=cfg.max_connect_frame_bytes,
             max_headers=cfg.max_headers,
             max_header_length=cfg.max_header_bytes,
             vhosts=cfg.vhosts,
@@ -194,8 +196,20 @@ class StompSession:
     async def run(self) -> None:
         transport = self.transport
         try:
+            limit = self.state.cfg.stomp.max_unauthenticated_connections
+            if len(self.state.unconnected) > limit:
+                # Refused before a byte is read: what an anonymous crowd may hold is bounded
+                # by this count times the small pre-login frame size.
+                self._fail(
+                    RemoteProtocolError(
+                        "Too many connections",
+                        f"node limit ({limit}) of connections not yet logged in is reached;"
+                        " try again later",
+                    )
+                )
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop, nursery.cancel_scope)
+                if not self._finished:
+                    nursery.start_soon(self._read_loop, nursery.cancel_scope)
                 await self.out.run()
                 nursery.cancel_scope.cancel()
         finally:
@@ -434,6 +448,7 @@ class StompSession:
         self.user_id = user.id if user is not None else 0
         self.login = login
         self._emit(self.conv.accept(self.session_id))
+        self.transport.logged_in(cfg.max_frame_bytes)
         self.registered = True
         state.unconnected.discard(self)
         state.service.session_opened(self)

@@ -21,6 +21,9 @@ from chatd.stomp.session import StompSession, StompTransport
 log = logging.getLogger("chatd.stomp")
 
 _FORBIDDEN = b'{"error":"origin_not_allowed","message":"origin not allowed"}'
+# A WebSocket message may hold a little more than one STOMP frame (heart-beats, the start or
+# the end of another frame): its limit is the frame limit plus this.
+_MESSAGE_SLACK = 1024
 
 
 def choose_subprotocol(offered: list[str]) -> str | None:
@@ -51,13 +54,22 @@ class TcpTransport:
     async def aclose(self) -> None:
         await self.stream.aclose()
 
+    def logged_in(self, max_frame_bytes: int) -> None:
+        pass  # the frame reader alone bounds what a TCP peer sends
+
 
 class StompWebSocketTransport(WebSocketTransport):
     """STOMP is a byte stream: frames end with NUL, not with the WebSocket message. So a
     read returns every message already parsed, joined, and the session handles the SENDs
-    of a burst together."""
+    of a burst together.
+
+    The WebSocket parser buffers a whole message before STOMP sees any of it, so until
+    the login is accepted its limit is the small pre-login one too."""
 
     __slots__ = ()
+
+    def logged_in(self, max_frame_bytes: int) -> None:
+        self.parser.max_message = max_frame_bytes + _MESSAGE_SLACK
 
     async def receive(self) -> bytes | None:
         data = await super().receive()
@@ -92,7 +104,8 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.aclose()
         return
-    parser = ws.FrameParser(state.cfg.stomp.max_frame_bytes + 1024)
+    cfg = state.cfg.stomp
+    parser = ws.FrameParser(min(cfg.max_connect_frame_bytes, cfg.max_frame_bytes) + _MESSAGE_SLACK)
     parser.receive_data(leftover)
     del request, leftover
     transport = StompWebSocketTransport(stream, parser, state.cfg.chat.outbox_messages)
