@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,49 @@ class AuthError(ClientError):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a credential names, when it was issued, and until when it counts (Unix seconds:
+    a JWT's `exp` plus the leeway, an issued STOMP login's expiry). A session opened with
+    it ends at `valid_until`."""
+
+    user: User
+    issued_at: float | None  # a JWT's `iat`, which a token may lack
+    valid_until: float
+
+
+class Revocations:
+    """Per user, the moment before which their credentials no longer count. Two kinds:
+    the STOMP logins chatd issued (`POST /chat-ws/disconnect` revokes the caller's own),
+    and every credential of the user (an admin's `revokeTokens`: JWTs, JWT passcodes,
+    issued logins, and through them the tickets). The store keeps both (the revocations
+    table), so a revocation survives restarts as the credentials do."""
+
+    def __init__(self, rows: Mapping[int, tuple[float | None, float | None]] | None = None) -> None:
+        self._logins: dict[int, float] = {}
+        self._tokens: dict[int, float] = {}
+        for user_id, (logins, tokens) in (rows or {}).items():
+            if logins is not None:
+                self._logins[user_id] = logins
+            if tokens is not None:
+                self._tokens[user_id] = tokens
+
+    def revoke_logins(self, user_id: int, at: float) -> None:
+        self._logins[user_id] = max(at, self._logins.get(user_id, at))
+
+    def revoke_tokens(self, user_id: int, at: float) -> None:
+        self._tokens[user_id] = max(at, self._tokens.get(user_id, at))
+
+    def token_revoked(self, user_id: int, issued_at: float | None) -> bool:
+        """A JWT's: issued before its user's revocation, or with no `iat` to tell when."""
+        before = self._tokens.get(user_id)
+        return before is not None and (issued_at is None or issued_at < before)
+
+    def login_revoked(self, user_id: int, issued_at: float) -> bool:
+        before = max(self._logins.get(user_id, 0.0), self._tokens.get(user_id, 0.0))
+        return issued_at < before
+
+
 def load_or_create_secret(path: Path) -> str:
     """The HS256 secret kept beside the database: created once, mode 0600."""
     try:
@@ -47,9 +92,14 @@ def secret_path_for(store_path: Path) -> Path:
 
 
 class Authenticator:
-    def __init__(self, cfg: AuthConfig, secret: str | None) -> None:
+    def __init__(
+        self, cfg: AuthConfig, secret: str | None, revocations: Revocations | None = None
+    ) -> None:
         self.cfg = cfg
         self.algorithms = list(cfg.algorithms)
+        # The server's one list, shared with the STOMP logins (ServerState hands it over,
+        # to a reloaded Authenticator as well).
+        self.revocations = revocations if revocations is not None else Revocations()
         if cfg.jwt_public_key_file:
             self._key: Any = Path(cfg.jwt_public_key_file).read_text(encoding="ascii")
             self._signing_key: str | None = None
@@ -60,6 +110,10 @@ class Authenticator:
             self._signing_key = secret
 
     def verify(self, token: str | None) -> User:
+        return self.identify(token).user
+
+    def identify(self, token: str | None) -> Identity:
+        """The token's user, `iat` and last valid moment; AuthError if it is refused."""
         if not token:
             raise AuthError("missing", "missing token")
         # pyjwt >= 2.10 refuses a non-string `sub`; issuers that put the numeric user id
@@ -93,7 +147,16 @@ class Authenticator:
             raise AuthError("bad_claims", f"token lacks the {exc.claim} claim") from None
         except jwt.PyJWTError:
             raise AuthError("malformed", "token is malformed") from None
-        return self.user_from_claims(claims)
+        user = self.user_from_claims(claims)
+        # pyjwt has read both as integers (exp is required, iat checked when present).
+        try:
+            exp = float(int(claims["exp"]))
+            issued_at = None if claims.get("iat") is None else float(int(claims["iat"]))
+        except (TypeError, ValueError, OverflowError):
+            raise AuthError("malformed", "token is malformed") from None
+        if self.revocations.token_revoked(user.id, issued_at):
+            raise AuthError("revoked", "token revoked")
+        return Identity(user, issued_at, exp + self.cfg.leeway_seconds)
 
     def user_from_claims(self, claims: dict[str, Any]) -> User:
         raw_id: Any = None

@@ -248,13 +248,14 @@ async def serve(
         state.stomp_logins = StompLogins(
             load_or_create_secret(stomp_key_path(resolve_store_path(cfg))).encode(),
             cfg.stomp.login_ttl_seconds,
-            revoked=store.load_revocations_sync(),
+            revocations=state.revocations,
         )
         running = Running(state, socket_activated=bool(activated))
         http_stop = trio.Event()
         listen_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(state.service.expire_typing)
+            nursery.start_soon(state.service.expiry.run)
             nursery.start_soon(_sweep_tickets, state)
             nursery.start_soon(_keepalive, state)
             nursery.start_soon(state.heartbeats.run)

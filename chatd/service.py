@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 
 import trio
 
 from chatd import events
+from chatd.auth import Revocations
 from chatd.broker import Broker
 from chatd.config import Config
+from chatd.expiry import Expiry
 from chatd.hub import Hub, Session
 from chatd.model import ClientError, Outgoing, StoredMessage, User
+from chatd.net.websocket import CLOSE_DISCONNECTED_BY_ADMIN, CLOSE_TOKEN_EXPIRED
 from chatd.ops.metrics import Metrics
 from chatd.ratelimit import RateLimiter
 from chatd.rooms import Room, Rooms
@@ -51,6 +55,9 @@ class ChatService:
         broker: Broker,
         metrics: Metrics,
         clock: Callable[[], float] = trio.current_time,
+        *,
+        revocations: Revocations | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -62,6 +69,10 @@ class ChatService:
         self._clock = clock
         self._typing: dict[tuple[int, int], float] = {}
         self._typing_wakeup = trio.Event()
+        self.revocations = revocations if revocations is not None else Revocations()
+        # Every session that has a deadline (its token's), on the wall clock: `run` it
+        # for the server's life.
+        self.expiry: Expiry[Session] = Expiry(self._expired, wall_clock)
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -220,11 +231,16 @@ class ChatService:
 
     # --- presence -------------------------------------------------------------------
 
-    def session_opened(self, session: Session) -> None:
+    def session_opened(self, session: Session, valid_until: float | None = None) -> None:
+        """`valid_until`: when the credential that opened the session stops counting (wall
+        clock); the session is closed then. None: never (an anonymous session)."""
+        if valid_until is not None:
+            self.expiry.add(session, valid_until)
         if self.hub.register(session):
             self._announce(session.user_id, "online")
 
     def session_closed(self, session: Session) -> None:
+        self.expiry.discard(session)
         if self.hub.unregister(session):
             for room_id in list(self.rooms.rooms_of(session.user_id)):
                 if self._typing.pop((room_id, session.user_id), None) is not None:
@@ -238,13 +254,36 @@ class ChatService:
         for room_id in list(self.rooms.rooms_of(user_id)):
             self.broker.publish_room(room_id, event)
 
-    def disconnect_user(self, user_id: int, protocol: str, code: int, reason: str) -> int:
+    def disconnect_user(self, user_id: int, protocol: str | None, code: int, reason: str) -> int:
+        """Close the user's sessions of `protocol` (None: of every protocol); how many."""
         n = 0
         for session in self.hub.sessions_of(user_id):
-            if session.protocol == protocol:
+            if protocol is None or session.protocol == protocol:
                 session.close(code, reason)
                 n += 1
         return n
+
+    async def throw_out(self, user_id: int, revoke_tokens: bool) -> int:
+        """An admin's: close every session of the user, on every protocol; with
+        `revoke_tokens`, refuse from now on every credential issued to them before now
+        (JWTs, JWT passcodes, issued STOMP logins, the tickets bought with them). The
+        revocation counts in memory before the sessions close, so no reconnect slips in
+        while the store writes it; a failed write is the caller's error to answer."""
+        if revoke_tokens:
+            at = self.expiry.clock()
+            self.revocations.revoke_tokens(user_id, at)
+        n = self.disconnect_user(
+            user_id, None, CLOSE_DISCONNECTED_BY_ADMIN, "disconnected by an administrator"
+        )
+        if revoke_tokens:
+            await self.store.revoke_tokens(user_id, at)
+        return n
+
+    def _expired(self, session: Session) -> None:
+        log.info(
+            "user %s: the token of a %s session expired, closing", session.user_id, session.protocol
+        )
+        session.close(CLOSE_TOKEN_EXPIRED, "token expired")
 
     # --- typing ---------------------------------------------------------------------
 

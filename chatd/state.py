@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from chatd.auth import Authenticator
+from chatd.auth import Authenticator, Revocations
 from chatd.broker import MemoryBroker
 from chatd.config import Config
 from chatd.hub import Hub
@@ -33,6 +33,9 @@ class ServerState:
     tickets: TicketBook
     metrics: Metrics
     stomp_logins: StompLogins | None = None
+    # The one list of revoked credentials, shared by the Authenticator, the STOMP logins
+    # and the service (and kept in the store).
+    revocations: Revocations = field(default_factory=Revocations)
     stomp_broker: GeneralBroker | None = None
     closing: trio.Event = field(default_factory=trio.Event)
     # STOMP connections that have not sent CONNECT yet: not in the hub, but shutdown
@@ -43,6 +46,7 @@ class ServerState:
 
     def apply_config(self, cfg: Config, auth: Authenticator) -> None:
         self.cfg = cfg
+        auth.revocations = self.revocations
         self.auth = auth
         self.service.reconfigure(cfg)
         self.tickets.ttl = cfg.auth.ticket_ttl_seconds
@@ -57,7 +61,10 @@ class ServerState:
         metrics = Metrics()
         store.set_commit_observer(metrics.observe_commit)
         store.set_hooks_scope(wire.corked)
-        service = ChatService(cfg, store, rooms, hub, MemoryBroker(hub), metrics)
+        revocations = auth.revocations = Revocations(store.load_revocations_sync())
+        service = ChatService(
+            cfg, store, rooms, hub, MemoryBroker(hub), metrics, revocations=revocations
+        )
         general = (
             GeneralBroker(cfg.stomp.broker_destinations, cfg.stomp.broker_queue_max_messages)
             if cfg.stomp.broker_enabled
@@ -66,4 +73,15 @@ class ServerState:
         tickets = TicketBook(
             cfg.auth.ticket_ttl_seconds, trio.current_time, cfg.auth.max_tickets_per_user
         )
-        return cls(cfg, auth, store, rooms, hub, service, tickets, metrics, stomp_broker=general)
+        return cls(
+            cfg,
+            auth,
+            store,
+            rooms,
+            hub,
+            service,
+            tickets,
+            metrics,
+            stomp_broker=general,
+            revocations=revocations,
+        )

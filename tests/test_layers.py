@@ -42,9 +42,9 @@ LAYERS: list[tuple[int, str, str, tuple[str, ...]]] = [
     (2, "state holders and byte plumbing", "each owns one resource (tokens, the database, "
      "membership, encoded events, a connection's bytes, a listener) and no chat rule",
      ("chatd.auth", "chatd.store", "chatd.store.*", "chatd.rooms", "chatd.events",
-      "chatd.ratelimit", "chatd.net.outbox", "chatd.net.wire", "chatd.net.ws_transport",
-      "chatd.net.handshake", "chatd.net.listeners", "chatd.net.asgi_server",
-      "chatd.stomp.heartbeats", "chatd.stomp.general_broker")),
+      "chatd.ratelimit", "chatd.expiry", "chatd.net.outbox", "chatd.net.wire",
+      "chatd.net.ws_transport", "chatd.net.handshake", "chatd.net.listeners",
+      "chatd.net.asgi_server", "chatd.stomp.heartbeats", "chatd.stomp.general_broker")),
     (3, "fan-out and credentials", "who is connected where, the broker seam over the hub, "
      "and the per-user tickets and STOMP logins the protocols redeem",
      ("chatd.hub", "chatd.broker", "chatd.ticketws.tickets", "chatd.stomp.logins")),

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint
+from quart import Blueprint, request
 
 from chatd.events import chat_shape
-from chatd.http.context import ApiError, admin, authenticate, int_arg, json_body, server_state
+from chatd.http.context import (
+    ApiError,
+    admin,
+    authenticate,
+    identify,
+    int_arg,
+    json_body,
+    server_state,
+)
 from chatd.ticketws.tickets import TooManyTickets
 from chatd.validation import MAX_ID, InvalidMessage, room_id_of
 
@@ -21,9 +29,10 @@ Json = dict[str, Any]
 @api.post("/chat/ticket")
 async def issue_ticket() -> Json:
     state = server_state()
-    user = authenticate()
+    # The ticket carries the token's expiry: the /chat session ends when the token would.
+    identity = identify()
     try:
-        ticket = state.tickets.issue(user)
+        ticket = state.tickets.issue(identity)
     except TooManyTickets:  # a 429 `too_many_tickets` once the app's handler has it
         state.metrics.tickets_rejected["too_many"] += 1
         raise
@@ -117,3 +126,17 @@ async def invite(room_id: int) -> Json:
     user_id = await _user_id_body()
     room = await server_state().service.invite(room_id, user_id)
     return {"roomId": room.id, "invited": user_id}
+
+
+@api.post("/admin/users/<int:user_id>/disconnect")
+async def disconnect_user(user_id: int) -> Json:
+    admin()
+    if not 0 < user_id <= MAX_ID:
+        raise ApiError(400, "bad_user_id", "userId must be a positive integer")
+    # The body is optional: an empty one closes the sessions and revokes nothing.
+    body = await json_body() if (await request.get_data()).strip() else {}
+    revoke = body.get("revokeTokens", False)
+    if not isinstance(revoke, bool):
+        raise ApiError(400, "bad_revoke_tokens", "revokeTokens must be true or false")
+    closed = await server_state().service.throw_out(user_id, revoke)
+    return {"userId": user_id, "closed": closed, "revoked": revoke}

@@ -112,5 +112,8 @@ async def disconnect() -> Json:
     user = authenticate()
     assert state.stomp_logins is not None
     await state.store.revoke_logins(user.id, state.stomp_logins.revoke(user.id))
-    n = state.service.disconnect_user(user.id, "stomp", CLOSE_NORMAL, "disconnected by request")
+    # Every session of the user ends, /chat ones too (with 1000): "disconnect" is the
+    # app's logout, and a /chat socket left open would keep receiving after it. The JWT
+    # itself stays good, so the app can connect again when it wants to.
+    n = state.service.disconnect_user(user.id, None, CLOSE_NORMAL, "disconnected by request")
     return {"status": "disconnected", "closedSessions": n}

@@ -13,7 +13,7 @@ from typing import Any, cast
 import orjson
 from quart import current_app, request
 
-from chatd.auth import AuthError
+from chatd.auth import AuthError, Identity
 from chatd.model import ClientError, User
 from chatd.state import ServerState
 from chatd.validation import id_of_digits
@@ -47,12 +47,17 @@ def bearer_token() -> str | None:
 def authenticate(allow_access_token: bool = True) -> User:
     """The caller, from `Authorization: Bearer` (or the `accessToken` header, which the
     ticket guide's clients send); 401 `unauthorized` otherwise."""
+    return identify(allow_access_token).user
+
+
+def identify(allow_access_token: bool = True) -> Identity:
+    """As `authenticate`, with the token's `iat` and expiry (a ticket carries them)."""
     state = server_state()
     token = bearer_token()
     if token is None and allow_access_token:
         token = request.headers.get("accessToken")
     try:
-        return state.auth.verify(token)
+        return state.auth.identify(token)
     except AuthError as exc:
         state.metrics.auth_failures[exc.reason] += 1
         # The reason only: the token itself never goes to the log.

@@ -32,6 +32,8 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TOKEN_EXPIRED = 4001  # the token that opened the session expired (plus leeway)
+CLOSE_DISCONNECTED_BY_ADMIN = 4003  # POST /admin/users/{id}/disconnect
 CLOSE_SLOW_CONSUMER = 4008  # the connection's outbox filled up
 
 MAX_HANDSHAKE = 16384

@@ -3,7 +3,9 @@
 A passcode is self-verifying: the user's identity and an expiry, signed with HMAC-SHA256
 under a server-held key. It needs no table, survives a restart (so stompjs's automatic
 reconnect keeps working), and is usable again until it expires. `/chat-ws/disconnect`
-revokes every passcode the user was issued before that moment.
+revokes every passcode the user was issued before that moment, and an admin's
+`revokeTokens` every credential of the user (`chatd.auth.Revocations`, the one list).
+A session opened with a passcode ends when the passcode expires.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from chatd.auth import Identity, Revocations
 from chatd.model import User
 
 LOGIN_PREFIX = "chatd-user-"
@@ -40,14 +43,14 @@ class StompLogins:
         key: bytes,
         ttl: float,
         clock: Callable[[], float] = time.time,
-        revoked: dict[int, float] | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self._key = key
         self.ttl = ttl
         self._clock = clock
         # Kept in the store too (see Store.revoke_logins): passcodes outlive restarts, so
         # a logout must as well.
-        self._revoked_before: dict[int, float] = dict(revoked or {})
+        self.revocations = revocations if revocations is not None else Revocations()
 
     def issue(self, user: User) -> tuple[str, str]:
         now = self._clock()
@@ -67,7 +70,7 @@ class StompLogins:
         sig = _b64(hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest())
         return f"{LOGIN_PREFIX}{user.id}", f"{body}.{sig}"
 
-    def check(self, login: str, passcode: str) -> User | None:
+    def check(self, login: str, passcode: str) -> Identity | None:
         body, dot, sig = passcode.partition(".")
         if not dot or not login.startswith(LOGIN_PREFIX):
             return None
@@ -82,11 +85,11 @@ class StompLogins:
         if not isinstance(uid, int) or login != f"{LOGIN_PREFIX}{uid}":
             return None
         now = self._clock()
-        if now >= claims.get("exp", 0):
+        exp = claims.get("exp", 0)
+        iat = claims.get("iat", 0)
+        if now >= exp or self.revocations.login_revoked(uid, iat):
             return None
-        if claims.get("iat", 0) < self._revoked_before.get(uid, 0):
-            return None
-        return User(
+        user = User(
             id=uid,
             username=claims.get("n") or f"user{uid}",
             profile_image=claims.get("p"),
@@ -94,7 +97,11 @@ class StompLogins:
             user_type=claims.get("t"),
             is_admin=bool(claims.get("a")),
         )
+        # chatd's own clock signed both times: no leeway for another's skew.
+        return Identity(user, iat, exp)
 
     def revoke(self, user_id: int) -> float:
-        at = self._revoked_before[user_id] = self._clock()
+        """Refuse every passcode issued to the user until now; returns that moment."""
+        at = self._clock()
+        self.revocations.revoke_logins(user_id, at)
         return at

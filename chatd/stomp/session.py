@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from chatd.auth import AuthError
+from chatd.auth import AuthError, Identity
 from chatd.model import Event, Outgoing, User
 from chatd.net import wire
 from chatd.net.websocket import CLOSE_SLOW_CONSUMER
@@ -437,7 +437,8 @@ class StompSession:
         cfg = state.cfg.stomp
         login = event.login
         passcode = event.passcode
-        user = self._authenticate(login, passcode)
+        identity = self._authenticate(login, passcode)
+        user = identity.user if identity is not None else None
         if user is None and not (cfg.allow_anonymous and login == "guest" and passcode == "guest"):
             state.metrics.auth_failures["stomp_login"] += 1
             raise RemoteProtocolError("Bad CONNECT", f"Access refused for user '{login}'")
@@ -451,21 +452,22 @@ class StompSession:
         self.transport.logged_in(cfg.max_frame_bytes)
         self.registered = True
         state.unconnected.discard(self)
-        state.service.session_opened(self)
+        # The session ends when its JWT or issued login expires (an anonymous one never).
+        state.service.session_opened(self, None if identity is None else identity.valid_until)
         if self.heart_out or self.heart_in:
             self._next_beat = trio.current_time() + self.heart_out / 2
             self._seen_writes = self.out.writes
             state.heartbeats.add(self)
 
-    def _authenticate(self, login: str, passcode: str) -> User | None:
+    def _authenticate(self, login: str, passcode: str) -> Identity | None:
         state = self.state
         if state.stomp_logins is not None:
-            user = state.stomp_logins.check(login, passcode)
-            if user is not None:
-                return user
+            identity = state.stomp_logins.check(login, passcode)
+            if identity is not None:
+                return identity
         if passcode.count(".") == 2:
             try:
-                return state.auth.verify(passcode)
+                return state.auth.identify(passcode)
             except AuthError as exc:
                 state.metrics.auth_failures[exc.reason] += 1
         return None

@@ -613,7 +613,7 @@ class Store:
     async def remove_member(self, room_id: int, user_id: int) -> bool:
         return await self.write(lambda conn: queries.remove_member(conn, room_id, user_id))
 
-    def load_revocations_sync(self) -> dict[int, float]:
+    def load_revocations_sync(self) -> dict[int, tuple[float | None, float | None]]:
         conn = schema.connect(self.path)
         try:
             return queries.load_revocations(conn)
@@ -622,6 +622,9 @@ class Store:
 
     async def revoke_logins(self, user_id: int, at: float) -> None:
         await self.write(lambda conn: queries.revoke_logins(conn, user_id, at))
+
+    async def revoke_tokens(self, user_id: int, at: float) -> None:
+        await self.write(lambda conn: queries.revoke_tokens(conn, user_id, at))
 
     async def add_invite(self, room_id: int, user_id: int) -> None:
         await self.write(lambda conn: queries.add_invite(conn, room_id, user_id))

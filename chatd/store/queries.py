@@ -81,18 +81,36 @@ def add_invite(conn: sqlite3.Connection, room_id: int, user_id: int) -> None:
     )
 
 
-# --- STOMP logins ------------------------------------------------------------------------
+# --- revocations ------------------------------------------------------------------------
 
 
-def load_revocations(conn: sqlite3.Connection) -> dict[int, float]:
-    return dict(conn.execute("SELECT user_id, revoked_at FROM stomp_revocations"))
+def load_revocations(conn: sqlite3.Connection) -> dict[int, tuple[float | None, float | None]]:
+    """By user: (issued STOMP logins revoked before, every token revoked before)."""
+    return {
+        user_id: (logins, tokens)
+        for user_id, logins, tokens in conn.execute(
+            "SELECT user_id, logins_before, tokens_before FROM revocations"
+        )
+    }
 
 
 def revoke_logins(conn: sqlite3.Connection, user_id: int, at: float) -> None:
     conn.execute(
-        "INSERT INTO stomp_revocations(user_id, revoked_at) VALUES (?, ?)"
-        " ON CONFLICT(user_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+        "INSERT INTO revocations(user_id, logins_before) VALUES (?, ?)"
+        " ON CONFLICT(user_id) DO UPDATE SET"
+        " logins_before = MAX(logins_before, excluded.logins_before)",
         (user_id, at),
+    )
+
+
+def revoke_tokens(conn: sqlite3.Connection, user_id: int, at: float) -> None:
+    """Every credential of the user from before `at`: the tokens, and the logins with them."""
+    conn.execute(
+        "INSERT INTO revocations(user_id, logins_before, tokens_before) VALUES (?, ?, ?)"
+        " ON CONFLICT(user_id) DO UPDATE SET"
+        " logins_before = MAX(logins_before, excluded.logins_before),"
+        " tokens_before = MAX(COALESCE(tokens_before, 0), excluded.tokens_before)",
+        (user_id, at, at),
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from chatd.store.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # `[store] durability` as SQLite's synchronous setting. In WAL mode NORMAL fsyncs only at
 # checkpoints: a commit survives the process (kill -9) but not the machine losing power.
@@ -72,6 +72,13 @@ _MIGRATIONS: dict[int, str] = {
         id INTEGER PRIMARY KEY CHECK (id = 1),
         checked_at REAL NOT NULL
     );
+    """,
+    # One revocation list per user for every kind of credential: the issued STOMP logins
+    # (the user's own logout) and, since an admin may revoke them, all the user's tokens.
+    4: """
+    ALTER TABLE stomp_revocations RENAME TO revocations;
+    ALTER TABLE revocations RENAME COLUMN revoked_at TO logins_before;
+    ALTER TABLE revocations ADD COLUMN tokens_before REAL;
     """,
 }
 

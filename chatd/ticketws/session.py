@@ -7,6 +7,8 @@ Close codes (documented in the README):
   1009 frame over twice [chat] max_frame_bytes (frames over the limit but within
        twice it get an error reply and the connection stays open)
   1011 unexpected server fault (the server carries on)
+  4001 the token the ticket was bought with expired (plus [auth] leeway_seconds)
+  4003 an admin ended the user's sessions (POST /admin/users/{id}/disconnect)
   4008 slow consumer: the connection's outbox filled up
 """
 
@@ -27,6 +29,7 @@ from chatd.net.websocket import (
     CLOSE_NORMAL,
     CLOSE_SERVER_ERROR,
     CLOSE_SLOW_CONSUMER,
+    CLOSE_TOKEN_EXPIRED,
 )
 from chatd.net.ws_transport import Upgrade, WebSocketTransport
 from chatd.service import ServiceError
@@ -274,10 +277,20 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
             await refuse(CLOSE_TICKET_MISSING, "since must be a non-negative integer")
             return
     try:
-        user = state.tickets.redeem(ticket)
+        identity = state.tickets.claim(ticket)
     except TicketError as exc:
         state.metrics.tickets_rejected[exc.reason] += 1
         await refuse(CLOSE_TICKET_INVALID, f"ticket {exc.reason}")
+        return
+    user = identity.user
+    # The token the ticket was bought with: revoked by an admin since (1003, as a ticket
+    # that is no longer good), or expired since (4001, as the session would have been).
+    if state.revocations.token_revoked(user.id, identity.issued_at):
+        state.metrics.tickets_rejected["revoked"] += 1
+        await refuse(CLOSE_TICKET_INVALID, "ticket revoked")
+        return
+    if identity.valid_until <= state.service.expiry.clock():
+        await refuse(CLOSE_TOKEN_EXPIRED, "token expired")
         return
 
     if since is not None:
@@ -287,7 +300,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         # live messages, so any message after it is replayed or heard live.
         since = min(since, newest)
     conn = ChatConnection(state, user, ws)
-    state.service.session_opened(conn)
+    state.service.session_opened(conn, identity.valid_until)
     try:
         await conn.run(since)
     except Exception:

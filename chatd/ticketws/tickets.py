@@ -1,11 +1,17 @@
-"""Single-use WebSocket tickets: short-lived, bound to a user, kept in memory only."""
+"""Single-use WebSocket tickets: short-lived, bound to a user, kept in memory only.
+
+A ticket carries the identity of the token it was traded for, with that token's `iat` and
+expiry: the `/chat` session it opens ends when the token would have, and an admin's
+revocation of the user's tokens refuses the tickets they bought too."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from chatd.auth import Identity
 from chatd.model import ClientError, User
 
 
@@ -23,8 +29,8 @@ class TooManyTickets(ClientError):
 
 @dataclass(slots=True)
 class _Ticket:
-    user: User
-    expires_at: float
+    identity: Identity
+    expires_at: float  # the ticket's own expiry, by the book's clock
     used: bool = False
 
 
@@ -43,17 +49,24 @@ class TicketBook:
     def __len__(self) -> int:
         return len(self._tickets)
 
-    def issue(self, user: User) -> str:
-        if self._per_user.get(user.id, 0) >= self.max_per_user:
+    def issue(self, user: User | Identity) -> str:
+        """A ticket for `user`; an Identity (the token's `iat` and expiry) rides along."""
+        identity = user if isinstance(user, Identity) else Identity(user, None, math.inf)
+        user_id = identity.user.id
+        if self._per_user.get(user_id, 0) >= self.max_per_user:
             self.sweep()
-            if self._per_user.get(user.id, 0) >= self.max_per_user:
-                raise TooManyTickets(user.id)
+            if self._per_user.get(user_id, 0) >= self.max_per_user:
+                raise TooManyTickets(user_id)
         ticket = str(uuid.uuid4())
-        self._tickets[ticket] = _Ticket(user, self._clock() + self.ttl)
-        self._per_user[user.id] = self._per_user.get(user.id, 0) + 1
+        self._tickets[ticket] = _Ticket(identity, self._clock() + self.ttl)
+        self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         return ticket
 
     def redeem(self, ticket: str) -> User:
+        return self.claim(ticket).user
+
+    def claim(self, ticket: str) -> Identity:
+        """Use the ticket: the identity it was issued for, or TicketError."""
         entry = self._tickets.get(ticket)
         if entry is None:
             raise TicketError("unknown")
@@ -63,8 +76,8 @@ class TicketBook:
             self._drop(ticket, entry)
             raise TicketError("expired")
         entry.used = True
-        self._release(entry.user.id)
-        return entry.user
+        self._release(entry.identity.user.id)
+        return entry.identity
 
     def sweep(self) -> int:
         now = self._clock()
@@ -76,7 +89,7 @@ class TicketBook:
     def _drop(self, ticket: str, entry: _Ticket) -> None:
         del self._tickets[ticket]
         if not entry.used:
-            self._release(entry.user.id)
+            self._release(entry.identity.user.id)
 
     def _release(self, user_id: int) -> None:
         left = self._per_user[user_id] - 1
