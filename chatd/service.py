@@ -45,6 +45,12 @@ class RateLimited(ServiceError):
     status = 429
 
 
+def hidden_room(room_id: int) -> NotFound:
+    """The one answer to a room that does not exist and to one the caller may not see, so
+    that room ids cannot be enumerated (admin routes still tell the two apart)."""
+    return NotFound("unknown_room", f"room {room_id} does not exist or you are not a member")
+
+
 class ChatService:
     def __init__(
         self,
@@ -83,10 +89,8 @@ class ChatService:
 
     def room_for_member(self, user: User, room_id: int) -> Room:
         room = self.rooms.get(room_id)
-        if room is None:
-            raise NotFound("unknown_room", f"room {room_id} does not exist")
-        if user.id not in room.members:
-            raise Forbidden("not_member", f"you are not a member of room {room_id}")
+        if room is None or user.id not in room.members:
+            raise hidden_room(room_id)
         return room
 
     def check_rate(self, user: User, route: str) -> None:
@@ -217,11 +221,13 @@ class ChatService:
         return room
 
     async def join(self, user: User, room_id: int) -> Room:
-        room = self._room(room_id)
-        if user.id in room.members:
+        room = self.rooms.get(room_id)
+        if room is not None and user.id in room.members:
             return room
-        if not self.rooms.may_join(room_id, user.id):
-            raise Forbidden("not_allowed", f"room {room_id} is private and you are not invited")
+        # A public room is anyone's to see and join; a private one is as unknown to those
+        # not invited as a room that does not exist.
+        if room is None or not self.rooms.may_join(room_id, user.id):
+            raise hidden_room(room_id)
         return await self.add_member(room_id, user.id)
 
     async def leave(self, user: User, room_id: int) -> Room:

@@ -326,7 +326,8 @@ BAD_FRAMES = [
     ('{"roomId": @room@, "content": "x", "clientMessageId": 5}', "bad_clientMessageId"),
     ('{"roomId": @room@, "content": "x", "messageType": "video"}', "bad_message_type"),
     ('{"roomId": 424242, "content": "x"}', "unknown_room"),
-    ('{"roomId": @other@, "content": "x"}', "not_member"),
+    # Not a member: answered as a room that does not exist (issue 12, point 15).
+    ('{"roomId": @other@, "content": "x"}', "unknown_room"),
 ]
 
 
@@ -657,7 +658,7 @@ async def test_membership_changes_apply_to_live_connections(server: Server) -> N
         async with chat(server, 1) as owner, chat(server, 2) as guest:
             await roundtrip(owner, room, "before joining")
             await send(guest, room, "not yet")
-            assert (await recv_error(guest))["code"] == "not_member"
+            assert (await recv_error(guest))["code"] == "unknown_room"
 
             assert (await add_member(server, room, 2))["members"] == [1, 2]
             joined = await roundtrip(owner, room, "welcome")
@@ -671,7 +672,7 @@ async def test_membership_changes_apply_to_live_connections(server: Server) -> N
             await assert_only(guest, both, owner, "marker")
             assert (await recv_message(owner))["content"] == "marker"
             await send(guest, room, "can I still post?")
-            assert (await recv_error(guest))["code"] == "not_member"
+            assert (await recv_error(guest))["code"] == "unknown_room"
             contents = [m["content"] for m in await history(server, 1, room)]
             assert contents == ["before joining", "welcome", "thanks", "after removal"]
 

@@ -144,16 +144,17 @@ async def test_read_bad_message_id_is_400(server: Server, message_id: Any) -> No
         assert_error(resp, 400, "bad_message_id")
 
 
-# --- 403 / 404 ---------------------------------------------------------------------------
+# --- 404 (a room one is not in, or none) -------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "path", ["/chat-ws/send-message", "/chat-ws/typing-start", "/chat-ws/typing-end"]
 )
-async def test_non_member_is_403_and_unknown_room_404(server: Server, path: str) -> None:
+async def test_non_member_and_unknown_room_are_both_404(server: Server, path: str) -> None:
+    """A room one is not in answers as one that does not exist (issue 12, point 15)."""
     with trio.fail_after(10):
         room = await make_room(server, [2])
-        for room_id, status, code in [(room, 403, "not_member"), (UNKNOWN, 404, "unknown_room")]:
+        for room_id, status, code in [(room, 404, "unknown_room"), (UNKNOWN, 404, "unknown_room")]:
             body = {"roomId": room_id, "message": {"content": "hi"}}
             assert_error(await post_json(server, path, 1, body), status, code)
         assert await server.state.store.history(room, None, 10) == []
@@ -164,8 +165,8 @@ async def test_join_room_errors(server: Server) -> None:
         private = await make_room(server, [2], name="private")
         assert_error(
             await post_json(server, "/chat-ws/join-room", 1, {"roomId": private}),
-            403,
-            "not_allowed",
+            404,
+            "unknown_room",
         )
         assert_error(
             await post_json(server, "/chat-ws/join-room", 1, {"roomId": UNKNOWN}),
@@ -178,7 +179,7 @@ async def test_join_room_errors(server: Server) -> None:
 async def test_leave_room_errors(server: Server) -> None:
     with trio.fail_after(10):
         room = await make_room(server, [2])
-        assert_error(await post_json(server, f"/chat-ws/leave-room/{room}", 1), 403, "not_member")
+        assert_error(await post_json(server, f"/chat-ws/leave-room/{room}", 1), 404, "unknown_room")
         assert_error(
             await post_json(server, f"/chat-ws/leave-room/{UNKNOWN}", 1), 404, "unknown_room"
         )
@@ -197,7 +198,7 @@ async def test_read_errors(server: Server) -> None:
         for body, status, code in [
             ({"roomId": room, "messageId": mid}, 404, "unknown_message"),  # another room's
             ({"roomId": room, "messageId": mid + 100}, 404, "unknown_message"),
-            ({"roomId": theirs, "messageId": mid}, 403, "not_member"),
+            ({"roomId": theirs, "messageId": mid}, 404, "unknown_room"),
             ({"roomId": UNKNOWN, "messageId": mid}, 404, "unknown_room"),
         ]:
             assert_error(await post_json(server, "/chat-ws/read", 1, body), status, code)
@@ -450,8 +451,8 @@ async def test_join_room_public_and_invited(server: Server) -> None:
         assert (await post_json(server, f"/chat-ws/leave-room/{private}", 1)).status_code == 200
         assert_error(
             await post_json(server, "/chat-ws/join-room", 1, {"roomId": private}),
-            403,
-            "not_allowed",
+            404,
+            "unknown_room",
         )
 
 
@@ -465,8 +466,8 @@ async def test_leave_room_shape(server: Server) -> None:
             await post_json(
                 server, "/chat-ws/send-message", 1, {"roomId": room, "message": {"content": "x"}}
             ),
-            403,
-            "not_member",
+            404,
+            "unknown_room",
         )
         listed = (await post_json(server, "/chat-ws/connect", 1)).json()["subscriptions"]
         assert listed == []

@@ -374,10 +374,11 @@ async def test_history_is_for_members_only(server: Server) -> None:
         public = await create_room(server, [1], public=True)
         async with server.client() as http:
             h = {"accessToken": server.token(2)}
+            # Answered as a room that does not exist (issue 12, point 15).
             resp = await http.get(f"/chat/rooms/{room}/messages", headers=h)
-            assert_error(resp, 403, "not_member")
+            assert_error(resp, 404, "unknown_room")
             resp = await http.get(f"/chat/rooms/{public}/messages", headers=h)
-            assert_error(resp, 403, "not_member")
+            assert_error(resp, 404, "unknown_room")
             resp = await http.get("/chat/rooms/999/messages", headers=h)
             assert_error(resp, 404, "unknown_room")
             resp = await http.get(f"/chat/rooms/{room}/messages")

@@ -20,7 +20,7 @@ from chatd.hub import Hub
 from chatd.model import ClientError, Event, Outgoing, User
 from chatd.ops.metrics import Metrics
 from chatd.rooms import Rooms
-from chatd.service import ChatService, Forbidden, NotFound, RateLimited, ServiceError
+from chatd.service import ChatService, NotFound, RateLimited, ServiceError
 from chatd.store import Store
 from chatd.validation import InvalidMessage, chat_message, parse_json_object
 
@@ -184,8 +184,9 @@ async def test_a_batch_is_stored_and_published_in_order_and_a_retry_is_answered_
 @pytest.mark.parametrize(
     ("who", "where", "expected"),
     [
-        (CAROL, "room", (Forbidden, "not_member", 403)),
-        (BOB, "public", (Forbidden, "not_member", 403)),
+        # A room one is not in answers as one that does not exist (ids are not probed).
+        (CAROL, "room", (NotFound, "unknown_room", 404)),
+        (BOB, "public", (NotFound, "unknown_room", 404)),
         (ALICE, 999, (NotFound, "unknown_room", 404)),
     ],
 )
@@ -217,7 +218,7 @@ async def test_validation_then_post_the_way_the_protocols_do(w: World) -> None:
     assert await submit(b'{"roomId": "x", "content": "hi"}') != "ok"
     assert await submit(b"[1, 2]") != "ok"
     assert await submit(b'{"roomId": 999, "content": "hi"}') == "unknown_room"
-    assert await submit(b'{"roomId": %d, "content": "hi"}' % w.private) == "not_member"
+    assert await submit(b'{"roomId": %d, "content": "hi"}' % w.private) == "unknown_room"
     assert await w.stored(w.room) == ["fine"]
 
 
@@ -246,7 +247,7 @@ async def test_rate_limit_refuses_past_the_burst_until_tokens_come_back(tmp_path
 async def test_a_refused_post_for_membership_costs_no_token(tmp_path: Path) -> None:
     async with world(tmp_path, FakeTime(), rate_per_second=1.0, rate_burst=1) as w:
         for _ in range(5):
-            with pytest.raises(Forbidden):
+            with pytest.raises(NotFound):
                 await w.post(ALICE, w.private, "not mine")
         await w.post(ALICE, w.room, "still has its token")
         assert w.metrics.rate_limited["http"] == 0
@@ -298,7 +299,7 @@ async def test_mark_read_refusals(w: World) -> None:
     cases = [
         (BOB, w.room, elsewhere.id, (NotFound, "unknown_message", 404)),
         (BOB, w.room, 10**9, (NotFound, "unknown_message", 404)),
-        (CAROL, w.room, msg.id, (Forbidden, "not_member", 403)),
+        (CAROL, w.room, msg.id, (NotFound, "unknown_room", 404)),
         (BOB, 999, msg.id, (NotFound, "unknown_room", 404)),
     ]
     for user, room_id, message_id, expected in cases:
@@ -315,7 +316,7 @@ async def test_history_is_for_members_newest_first(w: World) -> None:
     assert [m.content for m in page] == ["m4", "m3", "m2"]
     older = await w.service.history(BOB, w.room, page[-1].id, 10)
     assert [m.content for m in older] == ["m1", "m0"]
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await w.service.history(CAROL, w.room, None, 10)
 
 
@@ -364,9 +365,9 @@ async def test_join_and_leave(w: World) -> None:
     w.broker.clear()
     await w.service.join(BOB, w.public)  # already in: nothing to say
     assert w.broker.published == []
-    with pytest.raises(Forbidden) as exc_info:
+    with pytest.raises(NotFound) as exc_info:
         await w.service.join(BOB, w.private)
-    assert refused(exc_info) == (Forbidden, "not_allowed", 403)
+    assert refused(exc_info) == (NotFound, "unknown_room", 404)
     await w.service.invite(w.private, BOB.id)
     assert w.broker.summary() == [("user", BOB.id, "room_invited")]
     await w.service.join(BOB, w.private)
@@ -375,7 +376,7 @@ async def test_join_and_leave(w: World) -> None:
         await w.service.join(BOB, 999)
     await w.service.leave(BOB, w.private)
     assert not w.rooms.is_member(w.private, BOB.id)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await w.service.leave(BOB, w.private)
 
 
@@ -440,7 +441,7 @@ async def test_typing_start_is_said_once_and_stop_once(w: World) -> None:
     w.service.typing(ALICE, w.room, False)
     w.service.typing(CAROL, w.private, False)  # was not typing
     assert typing_events(w) == [(w.room, 1, True), (w.room, 2, True), (w.room, 1, False)]
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         w.service.typing(CAROL, w.room, True)
     with pytest.raises(NotFound):
         w.service.typing(ALICE, 999, True)

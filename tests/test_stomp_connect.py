@@ -275,7 +275,11 @@ async def test_anonymous_guest_reads_public_rooms_only(start_server: StartServer
                     receipt_id="g",
                 )
             for dest, message, detail in [
-                (room_dest(private), "Access refused", f"you are not a member of room {private}"),
+                (
+                    room_dest(private),
+                    "Not found",
+                    f"room {private} does not exist or you are not a member",
+                ),
                 (user_dest(1), "Access refused", f"you may not read {user_dest(1)}"),
                 ("/topic/x", "Bad destination", "destination '/topic/x' is not available"),
             ]:

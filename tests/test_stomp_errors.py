@@ -341,16 +341,17 @@ def _sub(dest: str, sub_id: str | None = "s", **headers: str) -> Frame:
 TABLE: list[tuple[str, Rows, str, str]] = [
     # destinations
     (
+        # A room one is not in answers as one that does not exist (issue 12, point 15).
         "subscribe-not-a-member",
         lambda e: [_sub(room_dest(e.other))],
-        "Access refused",
-        "you are not a member of room {other}",
+        "Not found",
+        "room {other} does not exist or you are not a member",
     ),
     (
         "subscribe-unknown-room",
         lambda e: [_sub(room_dest(UNKNOWN_ROOM))],
         "Not found",
-        f"room {UNKNOWN_ROOM} does not exist",
+        f"room {UNKNOWN_ROOM} does not exist or you are not a member",
     ),
     (
         "subscribe-other-users-queue",
@@ -465,13 +466,13 @@ TABLE: list[tuple[str, Rows, str, str]] = [
         "send-not-a-member",
         lambda e: [_send(room_dest(e.other), b'{"content": "let me in"}')],
         "Bad SEND",
-        "not_member: you are not a member of room {other}",
+        "unknown_room: room {other} does not exist or you are not a member",
     ),
     (
         "send-unknown-room",
         lambda e: [_send(room_dest(UNKNOWN_ROOM), b'{"content": "hello?"}')],
         "Bad SEND",
-        f"unknown_room: room {UNKNOWN_ROOM} does not exist",
+        f"unknown_room: room {UNKNOWN_ROOM} does not exist or you are not a member",
     ),
     (
         "send-own-user-queue",
@@ -606,8 +607,8 @@ async def test_bad_frames_after_connect_over_websocket(env: Env, kind: Kind) -> 
             for dest, message, body in [
                 (
                     room_dest(env.other),
-                    "Access refused",
-                    f"you are not a member of room {env.other}",
+                    "Not found",
+                    f"room {env.other} does not exist or you are not a member",
                 ),
                 ("/queue/x", "Bad destination", "destination '/queue/x' is not available"),
             ]:

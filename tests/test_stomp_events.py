@@ -300,4 +300,4 @@ async def test_leaving_a_room_ends_the_live_subscription(server: Server, how: st
             assert (await recv_message(ticket_client))["content"] == "elsewhere"
             # Subscribing to the room again is refused now.
             await c.send_frame("SUBSCRIBE", {"destination": room_dest(room), "id": "again"})
-            await c.expect_error("Access refused", f"you are not a member of room {room}")
+            await c.expect_error("Not found", f"room {room} does not exist or you are not a member")

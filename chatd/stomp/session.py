@@ -61,6 +61,13 @@ _MAX_ID_DIGITS = 18
 _message_ids = itertools.count(1)
 
 
+def _hidden_room(room_id: int) -> RemoteProtocolError:
+    """One ERROR for a room that does not exist and one the session may not use, as the
+    other protocols answer both alike (chatd.service.hidden_room): ids cannot be probed."""
+    detail = f"room {room_id} does not exist or you are not a member"
+    return RemoteProtocolError("Not found", detail)
+
+
 class StompTransport(Protocol):
     out: WireWriter
     framing: str  # how `wire` wraps a frame: equal framings give equal bytes
@@ -485,13 +492,11 @@ class StompSession:
                 raise RemoteProtocolError("Access refused", f"you may not read {dest}")
             return f"user.{n}"
         room = self.state.rooms.get(n)
-        if room is None:
-            raise RemoteProtocolError("Not found", f"room {n} does not exist")
-        if self.user is not None and self.user.id in room.members:
+        if room is not None and self.user is not None and self.user.id in room.members:
             return f"room.{n}"
-        if self.user is None and room.public:
+        if room is not None and self.user is None and room.public:
             return f"room.{n}"
-        raise RemoteProtocolError("Access refused", f"you are not a member of room {n}")
+        raise _hidden_room(n)
 
     async def _subscribe(self, event: Subscribe) -> None:
         dest = event.destination

@@ -62,7 +62,7 @@ test('typing-start / typing-end reach subscribers as user_typing', TEST, async (
 
   // Only members may type in a room.
   const res = await http('/chat-ws/typing-start', { jwt: token(29), json: { roomId: room.id } });
-  assert.equal(res.status, 403);
+  assert.equal(res.status, 404);
   assert.equal(typeof res.body.error, 'string');
 });
 
@@ -107,7 +107,7 @@ test('POST /chat-ws/read reaches subscribers as message_read', TEST, async (t) =
   assert.equal(unknown.status, 404);
   assert.equal(typeof unknown.body.error, 'string');
   const outsider = await http('/chat-ws/read', { jwt: token(29), json: { roomId: room.id, messageId } });
-  assert.equal(outsider.status, 403);
+  assert.equal(outsider.status, 404);
   const bad = await http('/chat-ws/read', { jwt: token(20), json: { roomId: room.id } });
   assert.equal(bad.status, 400);
 });

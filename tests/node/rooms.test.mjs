@@ -54,13 +54,15 @@ test('join-room on a public room, then subscribe to result.subscription', TEST, 
   assert.equal(again.body.status, 'joined');
 });
 
-test('join-room on a private room is 403 JSON until the user is invited', TEST, async (t) => {
+test('join-room on a private room is 404 JSON until the user is invited', TEST, async (t) => {
   const room = await createRoom(unique('private'), { members: [30] });
   const user = await connectUser(t, 32);
   await subscribe(user, userDest(32));
 
   const refused = await http('/chat-ws/join-room', { jwt: token(32), json: { roomId: room.id } });
-  assert.equal(refused.status, 403);
+  // Answered as a room that does not exist: room ids cannot be probed.
+  assert.equal(refused.status, 404);
+  assert.equal(refused.body.error, 'unknown_room');
   assert.match(refused.headers.get('content-type'), /application\/json/);
   assert.equal(typeof refused.body.error, 'string');
   assert.equal(typeof refused.body.message, 'string');
@@ -131,5 +133,5 @@ test('leave-room ends STOMP and /chat delivery for that room', TEST, async (t) =
 
   // Leaving a room one is not in is an error a client can act on.
   const again = await http(`/chat-ws/leave-room/${room.id}`, { jwt: token(33) });
-  assert.equal(again.status, 403);
+  assert.equal(again.status, 404);
 });
