@@ -102,6 +102,7 @@ class StompConfig:
     max_unauthenticated_connections: int = _pos(1000)
     max_headers: int = _pos(100)
     max_header_bytes: int = _pos(8192)
+    max_subscriptions: int = _pos(256)
     heartbeat_min_ms: int = _pos(1000)
     heartbeat_tolerance: float = _pos(2.0)
     login_ttl_seconds: float = _pos(86400.0)

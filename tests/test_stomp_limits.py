@@ -17,6 +17,7 @@ from .conftest import Server, StartServer
 from .stomp_client import (
     Kind,
     assert_carries_on,
+    chatws_connect,
     issue_login,
     make_room,
     open_stomp,
@@ -123,6 +124,63 @@ async def test_connections_not_logged_in_are_bounded(start_server: StartServer, 
             await assert_carries_on(server, room, bystander)
             await b.connect(login, passcode)
             await b.subscribe(room_dest(room))
+
+
+# --- 5. subscriptions ------------------------------------------------------------------------
+
+
+async def test_the_same_destination_twice_on_one_connection_is_refused(
+    start_server: StartServer,
+) -> None:
+    server, room = await started(start_server)
+    dest = room_dest(room)
+    with trio.fail_after(10):
+        async with stomp_user(server, 2, rooms=[room]) as bystander:
+            async with stomp_user(server, 1, rooms=[room]) as c:
+                await c.send_frame("SUBSCRIBE", {"destination": dest, "id": "2", "receipt": "r"})
+                await c.expect_error(
+                    "Duplicate subscription",
+                    f"{dest} is already subscribed on this connection (id 'sub-room.{room}')",
+                    receipt_id="r",
+                )
+            await assert_carries_on(server, room, bystander)
+
+
+async def test_subscriptions_per_connection_count_chat_and_broker_alike(
+    start_server: StartServer,
+) -> None:
+    server, room = await started(start_server, max_subscriptions=3, **BROKER)
+    with trio.fail_after(10):
+        async with stomp_user(server, 2, rooms=[room]) as bystander:
+            async with stomp_user(server, 1, rooms=[room], user_queue=True) as c:
+                await c.subscribe("/topic/a", "a")
+                await c.send_frame("SUBSCRIBE", {"destination": "/topic/b", "id": "b"})
+                await c.expect_error(
+                    "Too many subscriptions",
+                    "reached maximum (3) of subscriptions per connection",
+                )
+            await assert_carries_on(server, room, bystander)
+
+
+async def test_what_chat_ws_connect_hands_out_always_fits(start_server: StartServer) -> None:
+    """A user in more rooms than max_subscriptions may still hold one subscription per
+    room and the user destination, and no more."""
+    server, _ = await started(start_server, max_subscriptions=2)
+    for i in range(4):
+        await make_room(server, [1], name=f"mine {i}")
+    elsewhere = await make_room(server, [2], name="not mine")
+    info = await chatws_connect(server, 1)
+    dests = [s["destination"] for s in info["subscriptions"]] + [info["userDestination"]]
+    assert len(dests) == 6  # the shared room, four more, the user destination
+    with trio.fail_after(10):
+        async with open_stomp(server) as c:
+            await c.connect(info["connectionInfo"]["username"], info["connectionInfo"]["password"])
+            for i, dest in enumerate(dests):
+                await c.subscribe(dest, f"s{i}")
+            await c.send_frame("SUBSCRIBE", {"destination": room_dest(elsewhere), "id": "x"})
+            await c.expect_error(
+                "Too many subscriptions", "reached maximum (6) of subscriptions per connection"
+            )
 
 
 # --- 10. numbers in headers --------------------------------------------------------------------

@@ -264,15 +264,22 @@ async def test_unsubscribe_stops_delivery(server: Server, kind: Kind) -> None:
             )
 
 
-async def test_two_subscriptions_to_one_room_each_get_a_copy(server: Server) -> None:
+async def test_a_room_is_subscribed_once_per_connection_and_gets_one_copy(
+    server: Server,
+) -> None:
+    """RabbitMQ would take a second subscription to the room and send two copies; chatd
+    refuses it (one connection must not multiply a room's messages), so one copy comes."""
     with trio.fail_after(10):
         room = await make_room(server, [1])
         async with stomp_user(server, 1) as c:
             await c.subscribe(room_dest(room), sub_id="a")
-            await c.subscribe(room_dest(room), sub_id="b")
-            frames = await c.publish(room_dest(room), {"content": "twice"})
-            assert sorted(f.get("subscription") for f in frames) == ["a", "b"]
-            assert len({f.body for f in frames}) == 1
+            frames = await c.publish(room_dest(room), {"content": "once"})
+            assert [f.get("subscription") for f in frames] == ["a"]
+            await c.send_frame("SUBSCRIBE", {"destination": room_dest(room), "id": "b"})
+            await c.expect_error(
+                "Duplicate subscription",
+                f"{room_dest(room)} is already subscribed on this connection (id 'a')",
+            )
 
 
 async def test_alike_subscriptions_share_a_frame_and_each_gets_its_own_headers(

@@ -7,9 +7,10 @@ the caller (``chatd.stomp.session``), which does the I/O, checks logins and rout
 Kept here: CONNECT first and once (and, until the login is accepted, frames of at most
 ``max_connect_frame_size`` bytes), version negotiation (``accept-version``, 1.0 when
 absent, the highest version both speak), ``heart-beat`` parsing and negotiation, the
-virtual host, the headers each command needs in each version, subscription ids (unique,
-known to UNSUBSCRIBE), transactions (BEGIN/COMMIT/ABORT; frames in a transaction held
-until COMMIT, dropped on ABORT), receipts, DISCONNECT, and the ERROR that ends it all.
+virtual host, the headers each command needs in each version, subscriptions (ids unique
+and known to UNSUBSCRIBE, each destination once, at most ``max_subscriptions``),
+transactions (BEGIN/COMMIT/ABORT; frames in a transaction held until COMMIT, dropped on
+ABORT), receipts, DISCONNECT, and the ERROR that ends it all.
 
 Every state and every frame's transition is in :data:`TRANSITIONS`::
 
@@ -68,6 +69,9 @@ MAX_TX_FRAMES: Final = 1024
 # hundred bytes, or one to two KB with a JWT passcode (RabbitMQ allows 8 KB before
 # authentication for the same reason).
 MAX_CONNECT_FRAME_SIZE: Final = 8192
+# Subscriptions one connection may hold; each destination at most once, so one message is
+# never delivered twice to a connection.
+MAX_SUBSCRIPTIONS: Final = 256
 # A heart-beat interval in milliseconds: 18 digits is about 32 million years.
 _MAX_HEART_BEAT_DIGITS: Final = 18
 _MAX_PREFETCH_COUNT: Final = 65535
@@ -291,9 +295,11 @@ class Conversation:
         "heartbeat_min_ms",
         "max_transactions",
         "max_tx_frames",
+        "max_subscriptions",
         "_max_frame_size",
         "_table",
         "_subscriptions",
+        "_destinations",
         "_transactions",
         "_released",
         "_blame",
@@ -311,6 +317,7 @@ class Conversation:
         heartbeat_min_ms: int = 1000,
         max_transactions: int = MAX_TRANSACTIONS,
         max_tx_frames: int = MAX_TX_FRAMES,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
     ) -> None:
         self.state = State.AWAIT_CONNECT
         self.version = V10  # until CONNECTED says otherwise
@@ -330,8 +337,10 @@ class Conversation:
         self.heartbeat_min_ms = heartbeat_min_ms
         self.max_transactions = max_transactions
         self.max_tx_frames = max_tx_frames
+        self.max_subscriptions = max_subscriptions
         self._table = _RUN[State.AWAIT_CONNECT]
-        self._subscriptions: set[str] = set()
+        self._subscriptions: dict[str, str] = {}  # id -> destination
+        self._destinations: dict[str, str] = {}  # destination -> id
         self._transactions: dict[str, list[Frame]] = {}
         # A COMMIT's frames, then its own receipt, waiting to come out of next_event().
         # Made on the first COMMIT: an empty deque is 760 bytes, on every connection.
@@ -464,9 +473,11 @@ class Conversation:
             return self.writer.send(Frame("ERROR", (("message", error.message),), body))
 
     def forget_subscription(self, sub_id: str) -> None:
-        """The server ended subscription `sub_id` (its user left the room): the id is free
-        again, and UNSUBSCRIBE no longer knows it."""
-        self._subscriptions.discard(sub_id)
+        """The server ended subscription `sub_id` (its user left the room): the id and its
+        destination are free again, and UNSUBSCRIBE no longer knows it."""
+        destination = self._subscriptions.pop(sub_id, None)
+        if destination is not None:
+            del self._destinations[destination]
 
     # --- handlers: one frame in, an event (or None) out -----------------------------
 
@@ -533,12 +544,27 @@ class Conversation:
             sub_id = destination
         if sub_id in self._subscriptions:
             raise self._refusal("Duplicate subscription", f"subscription id {sub_id!r} is in use")
+        # RabbitMQ takes a second subscription to one destination under another id, and
+        # then delivers every message once per subscription: one connection could turn a
+        # message into thousands of frames. chatd refuses to be that amplifier.
+        other = self._destinations.get(destination)
+        if other is not None:
+            raise self._refusal(
+                "Duplicate subscription",
+                f"{destination} is already subscribed on this connection (id {other!r})",
+            )
+        if len(self._subscriptions) >= self.max_subscriptions:
+            raise self._refusal(
+                "Too many subscriptions",
+                f"reached maximum ({self.max_subscriptions}) of subscriptions per connection",
+            )
         ack = frame.get("ack") or "auto"
         if ack not in ACK_MODES:
             raise self._refusal(
                 "Bad ack mode", f"ack must be auto, client or client-individual: {ack!r}"
             )
-        self._subscriptions.add(sub_id)
+        self._subscriptions[sub_id] = destination
+        self._destinations[destination] = sub_id
         return Subscribe(frame, sub_id, destination, ack, receipt, self._blame)
 
     def _unsubscribe(self, frame: Frame, receipt: str | None) -> Unsubscribe:
@@ -547,9 +573,10 @@ class Conversation:
             sub_id = frame.get("destination")
         if sub_id is None:
             raise self._refusal("Missing id", "UNSUBSCRIBE needs an id header")
-        if sub_id not in self._subscriptions:
+        destination = self._subscriptions.pop(sub_id, None)
+        if destination is None:
             raise self._refusal("Unknown subscription", f"no subscription with id {sub_id!r}")
-        self._subscriptions.discard(sub_id)
+        del self._destinations[destination]
         return Unsubscribe(sub_id, receipt, self._blame)
 
     def _ack(self, frame: Frame, receipt: str | None) -> Ack | Receipt | None:

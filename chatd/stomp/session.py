@@ -176,6 +176,7 @@ class StompSession:
             max_header_length=cfg.max_header_bytes,
             vhosts=cfg.vhosts,
             heartbeat_min_ms=cfg.heartbeat_min_ms,
+            max_subscriptions=cfg.max_subscriptions,
         )
         # The conversation's writer: it follows the agreed version. MESSAGE templates and
         # the general broker's deliveries are encoded with it.
@@ -455,6 +456,11 @@ class StompSession:
         self.user = user
         self.user_id = user.id if user is not None else 0
         self.login = login
+        if user is not None:
+            # What POST /chat-ws/connect hands out (each of the user's rooms, and the user
+            # destination) always fits, however many rooms that is.
+            rooms = len(state.rooms.rooms_of(user.id))
+            self.conv.max_subscriptions = max(cfg.max_subscriptions, rooms + 1)
         self._emit(self.conv.accept(self.session_id))
         self.transport.logged_in(cfg.max_frame_bytes)
         self.registered = True

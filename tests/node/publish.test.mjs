@@ -22,8 +22,10 @@ import {
 } from './helpers.mjs';
 
 let room;
+let other;
 before(async () => {
   room = await createRoom(unique('publish'), { members: [10, 11, 12, 14, 15] });
+  other = await createRoom(unique('publish other'), { members: [11, 14] });
 });
 
 test('client.publish reaches another stompjs subscriber as new_message', TEST, async (t) => {
@@ -137,7 +139,9 @@ test('unsubscribe() with a receipt ends delivery to that subscription', TEST, as
   const bob = await connectUser(t, 11);
   const gone = new Inbox('unsubscribed');
   const sub = await subscribe(bob, roomDest(room.id), gone);
-  await subscribe(bob, roomDest(room.id)); // a second subscription stays
+  // A subscription that stays, to another room: chatd takes one subscription per
+  // destination on a connection.
+  await subscribe(bob, roomDest(other.id));
 
   const id = unique('unsub');
   const done = receipt(bob, id);
@@ -146,17 +150,21 @@ test('unsubscribe() with a receipt ends delivery to that subscription', TEST, as
 
   const content = unique('after unsubscribe');
   await publish(alice, roomDest(room.id), { content, message_type: 'text' });
-  await bob.messages.waitFor(newMessage(content), 'message on the remaining subscription');
+  // Stored after it, so on bob's connection it would come after it.
+  const marker = unique('on the other room');
+  await publish(alice, roomDest(other.id), { content: marker, message_type: 'text' });
+  await bob.messages.waitFor(newMessage(marker), 'message on the remaining subscription');
   assert.equal(gone.find(newMessage(content)), undefined);
 });
 
 test('ack: client-individual and client subscriptions accept ACK and NACK', TEST, async (t) => {
   const alice = await connectUser(t, 14);
   const bob = await connectUser(t, 11);
+  const bob2 = await connectUser(t, 11); // one subscription per destination on a connection
   const individual = new Inbox('client-individual');
   const cumulative = new Inbox('client');
   await subscribe(bob, roomDest(room.id), individual, { ack: 'client-individual' });
-  await subscribe(bob, roomDest(room.id), cumulative, { ack: 'client' });
+  await subscribe(bob2, roomDest(room.id), cumulative, { ack: 'client' });
 
   const content = unique('to ack');
   await publish(alice, roomDest(room.id), { content, message_type: 'text' });
@@ -165,11 +173,12 @@ test('ack: client-individual and client subscriptions accept ACK and NACK', TEST
   assert.ok(a.headers.ack, 'a MESSAGE for an ack subscription carries an ack header');
   assert.ok(c.headers.ack);
   const ids = [unique('ack'), unique('nack')];
-  const done = Promise.all(ids.map((id) => receipt(bob, id)));
+  const done = Promise.all([receipt(bob, ids[0]), receipt(bob2, ids[1])]);
   a.message.ack({ receipt: ids[0] });
   c.message.nack({ receipt: ids[1] });
   await done;
   assert.equal(bob.client.connected, true);
+  assert.equal(bob2.client.connected, true);
 });
 
 test('transactions: a SEND in a transaction is posted at COMMIT, never after ABORT', TEST, async (t) => {

@@ -9,6 +9,8 @@ from chatd.stomp import (
     ConnectRequest,
     Conversation,
     Send,
+    Subscribe,
+    Unsubscribe,
 )
 
 from .test_conversation import (
@@ -66,3 +68,63 @@ def test_the_connect_limit_never_exceeds_the_frame_limit() -> None:
     conv = Conversation(max_frame_size=512, max_connect_frame_size=8192)
     error = refused(conv, b"CONNECT\nlogin:" + b"x" * 600 + b"\n\n\0")
     assert error.detail == "Frame exceeds the maximum frame size of 512 bytes"
+
+
+# --- subscriptions ---------------------------------------------------------------------------
+
+
+def sub(dest: str, sub_id: str, receipt: str | None = None) -> bytes:
+    headers = [("destination", dest), ("id", sub_id)]
+    if receipt is not None:
+        headers.append(("receipt", receipt))
+    return wire("SUBSCRIBE", *headers)
+
+
+def test_the_same_destination_twice_is_refused_whatever_the_id() -> None:
+    conv = connected()
+    ok(conv, sub("/topic/a", "s1"))
+    error = refused(conv, sub("/topic/a", "s2", receipt="r"))
+    assert (error.message, error.detail, error.headers) == (
+        "Duplicate subscription",
+        "/topic/a is already subscribed on this connection (id 's1')",
+        (("receipt-id", "r"),),
+    )
+
+
+def test_a_destination_is_free_again_after_unsubscribe_or_forget() -> None:
+    conv = connected()
+    ok(conv, sub("/topic/a", "s1") + sub("/topic/b", "s2"))
+    [unsub] = ok(conv, wire("UNSUBSCRIBE", ("id", "s1")))
+    assert isinstance(unsub, Unsubscribe)
+    conv.forget_subscription("s2")  # the server ended it (the user left the room)
+    events = ok(conv, sub("/topic/a", "s3") + sub("/topic/b", "s1"))
+    assert [(e.id, e.destination) for e in events if isinstance(e, Subscribe)] == [
+        ("s3", "/topic/a"),
+        ("s1", "/topic/b"),
+    ]
+
+
+def test_subscriptions_per_connection_are_bounded() -> None:
+    conv = connected(max_subscriptions=3)
+    assert len(ok(conv, b"".join(sub(f"/q/{i}", f"s{i}") for i in range(3)))) == 3
+    error = refused(conv, sub("/q/3", "s3", receipt="r"))
+    assert (error.message, error.detail, error.headers) == (
+        "Too many subscriptions",
+        "reached maximum (3) of subscriptions per connection",
+        (("receipt-id", "r"),),
+    )
+
+
+def test_an_unsubscribe_makes_room_under_the_bound() -> None:
+    conv = connected(max_subscriptions=2)
+    ok(conv, sub("/q/0", "a") + sub("/q/1", "b") + wire("UNSUBSCRIBE", ("id", "a")))
+    [event] = ok(conv, sub("/q/2", "c"))
+    assert isinstance(event, Subscribe)
+    assert refused(conv, sub("/q/3", "d")).message == "Too many subscriptions"
+
+
+def test_the_bound_can_be_raised_after_connect() -> None:
+    """The session raises it at CONNECT for a user in many rooms."""
+    conv = connected(max_subscriptions=1)
+    conv.max_subscriptions = 3
+    assert len(ok(conv, sub("/q/0", "a") + sub("/q/1", "b") + sub("/q/2", "c"))) == 3
