@@ -168,5 +168,7 @@ def test_close_codes_are_the_documented_numbers() -> None:
         "CLOSE_TOO_BIG": 1009,
         "CLOSE_SERVER_ERROR": 1011,
         "CLOSE_TRY_AGAIN_LATER": 1013,
+        "CLOSE_TOKEN_EXPIRED": 4001,
+        "CLOSE_DISCONNECTED_BY_ADMIN": 4003,
         "CLOSE_SLOW_CONSUMER": 4008,
     }
