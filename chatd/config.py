@@ -103,6 +103,8 @@ class StompConfig:
     max_headers: int = _pos(100)
     max_header_bytes: int = _pos(8192)
     max_subscriptions: int = _pos(256)
+    max_transaction_bytes: int = _pos(8 * 1024 * 1024)
+    transaction_timeout_seconds: float = _pos(60.0)
     heartbeat_min_ms: int = _pos(1000)
     heartbeat_tolerance: float = _pos(2.0)
     login_ttl_seconds: float = _pos(86400.0)

@@ -13,6 +13,8 @@ import pytest
 import trio
 import trio.testing
 
+from chatd import config as config_mod
+
 from .conftest import Server, StartServer
 from .stomp_client import (
     Kind,
@@ -183,6 +185,58 @@ async def test_what_chat_ws_connect_hands_out_always_fits(start_server: StartSer
             )
 
 
+# --- 3. transactions -------------------------------------------------------------------------
+
+
+async def test_a_transaction_is_bounded_in_bytes_when_each_send_arrives(
+    start_server: StartServer,
+) -> None:
+    server, room = await started(start_server, max_transaction_bytes=20000)
+    content = "x" * 3000
+    with trio.fail_after(10):
+        async with stomp_user(server, 2, rooms=[room]) as bystander:
+            async with stomp_user(server, 1) as c:
+                assert await c.request("BEGIN", {"transaction": "t"}) == []
+                for n in range(1, 20):
+                    headers = {"destination": room_dest(room), "transaction": "t"}
+                    body = b'{"content":"%s"}' % content.encode()
+                    await c.send_frame("SEND", {**headers, "receipt": f"s{n}"}, body)
+                    frame = await c.next_frame()
+                    if frame.command == "ERROR":
+                        break
+                    assert frame.command == "RECEIPT" and frame.get("receipt-id") == f"s{n}"
+                assert frame.command == "ERROR", "20 SENDs of 3 KB held in 20,000 bytes"
+                assert 4 <= n <= 7, n  # about 3,300 bytes each as held
+                assert frame.get("message") == "Transaction too large"
+                assert frame.get("receipt-id") == f"s{n}"
+                assert frame.body.decode().startswith(
+                    "the open transactions of a connection may hold at most 20000 bytes; "
+                    "SEND to transaction 't' would hold "
+                )
+                await c.expect_closed()
+            await assert_carries_on(server, room, bystander)
+    # Nothing of the transaction was stored.
+    stored = await server.state.store.history(room, None, 50)
+    assert [m.content.startswith("carry on") for m in stored] == [True]
+
+
+async def test_a_transaction_open_too_long_ends_the_session(start_server: StartServer) -> None:
+    server, room = await started(start_server, transaction_timeout_seconds=0.5)
+    with trio.fail_after(10):
+        async with stomp_user(server, 2, rooms=[room]) as bystander:
+            async with stomp_user(server, 1) as c:
+                assert await c.request("BEGIN", {"transaction": "slow"}) == []
+                tx = {"transaction": "slow"}
+                await c.publish(room_dest(room), {"content": "held"}, receipt=False, headers=tx)
+                # Whether the timer fires first or the SEND arrives late, the same ERROR.
+                await c.expect_error(
+                    "Transaction timed out", "transaction 'slow' was open longer than 0.5 seconds"
+                )
+            await assert_carries_on(server, room, bystander)
+    stored = await server.state.store.history(room, None, 50)
+    assert [m.content for m in stored if m.content == "held"] == []
+
+
 # --- 10. numbers in headers --------------------------------------------------------------------
 
 
@@ -247,3 +301,23 @@ async def test_a_bad_heart_beat_before_login_is_an_error_frame(
                     "Invalid heart-beat header", f"heart-beat must be 'cx,cy', got {value!r}"
                 )
             await assert_carries_on(server, room, bystander)
+
+
+# --- config: every limit is a key, validated ---------------------------------------------------
+
+LIMIT_KEYS = [
+    "max_connect_frame_bytes",
+    "max_unauthenticated_connections",
+    "max_subscriptions",
+    "max_transaction_bytes",
+    "transaction_timeout_seconds",
+]
+
+
+@pytest.mark.parametrize("key", LIMIT_KEYS)
+@pytest.mark.parametrize("value", [0, -1, "many"])
+def test_limits_are_validated_config_keys(key: str, value: object) -> None:
+    with pytest.raises(config_mod.ConfigError, match=f"stomp.{key}: expected"):
+        config_mod.from_mapping({"stomp": {key: value}}, env={})
+    env = {f"CHATD_STOMP_{key.upper()}": "7"}
+    assert getattr(config_mod.from_mapping({}, env=env).stomp, key) == 7

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
+import sys
+import time
 from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
 from ._codec import FrameReader, FrameWriter
@@ -65,6 +68,10 @@ ACK_MODES: Final = ("auto", "client", "client-individual")
 # RabbitMQ's limits: a client cannot park unbounded work in server memory.
 MAX_TRANSACTIONS: Final = 16
 MAX_TX_FRAMES: Final = 1024
+# What a connection's open transactions may hold in all, in bytes, and for how long one may
+# stay open (seconds): frames held until COMMIT are memory a client chooses to park.
+MAX_TX_BYTES: Final = 8 * 1024 * 1024
+TX_TIMEOUT: Final = 60.0
 # Until the login is accepted a frame may be no larger than this: a CONNECT needs a few
 # hundred bytes, or one to two KB with a JWT passcode (RabbitMQ allows 8 KB before
 # authentication for the same reason).
@@ -296,6 +303,11 @@ class Conversation:
         "max_transactions",
         "max_tx_frames",
         "max_subscriptions",
+        "max_tx_bytes",
+        "tx_timeout",
+        "transaction_deadline",
+        "_clock",
+        "_tx_bytes",
         "_max_frame_size",
         "_table",
         "_subscriptions",
@@ -318,6 +330,9 @@ class Conversation:
         max_transactions: int = MAX_TRANSACTIONS,
         max_tx_frames: int = MAX_TX_FRAMES,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        max_tx_bytes: int = MAX_TX_BYTES,
+        tx_timeout: float = TX_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = State.AWAIT_CONNECT
         self.version = V10  # until CONNECTED says otherwise
@@ -338,10 +353,20 @@ class Conversation:
         self.max_transactions = max_transactions
         self.max_tx_frames = max_tx_frames
         self.max_subscriptions = max_subscriptions
+        self.max_tx_bytes = max_tx_bytes
+        self.tx_timeout = tx_timeout
+        # Read at BEGIN and when a transaction is used or checked: the caller's clock (the
+        # session's is trio's, a test's a fake one).
+        self._clock = clock
+        self._tx_bytes = 0  # held by all open transactions together
+        # When the oldest open transaction times out, on the clock; inf when none is open.
+        # The caller calls expired() then (or later). An attribute, not a property: the
+        # session reads it before every receive.
+        self.transaction_deadline = math.inf
         self._table = _RUN[State.AWAIT_CONNECT]
         self._subscriptions: dict[str, str] = {}  # id -> destination
         self._destinations: dict[str, str] = {}  # destination -> id
-        self._transactions: dict[str, list[Frame]] = {}
+        self._transactions: dict[str, _Transaction] = {}
         # A COMMIT's frames, then its own receipt, waiting to come out of next_event().
         # Made on the first COMMIT: an empty deque is 760 bytes, on every connection.
         self._released: deque[tuple[Frame | None, str, str | None]] | None = None
@@ -472,6 +497,15 @@ class Conversation:
             # cannot carry: the ERROR still goes out, without it.
             return self.writer.send(Frame("ERROR", (("message", error.message),), body))
 
+    def expired(self) -> RemoteProtocolError | None:
+        """The ERROR owed for a transaction open longer than ``tx_timeout``, or None. A
+        frame for such a transaction, or its COMMIT, is refused the same way."""
+        now = self._clock()
+        for tx, held in self._transactions.items():
+            if now >= held.deadline:
+                return self._timed_out(tx, RemoteProtocolError)
+        return None
+
     def forget_subscription(self, sub_id: str) -> None:
         """The server ended subscription `sub_id` (its user left the room): the id and its
         destination are free again, and UNSUBSCRIBE no longer knows it."""
@@ -512,16 +546,26 @@ class Conversation:
         held = self._transactions.get(tx)
         if held is None:
             raise self._refusal("Bad transaction", f"transaction {tx!r} was not begun")
-        if len(held) >= self.max_tx_frames:
+        if self._clock() >= held.deadline:
+            raise self._timed_out(tx, self._refusal)
+        if len(held.frames) >= self.max_tx_frames:
             raise self._refusal("Transaction too large", f"at most {self.max_tx_frames} frames")
         # Checked when released, as if sent then: a bad frame fails its COMMIT.
-        held.append(
-            Frame(
-                frame.command,
-                tuple(h for h in frame.headers if h[0] not in _STRIPPED_AT_COMMIT),
-                frame.body,
-            )
+        kept = Frame(
+            frame.command,
+            tuple(h for h in frame.headers if h[0] not in _STRIPPED_AT_COMMIT),
+            frame.body,
         )
+        size = _held_size(kept)
+        if self._tx_bytes + size > self.max_tx_bytes:
+            raise self._refusal(
+                "Transaction too large",
+                f"the open transactions of a connection may hold at most {self.max_tx_bytes} "
+                f"bytes; {frame.command} to transaction {tx!r} would hold {size} more",
+            )
+        held.frames.append(kept)
+        held.size += size
+        self._tx_bytes += size
         return None if receipt is None else Receipt(receipt, receipt)
 
     def _send(self, frame: Frame, receipt: str | None) -> Send | Receipt | None:
@@ -612,16 +656,20 @@ class Conversation:
             raise self._refusal(
                 "Too many transactions", f"at most {self.max_transactions} open at once"
             )
-        self._transactions[tx] = []
+        deadline = self._clock() + self.tx_timeout
+        self._transactions[tx] = _Transaction(deadline)
+        self.transaction_deadline = min(self.transaction_deadline, deadline)
         return None if receipt is None else Receipt(receipt, receipt)
 
     def _commit(self, frame: Frame, receipt: str | None) -> None:
         tx, held = self._end_transaction(frame)
+        if self._clock() >= held.deadline:
+            raise self._timed_out(tx, self._refusal)
         # Its frames come out of next_event() one by one, each answered (or refused) in
         # turn, and the COMMIT's receipt last: it is owed only once all of them are done.
         if self._released is None:
             self._released = deque()
-        self._released.extend((f, tx, receipt) for f in held)
+        self._released.extend((f, tx, receipt) for f in held.frames)
         self._released.append((None, tx, receipt))
         return None
 
@@ -629,7 +677,7 @@ class Conversation:
         self._end_transaction(frame)
         return None if receipt is None else Receipt(receipt, receipt)
 
-    def _end_transaction(self, frame: Frame) -> tuple[str, list[Frame]]:
+    def _end_transaction(self, frame: Frame) -> tuple[str, _Transaction]:
         tx = frame.get("transaction")
         if not tx:
             raise self._refusal(
@@ -638,6 +686,10 @@ class Conversation:
         held = self._transactions.pop(tx, None)
         if held is None:
             raise self._refusal("Bad transaction", f"transaction {tx!r} was not begun")
+        self._tx_bytes -= held.size
+        self.transaction_deadline = min(
+            (t.deadline for t in self._transactions.values()), default=math.inf
+        )
         return tx, held
 
     def _disconnect(self, frame: Frame, receipt: str | None) -> Disconnect:
@@ -650,6 +702,14 @@ class Conversation:
             headers = (*headers, ("receipt-id", self._blame))
         return RemoteProtocolError(message, detail, headers)
 
+    def _timed_out(
+        self, tx: str, error: Callable[[str, str], RemoteProtocolError]
+    ) -> RemoteProtocolError:
+        return error(
+            "Transaction timed out",
+            f"transaction {tx!r} was open longer than {self.tx_timeout:g} seconds",
+        )
+
     def _enter(self, state: State) -> None:
         self.state = state
         self._table = _RUN.get(state, {})
@@ -658,6 +718,29 @@ class Conversation:
         return LocalProtocolError(
             "Not reading", f"the conversation reads no frames in state {self.state!r}"
         )
+
+
+@dataclass(slots=True)
+class _Transaction:
+    deadline: float  # on the conversation's clock
+    frames: list[Frame] = field(default_factory=list)
+    size: int = 0  # bytes, as _held_size counts them
+
+
+# What holding a frame costs beyond its strings and body: the Frame and its header tuple,
+# and each header's (name, value) tuple.
+_FRAME_COST: Final = 128
+_HEADER_COST: Final = 64
+
+
+def _held_size(frame: Frame) -> int:
+    """The bytes holding `frame` takes: its body and header strings as Python stores them
+    (a header of short ASCII strings costs far more than its bytes on the wire), and the
+    objects around them."""
+    size = _FRAME_COST + sys.getsizeof(frame.body)
+    for name, value in frame.headers:
+        size += _HEADER_COST + sys.getsizeof(name) + sys.getsizeof(value)
+    return size
 
 
 _Handler: TypeAlias = Callable[[Conversation, Frame, "str | None"], "ConversationEvent | None"]

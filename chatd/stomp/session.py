@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
@@ -177,6 +178,9 @@ class StompSession:
             vhosts=cfg.vhosts,
             heartbeat_min_ms=cfg.heartbeat_min_ms,
             max_subscriptions=cfg.max_subscriptions,
+            max_tx_bytes=cfg.max_transaction_bytes,
+            tx_timeout=cfg.transaction_timeout_seconds,
+            clock=trio.current_time,
         )
         # The conversation's writer: it follows the agreed version. MESSAGE templates and
         # the general broker's deliveries are encoded with it.
@@ -239,8 +243,22 @@ class StompSession:
                     await self.receive_data(data)
             if not self.registered and not self._finished:
                 self._fail(RemoteProtocolError("Timed out", "no CONNECT frame in time"))
+            conv = self.conv
             while not self._finished:
-                data = await receive()
+                deadline = conv.transaction_deadline
+                if deadline == math.inf:
+                    data = await receive()
+                else:
+                    # Only a connection with a transaction open pays for a timer, and only
+                    # while it is open: an idle one costs nothing.
+                    data = None
+                    with trio.move_on_at(deadline) as timer:
+                        data = await receive()
+                    if timer.cancelled_caught:
+                        error = conv.expired()
+                        if error is not None:
+                            self._fail(error)
+                        continue
                 if data is None:
                     break
                 self.last_recv = trio.current_time()

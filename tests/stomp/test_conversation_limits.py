@@ -5,10 +5,17 @@ clock passed in)."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from chatd.stomp import (
     ConnectRequest,
     Conversation,
+    Receipt,
+    RemoteProtocolError,
     Send,
+    State,
     Subscribe,
     Unsubscribe,
 )
@@ -16,6 +23,7 @@ from chatd.stomp import (
 from .test_conversation import (
     connect_frame,
     connected,
+    feed,
     ok,
     refused,
     wire,
@@ -128,3 +136,133 @@ def test_the_bound_can_be_raised_after_connect() -> None:
     conv = connected(max_subscriptions=1)
     conv.max_subscriptions = 3
     assert len(ok(conv, sub("/q/0", "a") + sub("/q/1", "b") + sub("/q/2", "c"))) == 3
+
+
+# --- transactions: bytes -------------------------------------------------------------------
+
+
+def tx_send(tx: str, body: bytes, receipt: str | None = None) -> bytes:
+    headers = [("destination", "/q"), ("transaction", tx)]
+    if receipt is not None:
+        headers.append(("receipt", receipt))
+    return wire("SEND", *headers, body=body)
+
+
+def test_a_send_past_the_transaction_bytes_is_refused_when_it_arrives() -> None:
+    conv = connected(max_tx_bytes=10_000)
+    ok(conv, wire("BEGIN", ("transaction", "t")) + tx_send("t", b"x" * 4000))
+    ok(conv, tx_send("t", b"x" * 4000))
+    # Refused at once, not at COMMIT: the frame is never held.
+    fed = feed(conv, tx_send("t", b"x" * 4000, receipt="third"))
+    assert fed.events == [] and fed.error is not None
+    assert fed.error.message == "Transaction too large"
+    assert fed.error.detail.startswith(
+        "the open transactions of a connection may hold at most 10000 bytes; "
+        "SEND to transaction 't' would hold "
+    )
+    assert fed.error.headers == (("receipt-id", "third"),)
+    assert conv.state is State.ERROR
+
+
+def test_the_bound_is_across_all_transactions_of_the_connection() -> None:
+    conv = connected(max_tx_bytes=10_000)
+    ok(conv, wire("BEGIN", ("transaction", "a")) + wire("BEGIN", ("transaction", "b")))
+    ok(conv, tx_send("a", b"x" * 4000) + tx_send("b", b"x" * 4000))
+    assert refused(conv, tx_send("a", b"x" * 1500)).message == "Transaction too large"
+
+
+def test_headers_count_too() -> None:
+    """A frame of many small headers costs far more memory than its bytes on the wire."""
+    conv = connected(max_tx_bytes=10_000)
+    headers = [(f"h{i}", "v") for i in range(30)]
+    frame = wire("SEND", ("destination", "/q"), ("transaction", "t"), *headers)
+    assert len(frame) < 400
+    ok(conv, wire("BEGIN", ("transaction", "t")) + frame)
+    assert refused(conv, frame).message == "Transaction too large"
+
+
+@pytest.mark.parametrize("end", ["COMMIT", "ABORT"])
+def test_commit_and_abort_give_the_bytes_back(end: str) -> None:
+    conv = connected(max_tx_bytes=10_000)
+    for _ in range(5):  # 5 x 6000 bytes through a bound of 10000
+        ok(conv, wire("BEGIN", ("transaction", "t")) + tx_send("t", b"x" * 6000))
+        ok(conv, wire(end, ("transaction", "t")))
+    assert conv.state is State.CONNECTED
+
+
+# --- transactions: time, on a fake clock ------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_transaction_open_too_long_is_expired_by_name() -> None:
+    clock = FakeClock()
+    conv = connected(tx_timeout=30.0, clock=clock)
+    assert conv.transaction_deadline == math.inf
+    assert conv.expired() is None
+    ok(conv, wire("BEGIN", ("transaction", "slow")))
+    assert conv.transaction_deadline == 1030.0
+    clock.now = 1029.999
+    assert conv.expired() is None
+    clock.now = 1030.0
+    error = conv.expired()
+    assert isinstance(error, RemoteProtocolError)
+    assert (error.message, error.detail) == (
+        "Transaction timed out",
+        "transaction 'slow' was open longer than 30 seconds",
+    )
+
+
+def test_the_deadline_is_the_oldest_open_transactions() -> None:
+    clock = FakeClock()
+    conv = connected(tx_timeout=30.0, clock=clock)
+    ok(conv, wire("BEGIN", ("transaction", "a")))
+    clock.now += 10
+    ok(conv, wire("BEGIN", ("transaction", "b")))
+    assert conv.transaction_deadline == 1030.0
+    ok(conv, wire("COMMIT", ("transaction", "a")))
+    assert conv.transaction_deadline == 1040.0
+    clock.now = 1035.0
+    assert conv.expired() is None
+    ok(conv, wire("ABORT", ("transaction", "b")))
+    assert conv.transaction_deadline == math.inf
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        wire("SEND", ("destination", "/q"), ("transaction", "t"), ("receipt", "late")),
+        wire("ACK", ("id", "m"), ("transaction", "t"), ("receipt", "late")),
+        wire("COMMIT", ("transaction", "t"), ("receipt", "late")),
+    ],
+    ids=["send", "ack", "commit"],
+)
+def test_a_late_frame_of_an_expired_transaction_is_refused(late: bytes) -> None:
+    """However late the caller's timer is, nothing of an expired transaction is acted on."""
+    clock = FakeClock()
+    conv = connected(tx_timeout=5.0, clock=clock)
+    ok(conv, wire("BEGIN", ("transaction", "t")) + tx_send("t", b"held"))
+    clock.now += 5.0
+    fed = feed(conv, late)
+    assert fed.events == [] and fed.error is not None
+    assert (fed.error.message, fed.error.detail, fed.error.headers) == (
+        "Transaction timed out",
+        "transaction 't' was open longer than 5 seconds",
+        (("receipt-id", "late"),),
+    )
+
+
+def test_a_transaction_committed_in_time_is_released() -> None:
+    clock = FakeClock()
+    conv = connected(tx_timeout=5.0, clock=clock)
+    ok(conv, wire("BEGIN", ("transaction", "t")) + tx_send("t", b"held"))
+    clock.now += 4.9
+    [send, done] = ok(conv, wire("COMMIT", ("transaction", "t"), ("receipt", "c")))
+    assert isinstance(send, Send) and send.frame.body == b"held"
+    assert done == Receipt("c", "c")
