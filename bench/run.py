@@ -323,7 +323,7 @@ def start_chatd(args: argparse.Namespace) -> Server:
     tmp = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
     cfg = {
         "http": {"listen": ["127.0.0.1:0"], "max_body_bytes": 16 * 1024 * 1024},
-        "store": {"path": str(tmp / "chatd.db"), "durability": args.durability},
+        "store": {"path": str(tmp / "chatd.db")},
         "chat": {
             # The benchmark is the only user: no rate limit worth the name, and outboxes
             # deep enough that a load generator a second behind is not cut off.
@@ -337,6 +337,9 @@ def start_chatd(args: argparse.Namespace) -> Server:
         "log": {"level": "info", "format": "json"},
         "server": {"shutdown_grace_seconds": 5.0},
     }
+    if args.durability is not None:
+        # Only when asked for: a --chatd-rev from before the key would refuse it.
+        cfg["store"]["durability"] = args.durability
     config_path = tmp / "chatd.toml"
     config_path.write_text(toml_writer.dumps(cfg), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
@@ -863,7 +866,7 @@ def params_of(args: argparse.Namespace) -> dict[str, Any]:
         "churn": ["concurrency", "duration"],
         "store": ["publishers", "window", "rate", "messages", "duration", "size"],
     }[args.scenario]  # fmt: skip
-    extra = {"durability": args.durability} if args.target == "chatd" else {}
+    extra = {"durability": args.durability or "default"} if args.target == "chatd" else {}
     return {k: getattr(args, k) for k in keys} | {"workers": args.workers} | extra
 
 
@@ -1298,8 +1301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--durability",
         choices=["normal", "full"],
-        default="normal",
-        help="chatd [store] durability (full: every commit fsynced before it is acknowledged)",
+        help="chatd [store] durability (full: every commit fsynced before it is acknowledged);"
+        " chatd's default when not given",
     )
     # fan-out, rooms, history, store
     p.add_argument("--subscribers", type=int, default=100)
