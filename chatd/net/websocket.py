@@ -61,11 +61,48 @@ class Request:
     subprotocols: tuple[str, ...]
 
 
+def field_tokens(value: str) -> set[str]:
+    """A header field that is a comma-separated list (Connection, Upgrade: RFC 9110
+    section 5.6.1) as its lower-cased tokens; an Upgrade token's `/version` is dropped."""
+    return {t.strip().lower().partition("/")[0] for t in value.split(",") if t.strip()}
+
+
+def asks_websocket(head: bytes) -> bool:
+    """Whether a GET request head (whole or cut short) has an Upgrade field that lists
+    websocket. The Connection field's `upgrade` token, the version and the key are
+    parse_request's to check, so that a handshake missing one gets the handshake's
+    answer (426, 400), not an HTTP one."""
+    if not head.startswith(b"GET "):
+        return False
+    end = head.find(b"\r\n\r\n")
+    for line in (head if end < 0 else head[:end]).split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if (
+            sep
+            and name.strip().lower() == b"upgrade"
+            and "websocket" in field_tokens(value.decode("latin-1"))
+        ):
+            return True
+    return False
+
+
+def two_framings(head: bytes) -> bool:
+    """Whether a request head has both a Content-Length and a Transfer-Encoding field: two
+    ways to say where the body ends, which a proxy in front and the server may read
+    differently (request smuggling)."""
+    end = head.find(b"\r\n\r\n")
+    lowered = (head if end < 0 else head[:end]).lower()
+    if b"transfer-encoding" not in lowered or b"content-length" not in lowered:
+        return False
+    names = {line.partition(b":")[0].strip() for line in lowered.split(b"\r\n")[1:]}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
 def parse_request(data: bytes) -> Request | None:
     """Parse a complete upgrade request; None while the blank line has not arrived."""
     end = data.find(b"\r\n\r\n")
-    if end < 0:
-        if len(data) > MAX_HANDSHAKE:
+    if end < 0 or end > MAX_HANDSHAKE:
+        if end >= 0 or len(data) > MAX_HANDSHAKE:
             raise HandshakeError(431, "request headers too large")
         return None
     try:
@@ -84,11 +121,14 @@ def parse_request(data: bytes) -> Request | None:
         key = name.lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    if "transfer-encoding" in headers and "content-length" in headers:
+        # Two framings at once: a proxy may read the one, the server the other.
+        raise HandshakeError(400, "Content-Length and Transfer-Encoding together")
     if method != "GET":
         raise HandshakeError(405, "WebSocket handshakes use GET")
-    upgrade = headers.get("upgrade", "").lower()
-    connection = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    if upgrade != "websocket" or "upgrade" not in connection:
+    upgrade = field_tokens(headers.get("upgrade", ""))
+    connection = field_tokens(headers.get("connection", ""))
+    if "websocket" not in upgrade or "upgrade" not in connection:
         raise HandshakeError(426, "this endpoint speaks WebSocket only")
     if headers.get("sec-websocket-version") != "13":
         raise HandshakeError(426, "WebSocket version 13 required")
@@ -183,92 +223,205 @@ class Close:
     reason: str
 
 
-class FrameParser:
-    """Client-to-server frames in, whole messages and control frames out."""
+def close_code_allowed(code: int) -> bool:
+    """Whether a peer may send `code` in a close frame (RFC 6455 section 7.4 and the IANA
+    registry): the defined codes but 1004 (reserved) and 1005, 1006 and 1015 (never on
+    the wire), the registered 1012-1014, and 3000-4999 (libraries and applications)."""
+    if 3000 <= code <= 4999:
+        return True
+    return 1000 <= code <= 1014 and code not in (1004, 1005, 1006)
 
-    __slots__ = ("max_message", "_buf", "_parts", "_size", "_opcode")
+
+_CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
+_DATA = (OP_CONT, OP_TEXT, OP_BINARY)
+
+
+class FrameParser:
+    """Client-to-server frames in, whole messages and control frames out.
+
+    A frame is checked as soon as its bytes prove it wrong, in the order RFC 6455 lays a
+    frame out (and wsproto checks it: tests/test_wsproto_lite.py holds the two side by
+    side): the header as its fields arrive, then a data frame's payload as it arrives,
+    part by part (its place in a fragmented message, then its UTF-8 if it is text), and a
+    control frame once whole. So a doomed message is never buffered to its end."""
+
+    __slots__ = (
+        "max_message",
+        "_buf",
+        "_parts",
+        "_size",
+        "_opcode",
+        "_decoder",
+        "_frame",
+        "_fin",
+        "_left",
+        "_mask",
+        "_seen",
+        "_error",
+    )
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
         self._buf = bytearray()
         self._parts: list[bytes] = []
         self._size = 0
-        self._opcode: int | None = None
+        self._opcode: int | None = None  # the data message being received, if any
+        self._decoder: codecs.IncrementalDecoder | None = None  # its UTF-8 check, once split
+        self._frame: int | None = None  # the opcode of the frame being received, if any
+        self._fin = False
+        self._left = 0  # its payload bytes still to come
+        self._mask = b""
+        self._seen = 0  # its payload bytes already taken
+        self._error: ProtocolError | None = None
 
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 
     def events(self) -> list[Message | Ping | Close]:
+        """What the bytes received so far hold. A protocol error is raised once the events
+        before it have been returned (the next call), and on every call after: a
+        message that came whole before the error is still the client's message."""
+        if self._error is not None:
+            raise self._error
         out: list[Message | Ping | Close] = []
         while True:
-            ev = self._next()
+            try:
+                ev = self._next()
+            except ProtocolError as exc:
+                self._error = exc
+                if out:
+                    return out
+                raise
             if ev is None:
                 return out
             if ev is not False:
                 out.append(ev)
 
-    def _next(self) -> Message | Ping | Close | None | Literal[False]:
+    def _header(self) -> bool:
+        """Take the next frame's header if it has all arrived; raise on the first field
+        that is wrong."""
         buf = self._buf
         if len(buf) < 2:
-            return None
+            return False
         b0, b1 = buf[0], buf[1]
         fin, rsv, opcode = b0 & 0x80, b0 & 0x70, b0 & 0x0F
-        masked, length = b1 & 0x80, b1 & 0x7F
-        if rsv:
-            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extensions agreed)")
-        if not masked:
-            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+        control = opcode in _CONTROL
+        if not control and opcode not in _DATA:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if control and not fin:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+        length = b1 & 0x7F
         pos = 2
+        if control and length > 125:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frame over 125 bytes")
         if length == 126:
             if len(buf) < 4:
-                return None
+                return False
             length = int.from_bytes(buf[2:4], "big")
             pos = 4
+            if length < 126:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "length not in its shortest form")
         elif length == 127:
             if len(buf) < 10:
-                return None
+                return False
             length = int.from_bytes(buf[2:10], "big")
             pos = 10
-        control = opcode >= 0x8
-        if control and (length > 125 or not fin):
-            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "bad control frame")
+            if length < 65536:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "length not in its shortest form")
+            if length >> 63:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "length with its top bit set")
+        if rsv:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extensions agreed)")
+        if not b1 & 0x80:
+            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
+        if len(buf) < pos + 4:
+            return False
         if not control and self._size + length > self.max_message:
             raise ProtocolError(CLOSE_TOO_BIG, f"message over {self.max_message} bytes")
-        if len(buf) < pos + 4 + length:
-            return None
-        mask = bytes(buf[pos : pos + 4])
-        payload = _unmask(bytes(buf[pos + 4 : pos + 4 + length]), mask)
-        del buf[: pos + 4 + length]
+        self._mask = bytes(buf[pos : pos + 4])
+        del buf[: pos + 4]
+        self._frame, self._fin, self._left, self._seen = opcode, bool(fin), length, 0
+        return True
 
-        if opcode == OP_PING:
-            return Ping(payload)
-        if opcode == OP_PONG:
-            return False
-        if opcode == OP_CLOSE:
-            if len(payload) == 1:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "bad close payload")
-            code = int.from_bytes(payload[:2], "big") if payload else CLOSE_NO_STATUS
-            return Close(code, payload[2:].decode("utf-8", "replace"))
-        if opcode == OP_CONT:
-            if self._opcode is None:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "continuation without a start")
-        elif opcode in (OP_TEXT, OP_BINARY):
-            if self._opcode is not None:
+    def _next(self) -> Message | Ping | Close | None | Literal[False]:
+        if self._frame is None and not self._header():
+            return None
+        opcode = self._frame
+        buf = self._buf
+        left = self._left
+        if opcode in _CONTROL:
+            if len(buf) < left:
+                return None
+            payload = _unmask(bytes(buf[:left]), self._mask)
+            del buf[:left]
+            self._frame = None
+            if opcode == OP_PING:
+                return Ping(payload)
+            if opcode == OP_PONG:
+                return False
+            return _close(payload)
+        if left and not buf:
+            return None
+        first = not self._seen
+        if first:
+            if opcode == OP_CONT:
+                if self._opcode is None:
+                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "continuation without a start")
+            elif self._opcode is not None:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
-            self._opcode = opcode
-        else:
-            raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-        self._parts.append(payload)
-        self._size += length
-        if not fin:
-            return False
-        data = b"".join(self._parts)
-        first = self._opcode
-        self._parts, self._size, self._opcode = [], 0, None
-        if first == OP_TEXT:
+            else:
+                self._opcode = opcode
+        take = min(left, len(buf))
+        mask = self._mask
+        if self._seen & 3:
+            turn = self._seen & 3
+            mask = mask[turn:] + mask[:turn]
+        payload = _unmask(bytes(buf[:take]), mask)
+        del buf[:take]
+        self._seen += take
+        self._left = left = left - take
+        self._size += take
+        done = not left and self._fin
+        if self._opcode == OP_TEXT and not (done and first and not self._parts):
+            # Text split over reads or frames is checked part by part; a whole message
+            # that came at once is checked once, below, without a decoder.
+            if self._decoder is None:
+                self._decoder = codecs.getincrementaldecoder("utf-8")()
             try:
-                codecs.decode(data, "utf-8")
+                self._decoder.decode(payload, done)
             except UnicodeDecodeError:
                 raise ProtocolError(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
+        self._parts.append(payload)
+        if left:
+            return False
+        self._frame = None
+        if not done:
+            return False
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        text = self._opcode == OP_TEXT
+        checked = self._decoder is not None
+        self._parts, self._size, self._opcode, self._decoder = [], 0, None, None
+        if text:
+            if not checked:
+                try:
+                    codecs.decode(data, "utf-8")
+                except UnicodeDecodeError:
+                    raise ProtocolError(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
             return Message(data, True)
         return Message(data, False)
+
+
+def _close(payload: bytes) -> Close:
+    """A close frame's code and reason, checked (RFC 6455 sections 5.5.1 and 7.4)."""
+    if not payload:
+        return Close(CLOSE_NO_STATUS, "")
+    if len(payload) == 1:
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, "close payload of one byte")
+    code = int.from_bytes(payload[:2], "big")
+    if not close_code_allowed(code):
+        raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"close code {code} not allowed")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
+    return Close(code, reason)
