@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import ipaddress
 import os
 import tomllib
 import typing
@@ -47,6 +48,10 @@ class HttpConfig:
     listen: list[str] = _listen(["127.0.0.1:5700"])
     max_body_bytes: int = _pos(65536)
     cors_max_age_seconds: int = _nonneg(600)
+    write_timeout_seconds: float = _pos(10.0)
+    trusted_proxies: list[str] = field(
+        default_factory=lambda: ["127.0.0.1", "::1"], metadata={"check": "networks"}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,7 @@ class ChatConfig:
     rate_per_second: float = _pos(20.0)
     rate_burst: int = _pos(40)
     outbox_messages: int = _pos(1024)
+    outbox_bytes: int = _pos(4 * 1024 * 1024)
     idempotency_window_seconds: float = _pos(600.0)
     resume_max_messages: int = _pos(1000)
     history_max_limit: int = _pos(200)
@@ -117,6 +123,8 @@ class StompConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     shutdown_grace_seconds: float = _pos(10.0)
+    max_connections: int = _nonneg(16384)
+    max_connections_per_address: int = _nonneg(256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +232,14 @@ def _check(key: str, value: Any, meta: Mapping[str, Any]) -> None:
                 parse_listen(item)
             except ValueError as exc:
                 raise ConfigError(f'{key}: expected "host:port" entries, {exc}') from None
+    if check == "networks":
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{key}: expected IP addresses or CIDR networks, got {item!r}"
+                ) from None
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")

@@ -162,6 +162,8 @@ async def _serve_http(
             routes,
             listeners,
             stop,
+            connections=state.connections,
+            write_timeout=lambda: state.cfg.http.write_timeout_seconds,
             task_status=task_status,
         )
     finally:

@@ -12,6 +12,7 @@ from chatd.broker import MemoryBroker
 from chatd.config import Config
 from chatd.hub import Hub
 from chatd.net import wire
+from chatd.net.connections import Connections
 from chatd.ops.metrics import Metrics
 from chatd.rooms import Rooms
 from chatd.service import ChatService
@@ -43,9 +44,21 @@ class ServerState:
     unconnected: set[Any] = field(default_factory=set)
     heartbeats: Heartbeats = field(default_factory=Heartbeats)
     ready: bool = False
+    # Open connections on every public listener, in total and per client address.
+    connections: Connections = field(default_factory=Connections)
+
+    def __post_init__(self) -> None:
+        self._limit_connections(self.cfg)
+
+    def _limit_connections(self, cfg: Config) -> None:
+        server = cfg.server
+        self.connections.configure(
+            server.max_connections, server.max_connections_per_address, cfg.http.trusted_proxies
+        )
 
     def apply_config(self, cfg: Config, auth: Authenticator) -> None:
         self.cfg = cfg
+        self._limit_connections(cfg)
         auth.revocations = self.revocations
         self.auth = auth
         self.service.reconfigure(cfg)

@@ -117,3 +117,126 @@ async def test_a_connection_that_closes_before_its_head_ends_is_let_go(server: S
                 await stream.send_all(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n")
                 await stream.send_eof()
                 assert await stream.receive_some(65536) == b""
+
+
+# --- the Upgrade field read as the token list it is --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"GET /ws HTTP/1.1\r\nUpgrade: h2c, WebSocket\r\nConnection: upgrade\r\n\r\n", True),
+        (b"GET /ws HTTP/1.1\r\nupgrade:websocket/13\r\n\r\n", True),
+        # "websocket" elsewhere in the head is no upgrade.
+        (b"GET /websocket HTTP/1.1\r\nUpgrade: foo\r\n\r\n", False),
+        (b"GET /x HTTP/1.1\r\nCookie: a=websocket\r\nUpgrade: foo\r\n\r\n", False),
+        (b"GET /x HTTP/1.1\r\nX-Upgrade: websocket\r\nUpgrade: foo\r\n\r\n", False),
+        (b"GET /x HTTP/1.1\r\nUpgrade: websockets\r\n\r\n", False),
+    ],
+)
+def test_is_upgrade_parses_the_upgrade_field(head: bytes, expected: bool) -> None:
+    assert is_upgrade(head) is expected
+
+
+async def test_a_request_naming_websocket_outside_the_upgrade_field_is_http(server: Server) -> None:
+    request = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nCookie: theme=websocket\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    with trio.fail_after(TIMEOUT):
+        assert await exchange(server.running.http_port, request) == (200, {"status": "ok"})
+
+
+async def test_an_upgrade_listing_websocket_among_others_is_accepted(server: Server) -> None:
+    request = upgrade("/ws").replace(b"Upgrade: websocket", b"Upgrade: h2c, WebSocket")
+    request = request.replace(b"Connection: Upgrade", b"Connection: keep-alive, UPGRADE")
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.running.http_port)
+        async with stream:
+            await stream.send_all(request)
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                chunk = await stream.receive_some(65536)
+                assert chunk
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 101 ")
+
+
+# --- heads too long, two framings ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("listener", ["http", "stomp"])
+async def test_an_over_long_upgrade_head_gets_431_not_a_reset(
+    server: Server, listener: str
+) -> None:
+    port = server.running.http_port if listener == "http" else server.running.stomp_ws_port
+    # 256 KB of headers, sent while the answer is read: the server stops reading after
+    # 16 KB and answers; the client must still get to send it all and read the answer.
+    padding = [f"X-Pad-{i}: {'a' * 1000}" for i in range(256)]
+    request = upgrade("/ws", *padding)
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            reply = b""
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.send_all, request)
+                while chunk := await stream.receive_some(65536):
+                    reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), reply[:200]
+    assert orjson.loads(body) == bad("request headers too large")
+
+
+async def test_an_upgrade_with_two_framings_is_refused(server: Server) -> None:
+    request = upgrade("/ws", "Content-Length: 5", "Transfer-Encoding: chunked")
+    with trio.fail_after(TIMEOUT):
+        assert await exchange(server.running.http_port, request) == (
+            400,
+            bad("Content-Length and Transfer-Encoding together"),
+        )
+
+
+# --- close frames after the handshake -----------------------------------------------------
+
+
+def masked_close(payload: bytes) -> bytes:
+    key = b"\x01\x02\x03\x04"
+    return (
+        bytes([0x88, 0x80 | len(payload)])
+        + key
+        + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ((0).to_bytes(2, "big"), 1002),
+        ((65535).to_bytes(2, "big"), 1002),
+        ((1005).to_bytes(2, "big"), 1002),
+        ((2500).to_bytes(2, "big") + b"why", 1002),
+        (b"\x03", 1002),
+        ((1000).to_bytes(2, "big") + b"\xff\xfe", 1007),
+        ((4321).to_bytes(2, "big") + b"ciao", 4321),  # a good one is echoed
+    ],
+)
+async def test_a_client_close_frame_is_checked_before_it_is_answered(
+    server: Server, payload: bytes, code: int
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.running.stomp_ws_port)
+        async with stream:
+            await stream.send_all(upgrade("/ws", "Sec-WebSocket-Protocol: v12.stomp"))
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                chunk = await stream.receive_some(65536)
+                assert chunk
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 101 ")
+            reply = reply.partition(b"\r\n\r\n")[2]
+            await stream.send_all(masked_close(payload))
+            while chunk := await stream.receive_some(65536):
+                reply += chunk
+    # The server's close frame: unmasked, short.
+    assert reply[0] == 0x88 and reply[1] == len(reply) - 2, reply
+    assert int.from_bytes(reply[2:4], "big") == code

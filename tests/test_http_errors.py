@@ -429,3 +429,87 @@ async def test_json_answers_are_utf8_in_insertion_order(server: Server) -> None:
         assert resp.content.endswith(b"\n")
         assert "café ☕".encode() in resp.content
         assert list(resp.json()) == ["id", "name", "public", "members"]
+
+
+# --- two framings: request smuggling -------------------------------------------------------
+
+
+SMUGGLED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def two_framings(path: bytes = b"/chat-ws/send-message", then: bytes = SMUGGLED) -> bytes:
+    # A proxy that goes by Content-Length sees a body of 5 bytes and then, as a request of
+    # its own, whatever follows; h11 goes by Transfer-Encoding.
+    return (
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + then
+    )
+
+
+async def last_reply(conn: RawConnection) -> tuple[Reply, bytes]:
+    """The answer that ends the connection, and whatever came after it before EOF."""
+    conn.h11.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.h11.send(h11.EndOfMessage())
+    response: h11.Response | None = None
+    chunks: list[bytes] = []
+    while True:
+        event = conn.h11.next_event()
+        if event is h11.NEED_DATA:
+            conn.h11.receive_data(await conn.stream.receive_some(65536))
+        elif isinstance(event, h11.Response):
+            response = event
+        elif isinstance(event, h11.Data):
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        else:
+            raise AssertionError(f"no answer: {event!r}")
+    assert response is not None
+    after = b""
+    while chunk := await conn.stream.receive_some(65536):
+        after += chunk
+    return Reply(response, b"".join(chunks)), after
+
+
+async def test_a_request_with_both_content_length_and_transfer_encoding_is_refused(
+    server: Server,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        conn = await RawConnection.open(server)
+        async with conn.stream:
+            await conn.send(two_framings())
+            reply, after = await last_reply(conn)
+    assert_error(reply.status, reply.json(), "bad_request", 400)
+    assert reply.headers["connection"] == "close"
+    assert after == b""  # the smuggled GET is never answered: the server closed
+
+
+async def test_two_framings_are_refused_on_a_kept_alive_connection_too(server: Server) -> None:
+    # The first request of a connection is read by chatd's front door, the next ones by
+    # hypercorn alone: the check is where every request passes.
+    with trio.fail_after(TIMEOUT):
+        conn = await RawConnection.open(server)
+        async with conn.stream:
+            await conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await conn.reply()).status == 200
+            await conn.send(two_framings(b"/healthz", then=b""))
+            reply, after = await last_reply(conn)
+    assert_error(reply.status, reply.json(), "bad_request", 400)
+    assert after == b""
+
+
+async def test_a_request_smuggled_after_two_framings_is_never_served(server: Server) -> None:
+    with trio.fail_after(TIMEOUT):
+        conn = await RawConnection.open(server)
+        async with conn.stream:
+            await conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await conn.reply()).status == 200
+            await conn.send(two_framings(b"/healthz"))
+            rest = b""
+            try:
+                while chunk := await conn.stream.receive_some(65536):
+                    rest += chunk
+            except trio.BrokenResourceError:
+                pass
+    # The connection ends after the refusal (whole or cut short), the GET behind it unanswered.
+    assert b" 200 " not in rest, rest

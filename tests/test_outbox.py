@@ -75,3 +75,52 @@ def test_invites_and_joining() -> None:
     assert rooms.may_join(1, 7)
     rooms.add_member(1, 7)
     assert rooms.get(1).invited == set()  # type: ignore[union-attr]
+
+
+def test_outbox_counts_frames_and_bytes_not_items() -> None:
+    box: Outbox[bytes] = Outbox(4, max_bytes=100)
+    assert box.fits(3, 2)
+    box.add(b"ab", size=2, frames=3)  # one item holding three frames (a corked block)
+    assert not box.fits(2, 2)  # 5 frames > 4
+    assert box.put(b"e", size=1)
+    assert (len(box), box.frames, box.weight) == (2, 4, 3)
+    assert not box.put(b"f", size=1)
+
+
+def test_outbox_bytes_bound_takes_one_big_frame_when_empty() -> None:
+    box: Outbox[bytes] = Outbox(100, max_bytes=10)
+    assert box.put(b"x" * 50, size=50)  # alone: a frame bigger than the bound still goes
+    assert not box.put(b"y", size=1)
+    assert not box.fits(1, 1)
+
+
+async def test_a_batch_taken_weighs_until_it_is_sent() -> None:
+    box: Outbox[bytes] = Outbox(100, max_bytes=10)
+    assert box.put(b"x" * 8, size=8)
+    assert await box.get_batch() == [b"x" * 8]
+    assert box.frames == 0
+    assert not box.put(b"yyy", size=3)  # the 8 bytes being written still count
+    box.sent(8)
+    assert box.put(b"y" * 10, size=10)
+    assert not box.put(b"z", size=1)
+
+
+async def test_wait_space_waits_for_bytes_too() -> None:
+    box: Outbox[bytes] = Outbox(100, max_bytes=100)
+    box.put(b"x" * 80, size=80)
+    done = trio.Event()
+
+    async def producer() -> None:
+        await box.wait_space(50, 50)
+        done.set()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()  # 1 frame is few, but 80 bytes are not under 50
+            assert await box.get_batch() == [b"x" * 80]
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()  # taken, but not written yet
+            box.sent(80)
+    assert done.is_set()

@@ -7,6 +7,7 @@ import socket
 
 import orjson
 import trio
+import trio.testing
 
 from chatd.net import wire
 from chatd.net.wire import WireWriter
@@ -156,3 +157,97 @@ async def test_messages_committed_together_reach_a_member_in_order(server: Serve
             await sender.send_raw(b"".join(send_frame(room, f"m{i}", None) for i in range(5)))
             got = [orjson.loads((await member.next_frame()).body) for _ in range(5)]
             assert [body["message"]["content"] for body in got] == [f"m{i}" for i in range(5)]
+
+
+# --- the bounds: frames and bytes, whatever the batching --------------------------------
+
+
+def busy_pair(limit: int, max_bytes: int | None = None) -> tuple[WireWriter, socket.socket]:
+    """A writer whose socket is full (its peer does not read): what it is offered now is
+    queued, as for a slow consumer. Its queue holds the rest of one big frame."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    _keep.extend((ours, theirs))
+    if max_bytes is None:
+        w = WireWriter(limit, _NoQueuedWrites(), ours.fileno())
+    else:
+        w = WireWriter(limit, _NoQueuedWrites(), ours.fileno(), max_bytes)
+    assert w.offer(b"x" * (1 << 22))  # 4 MiB: far more than the socket takes
+    return w, theirs
+
+
+async def test_corked_blocks_cannot_queue_more_frames_than_the_limit() -> None:
+    # The rest of the big frame is 1 frame queued; 3 more reach the limit of 4, whether
+    # they come in one corked block or several.
+    w, _ = busy_pair(limit=4)
+    accepted = 0
+    for block in range(4):
+        with wire.corked():
+            accepted += sum(w.offer(b"frame %d.%d" % (block, i)) for i in range(3))
+    assert accepted == 3
+    assert not w.offer(b"one more, uncorked")
+
+
+async def test_the_queue_is_bounded_in_bytes() -> None:
+    w, _ = busy_pair(limit=1000, max_bytes=64 * 1024)
+    # The rest of a frame already begun is queued whatever its size (a frame is never cut
+    # in two), so the queue is past the byte bound at once: nothing more goes in.
+    assert not w.offer(b"small")
+    with wire.corked():
+        assert not w.offer(b"small")
+
+    ours, _theirs = socket.socketpair()
+    _keep.extend((ours, _theirs))
+    ours.setblocking(False)
+    w = WireWriter(1000, _NoQueuedWrites(), ours.fileno(), 64 * 1024)
+    w._sending = True  # busy: the writer task is mid-send with nothing counted
+    frame = b"y" * 1000
+    accepted = sum(w.offer(frame) for _ in range(100))
+    assert accepted == 65  # 65,000 bytes fit in 64 KiB, 66,000 do not
+    w2 = WireWriter(1000, _NoQueuedWrites(), ours.fileno(), 64 * 1024)
+    w2._sending = True
+    with wire.corked():
+        assert sum(w2.offer(frame) for _ in range(100)) == 65
+
+
+async def test_the_batch_being_written_counts_against_the_byte_bound() -> None:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    w = WireWriter(1000, stream, ours.fileno(), 64 * 1024)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(w.run)
+            assert w.offer(b"z" * (1 << 22))  # mostly queued, then taken by the writer
+            await trio.testing.wait_all_tasks_blocked()
+            assert w._sending and not w._outbox.items  # all of it in the writer's hands
+            assert not w.offer(b"small")  # 4 MiB held by the writer is past 64 KiB
+            nursery.cancel_scope.cancel()
+    theirs.close()
+
+
+async def test_a_corked_block_to_an_idle_socket_is_written_early_at_a_bound() -> None:
+    # An idle socket's frames are held without a check, as they would have been written
+    # at once; but a block of many to a peer that does not read must not pile up past
+    # the bounds before the block ends: it is written when it reaches a bound, and what
+    # the socket does not take counts as any busy socket's queue.
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    _keep.extend((ours, theirs))
+    w = WireWriter(8, _NoQueuedWrites(), ours.fileno(), 256 * 1024)
+    frame = b"f" * 65536
+    with wire.corked():
+        results = [w.offer(frame) for _ in range(200)]  # 12.5 MiB
+        assert False in results  # the slow-consumer signal, inside the block
+        assert w._outbox.frames <= 8
+        # Weighed every few frames (the fan-out path), so past the bound by a few at most.
+        assert w._outbox.weight <= 256 * 1024 + min(8, wire._CHECK_EVERY) * len(frame)
+        assert w.writes >= 1  # written before the block's end
+
+
+async def test_a_partial_write_of_a_block_queues_only_its_unfinished_frames() -> None:
+    assert wire._unfinished([b"aa", b"bb", b"cc"], 1) == 1
+    assert wire._unfinished([b"aa", b"bb", b"cc"], 2) == 1
+    assert wire._unfinished([b"aa", b"bb", b"cc"], 3) == 2
+    assert wire._unfinished([b"aa", b"bb", b"cc"], 6) == 3

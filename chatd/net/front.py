@@ -13,13 +13,15 @@ prebuilt frame written straight to the socket does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from chatd.net.asgi_server import ServeHttp, serve_asgi
+from chatd.net import websocket as ws
+from chatd.net.asgi_server import TWO_FRAMINGS, ServeHttp, serve_asgi
+from chatd.net.connections import Connections, close_with
 from chatd.net.handshake import WsHandler, WsRoutes, serve_connection
 
 
@@ -57,18 +59,32 @@ async def serve_front(
     listeners: Sequence[trio.SocketListener],
     stop: trio.Event,
     *,
+    connections: Connections | None = None,
+    write_timeout: Callable[[], float] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `stop` is set, then stop accepting and give HTTP connections
-    `hc.graceful_timeout` to finish. WebSocket sessions are closed by the caller."""
-    routes = WsRoutes(ws_routes, not_found="no WebSocket here")
+    `hc.graceful_timeout` to finish. WebSocket sessions are closed by the caller. Every
+    connection counts in `connections` (and is refused there over a limit); an HTTP
+    response write that takes longer than `write_timeout()` drops its connection."""
+    routes = WsRoutes(ws_routes, not_found="no WebSocket here", connections=connections)
 
     async def front_door(stream: trio.SocketStream, serve_http: ServeHttp) -> None:
         async def http(stream: trio.SocketStream, head: bytes) -> None:
+            if ws.two_framings(head):
+                # Answered here, before hypercorn reads a byte of it (see _one_framing).
+                await close_with(stream, ws.reject_response(400, TWO_FRAMINGS))
+                return
             await serve_http(_Replay(stream, head))
 
         await serve_connection(stream, routes, http)
 
     await serve_asgi(
-        asgi_app, hc, listeners, stop, on_connection=front_door, task_status=task_status
+        asgi_app,
+        hc,
+        listeners,
+        stop,
+        on_connection=front_door,
+        write_timeout=write_timeout,
+        task_status=task_status,
     )

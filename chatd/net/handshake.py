@@ -5,6 +5,10 @@ WebSocket listener hand each new connection to `serve_connection`: read the requ
 parse it (chatd.net.websocket), route it by path, answer a refusal with the documented
 status and JSON body, and give the accepted `Upgrade` to the protocol's handler. What a
 protocol checks after routing (Origin, a ticket, shutting down) stays with the protocol.
+
+Each connection is counted (chatd.net.connections) from here to its end, and one over a
+connection limit is answered once its head is read (see `busy_answer`), in a way that lets
+the client read the answer rather than a reset (`close_with`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ import orjson
 import trio
 
 from chatd.net import websocket as ws
+from chatd.net.connections import (
+    ANSWER_SECONDS,
+    Connections,
+    close_with,
+    forwarded_for,
+    peer_address,
+)
 from chatd.net.ws_transport import Upgrade
 
 log = logging.getLogger("chatd.net")
@@ -35,13 +46,15 @@ class WsRoutes:
 
     handlers: Mapping[str, WsHandler]
     not_found: str
+    # The server's connection counts (chatd.net.connections); None counts nothing.
+    connections: Connections | None = None
 
 
-async def read_head(stream: trio.SocketStream) -> bytes:
+async def read_head(stream: trio.SocketStream, timeout: float = HEAD_TIMEOUT) -> bytes:
     """Bytes up to and including the blank line after an HTTP request head (and any that
     came with it), or what arrived before the size limit, EOF or the timeout."""
     buf = b""
-    with trio.move_on_after(HEAD_TIMEOUT):
+    with trio.move_on_after(timeout):
         while b"\r\n\r\n" not in buf and len(buf) <= ws.MAX_HANDSHAKE:
             chunk = await stream.receive_some(16384)
             if not chunk:
@@ -51,12 +64,10 @@ async def read_head(stream: trio.SocketStream) -> bytes:
 
 
 def is_upgrade(head: bytes) -> bool:
-    """Whether a head asks for a WebSocket at all; whether it asks well is parse_request's
-    to say, so a broken handshake gets the handshake's answer, not an HTTP one."""
-    if not head.startswith(b"GET "):
-        return False
-    lowered = head.lower()
-    return b"\r\nupgrade:" in lowered and b"websocket" in lowered
+    """Whether a head asks for a WebSocket at all: a GET whose Upgrade field lists
+    websocket. Whether it asks well is parse_request's to say, so a broken handshake gets
+    the handshake's answer, not an HTTP one."""
+    return ws.asks_websocket(head)
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -64,22 +75,55 @@ def error_body(code: str, message: str) -> bytes:
 
 
 async def refuse(stream: trio.SocketStream, status: int, body: bytes) -> None:
-    """Answer a handshake with an HTTP error and close; a peer already gone is no error."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(ws.reject_response(status, body))
-    await stream.aclose()
+    """Answer a handshake with an HTTP error and close, so that the client reads the
+    answer (a peer already gone is no error)."""
+    await close_with(stream, ws.reject_response(status, body))
+
+
+def busy_answer(head: bytes, why: str) -> bytes:
+    """What a connection over a connection limit is told. A browser never sees the status
+    of a failed WebSocket handshake (only "closed, 1006"), so a good WebSocket handshake
+    is accepted and closed at once with 1013 (try again later) and `why`; anything else
+    gets 503 and the JSON error body."""
+    request = None
+    if is_upgrade(head):
+        with contextlib.suppress(ws.HandshakeError):
+            request = ws.parse_request(head)
+    if request is None:
+        return ws.reject_response(503, error_body("too_many_connections", why))
+    # A browser that offered subprotocols fails a handshake that picks none before it
+    # would read the close: echo the first it offered, the close follows at once.
+    offered = request.subprotocols[0] if request.subprotocols else None
+    proto = offered if offered and offered.isascii() and offered.isprintable() else None
+    return ws.accept_response(request.key, proto) + ws.close_frame(ws.CLOSE_TRY_AGAIN_LATER, why)
 
 
 async def serve_connection(
     stream: trio.SocketStream, routes: WsRoutes, http: HttpHandoff | None = None
 ) -> None:
     """One new connection, start to end. With `http`, a request that is no WebSocket
-    upgrade goes there; without, it is answered as a bad handshake. Never raises: one
-    connection's failure stays with that connection."""
+    upgrade goes there; without, it is answered as a bad handshake. Counted in
+    `routes.connections` from here to its end, and refused there when over a limit.
+    Never raises: one connection's failure stays with that connection."""
+    connections = routes.connections
+    seat = None
     try:
-        head = await read_head(stream)
+        if connections is not None:
+            seat = connections.enter(peer_address(stream))
+            if seat is None:  # a flood of refusals: no answer for this one
+                await stream.aclose()
+                return
+        refused = seat.refused if seat is not None else None
+        # A refused connection is answered once its head is read, which it gets little
+        # time for: it holds a socket of the few kept for refusals.
+        head = await read_head(stream, ANSWER_SECONDS if refused else HEAD_TIMEOUT)
         if not head:
             await stream.aclose()
+            return
+        if seat is not None and seat.trusted and connections and connections.max_per_address:
+            refused = connections.forwarded(seat, forwarded_for(head))
+        if refused:
+            await close_with(stream, busy_answer(head, refused))
             return
         if http is not None and not is_upgrade(head):
             await http(stream, head)
@@ -89,7 +133,7 @@ async def serve_connection(
         except ws.HandshakeError as exc:
             await refuse(stream, exc.status, error_body("bad_handshake", exc.message))
             return
-        if request is None:  # head too long or cut short
+        if request is None:  # cut short
             await stream.aclose()
             return
         handler = routes.handlers.get(request.path.split("?", 1)[0])
@@ -105,3 +149,6 @@ async def serve_connection(
     except Exception:
         log.exception("connection failed")
         await stream.aclose()
+    finally:
+        if seat is not None and connections is not None:
+            connections.leave(seat)

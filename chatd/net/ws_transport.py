@@ -36,10 +36,17 @@ class WebSocketTransport:
     __slots__ = ("stream", "parser", "out", "closed", "_events", "last_seen")
     framing = "ws"
 
-    def __init__(self, stream: trio.SocketStream, parser: ws.FrameParser, limit: int) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        parser: ws.FrameParser,
+        limit: int,
+        max_bytes: int | None = None,
+    ) -> None:
         self.stream = stream
         self.parser = parser
-        self.out = WireWriter(limit, stream, stream.socket.fileno())
+        # `limit` frames and `max_bytes` bytes: [chat] outbox_messages and outbox_bytes.
+        self.out = WireWriter(limit, stream, stream.socket.fileno(), max_bytes)
         self.closed = False
         self.last_seen = trio.current_time()
         self._events: list[ws.Message | ws.Ping | ws.Close] = []

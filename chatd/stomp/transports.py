@@ -10,12 +10,13 @@ import trio
 
 from chatd.auth import origin_allowed
 from chatd.net import websocket as ws
+from chatd.net.connections import serve_counted
 from chatd.net.handshake import WsRoutes, refuse, serve_connection
 from chatd.net.wire import Disconnected as WireClosed
 from chatd.net.wire import WireWriter
 from chatd.net.ws_transport import Upgrade, WebSocketTransport
 from chatd.state import ServerState
-from chatd.stomp import SUBPROTOCOLS
+from chatd.stomp import SUBPROTOCOLS, V10, Frame, FrameWriter
 from chatd.stomp.session import StompSession, StompTransport
 
 log = logging.getLogger("chatd.stomp")
@@ -37,9 +38,9 @@ class TcpTransport:
     __slots__ = ("stream", "out")
     framing = "raw"
 
-    def __init__(self, stream: trio.SocketStream, limit: int) -> None:
+    def __init__(self, stream: trio.SocketStream, limit: int, max_bytes: int | None = None) -> None:
         self.stream = stream
-        self.out = WireWriter(limit, stream, stream.socket.fileno())
+        self.out = WireWriter(limit, stream, stream.socket.fileno(), max_bytes)
 
     def wire(self, frame: bytes, utf8: bool = False) -> bytes:
         return frame
@@ -108,7 +109,8 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     parser = ws.FrameParser(min(cfg.max_connect_frame_bytes, cfg.max_frame_bytes) + _MESSAGE_SLACK)
     parser.receive_data(leftover)
     del request, leftover
-    transport = StompWebSocketTransport(stream, parser, state.cfg.chat.outbox_messages)
+    chat = state.cfg.chat
+    transport = StompWebSocketTransport(stream, parser, chat.outbox_messages, chat.outbox_bytes)
     await run_session(state, "websocket", transport)
 
 
@@ -125,7 +127,16 @@ async def _handle_tcp(state: ServerState, stream: trio.SocketStream) -> None:
     if state.closing.is_set():
         await stream.aclose()
         return
-    await run_session(state, "tcp", TcpTransport(stream, state.cfg.chat.outbox_messages))
+    chat = state.cfg.chat
+    await run_session(state, "tcp", TcpTransport(stream, chat.outbox_messages, chat.outbox_bytes))
+
+
+def _refused_tcp(why: str) -> bytes:
+    """The ERROR frame a STOMP TCP connection over a connection limit gets, at once."""
+    error = Frame(
+        "ERROR", (("message", "Too many connections"), ("content-type", "text/plain")), why.encode()
+    )
+    return FrameWriter(V10).send(error)
 
 
 async def serve_stomp_websocket(
@@ -136,7 +147,11 @@ async def serve_stomp_websocket(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The dedicated STOMP WebSocket listener: `/ws` only, until cancelled."""
-    routes = WsRoutes({"/ws": partial(serve_stomp_ws, state)}, not_found="STOMP is at /ws")
+    routes = WsRoutes(
+        {"/ws": partial(serve_stomp_ws, state)},
+        not_found="STOMP is at /ws",
+        connections=state.connections,
+    )
     handler = partial(serve_connection, routes=routes)
     await trio.serve_listeners(
         handler, list(listeners), handler_nursery=handler_nursery, task_status=task_status
@@ -151,8 +166,12 @@ async def serve_stomp_tcp(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """STOMP over plain TCP, until cancelled."""
+    # Counted with every other listener's connections (chatd.net.connections).
+    handler = partial(
+        serve_counted, state.connections, handler=partial(_handle_tcp, state), refusal=_refused_tcp
+    )
     await trio.serve_listeners(
-        partial(_handle_tcp, state),
+        handler,
         list(listeners),
         handler_nursery=handler_nursery,
         task_status=task_status,

@@ -239,7 +239,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
     parser = wsl.FrameParser(2 * cfg.chat.max_frame_bytes)
     parser.receive_data(leftover)
     del leftover
-    ws = WebSocketTransport(stream, parser, cfg.chat.outbox_messages)
+    ws = WebSocketTransport(stream, parser, cfg.chat.outbox_messages, cfg.chat.outbox_bytes)
     query = _query(request.path)
     # `since` beyond the newest message means "from now on", and now is before the client
     # sees the socket open: a message it (or anyone) sends after that has a newer id.

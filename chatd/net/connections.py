@@ -1,0 +1,261 @@
+"""Open connections, counted from accept to close: in total and per client address.
+
+`[server] max_connections` bounds every listener together (HTTP, /chat, /ws, the STOMP
+WebSocket and TCP listeners; not the private metrics listener), and
+`max_connections_per_address` each client address. An IPv6 client is counted by its /64,
+which is what one host or home network is given: counting single IPv6 addresses would
+let one host take as many as it likes.
+
+Behind a reverse proxy every connection comes from the proxy. A connection from an
+address in `[http] trusted_proxies` is counted against the client address the proxies
+forwarded (`X-Forwarded-For`, the right-most address that is not itself a trusted proxy),
+once its request head has been read; until then, and for ever when no head names a
+client (STOMP over TCP, a proxy's own health checks), it counts in the total only. The
+header is believed from trusted proxies only: anyone else could write any address in it.
+
+A refused connection is answered (HTTP 503, WebSocket close 1013, a STOMP ERROR frame)
+and closed; answering takes a moment, so at most `MAX_REFUSING` are answered at once and
+any more are closed without an answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import trio
+
+# Refused connections answered at once; beyond this a flood is closed without a word.
+MAX_REFUSING = 64
+# How long a refused connection (or any answered with an error and closed) is given to
+# send its request head and to read the answer, and how much it may send meanwhile.
+ANSWER_SECONDS = 2.0
+MAX_DRAIN_BYTES = 1 << 20
+
+# Why a connection was refused, as the client is told.
+SERVER_FULL = "the server has too many connections; try again later"
+ADDRESS_FULL = "too many connections from your address; try again later"
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: Iterable[str]) -> list[_Network]:
+    """`[http] trusted_proxies` entries (addresses or CIDRs) as networks; ValueError names
+    the first entry that is neither."""
+    networks: list[_Network] = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or a CIDR network") from None
+    return networks
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a peer or a proxy writes it (`[v6]:port` and `v4:port` too); None
+    when it is none."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def address_key(text: str) -> str:
+    """What one client address is counted as: the IPv4 address, or the IPv6 /64."""
+    if ":" not in text and "[" not in text:
+        return text  # IPv4 as the kernel writes it, the common case: no parsing
+    ip = _ip(text)
+    if ip is None:
+        return text[:64]  # no address, but what a trusted proxy wrote: count it as is
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    return f"{ipaddress.IPv6Network((ip, 64), strict=False).network_address}/64"
+
+
+def peer_address(stream: trio.SocketStream) -> str:
+    """The address a connection comes from; "" for a Unix socket (local, so trusted) or
+    a peer already gone."""
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return ""
+    return str(name[0]) if isinstance(name, tuple) else ""
+
+
+class Seat:
+    """One connection's place in the counts, from accept to close."""
+
+    __slots__ = ("key", "trusted", "refused")
+
+    def __init__(self, key: str | None, trusted: bool, refused: str | None) -> None:
+        self.key = key  # the address it counts against; None: the total only
+        self.trusted = trusted  # it comes from a trusted proxy
+        self.refused = refused  # why it is refused (what the client is told), or None
+
+
+class Connections:
+    """The counts, and the limits they are held to (0: no limit)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.refusing = 0
+        self.refused = 0  # connections refused since start
+        self.max_total = 0
+        self.max_per_address = 0
+        self._per_address: dict[str, int] = {}
+        self._trusted_exact: frozenset[str] = frozenset()
+        self._trusted_networks: tuple[_Network, ...] = ()
+
+    def configure(
+        self, max_total: int, max_per_address: int, trusted_proxies: Sequence[str]
+    ) -> None:
+        """Set the limits (at start and on reload; connections already open stay)."""
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        networks = parse_networks(trusted_proxies)
+        # Single addresses are looked up as the kernel writes them, without parsing.
+        self._trusted_exact = frozenset(
+            str(n.network_address) for n in networks if n.num_addresses == 1
+        )
+        self._trusted_networks = tuple(n for n in networks if n.num_addresses > 1)
+
+    def trusts(self, address: str) -> bool:
+        """Whether `address` is a trusted proxy (a Unix socket peer, "", always is)."""
+        if not address or address in self._trusted_exact:
+            return True
+        if not self._trusted_networks and ":" not in address:
+            return False
+        ip = _ip(address)
+        if ip is None:
+            return False
+        if str(ip) in self._trusted_exact:
+            return True
+        return any(ip in net for net in self._trusted_networks)
+
+    def enter(self, peer: str) -> Seat | None:
+        """Count a new connection from `peer`. A refused one gets a seat that says why,
+        to be answered; None when too many refusals are being answered already."""
+        if self.max_total and self.open >= self.max_total:
+            return self._refuse(SERVER_FULL)
+        trusted = self.trusts(peer)
+        key = None if trusted or not self.max_per_address else address_key(peer)
+        if key is not None:
+            count = self._per_address.get(key, 0)
+            if count >= self.max_per_address:
+                return self._refuse(ADDRESS_FULL)
+            self._per_address[key] = count + 1
+        self.open += 1
+        return Seat(key, trusted, None)
+
+    def forwarded(self, seat: Seat, chain: Sequence[str]) -> str | None:
+        """For a connection from a trusted proxy: count it against the client address
+        `chain` (the X-Forwarded-For entries, oldest first) names. Returns why it is
+        refused when that address is at its limit (the seat is then a refused one)."""
+        if not seat.trusted or seat.key is not None or seat.refused or not self.max_per_address:
+            return None
+        client = None
+        for entry in reversed(chain):
+            entry = entry.strip()
+            if entry and not self.trusts(entry):
+                client = entry
+                break
+        if client is None:
+            return None
+        key = address_key(client)
+        count = self._per_address.get(key, 0)
+        if count >= self.max_per_address:
+            self.open -= 1
+            self.refusing += 1
+            self.refused += 1
+            seat.refused = ADDRESS_FULL
+            return ADDRESS_FULL
+        self._per_address[key] = count + 1
+        seat.key = key
+        return None
+
+    def leave(self, seat: Seat) -> None:
+        if seat.refused:
+            self.refusing -= 1
+            return
+        self.open -= 1
+        key = seat.key
+        if key is not None:
+            count = self._per_address[key] - 1
+            if count:
+                self._per_address[key] = count
+            else:
+                del self._per_address[key]
+
+    def count_of(self, address: str) -> int:
+        """Connections open from `address` (by its key)."""
+        return self._per_address.get(address_key(address), 0)
+
+    def _refuse(self, why: str) -> Seat | None:
+        self.refused += 1
+        if self.refusing >= MAX_REFUSING:
+            return None
+        self.refusing += 1
+        return Seat(None, False, why)
+
+
+def forwarded_for(head: bytes) -> list[str]:
+    """The X-Forwarded-For entries of a request head, oldest first, every such field in
+    order (a proxy may add its own line instead of extending the last)."""
+    end = head.find(b"\r\n\r\n")
+    chain: list[str] = []
+    for line in (head if end < 0 else head[:end]).split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"x-forwarded-for":
+            chain.extend(value.decode("latin-1").split(","))
+    return chain
+
+
+async def close_with(stream: trio.SocketStream, answer: bytes) -> None:
+    """Send `answer` and close so that the peer gets to read it. Closing a socket with
+    unread bytes sends a reset, which can destroy the answer before the peer reads it and
+    gives a client still sending its request a reset instead of the answer. So: send,
+    shut our side, read and drop what the peer still sends until it closes, for at most
+    ANSWER_SECONDS and MAX_DRAIN_BYTES, then close."""
+    with (
+        trio.move_on_after(ANSWER_SECONDS),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        await stream.send_all(answer)
+        await stream.send_eof()
+        drained = 0
+        while drained < MAX_DRAIN_BYTES:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    await stream.aclose()
+
+
+async def serve_counted(
+    connections: Connections,
+    stream: trio.SocketStream,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    refusal: Callable[[str], bytes],
+) -> None:
+    """Run `handler` for a connection that has no request head (STOMP over TCP), counted
+    while it runs; a refused one is sent `refusal(why)` and closed."""
+    seat = connections.enter(peer_address(stream))
+    if seat is None:
+        await stream.aclose()
+        return
+    try:
+        if seat.refused:
+            await close_with(stream, refusal(seat.refused))
+        else:
+            await handler(stream)
+    finally:
+        connections.leave(seat)
