@@ -319,6 +319,31 @@ def chatd_command(
     return [exe], f"installed ({exe}), tree {desc or '?'}"
 
 
+# Limits that would cut the benchmark's own clients off, lifted for every scenario but
+# `abuse` (which tests them): one address opens 10,000 connections; a subscriber a second
+# behind a flat-out publisher may have 20,000 frames queued.
+BENCH_LIMITS: list[tuple[str, str, Any]] = [
+    ("server", "max_connections", 0),
+    ("server", "max_connections_per_address", 0),
+    ("chat", "outbox_bytes", 256 * 1024 * 1024),
+]
+
+
+def config_keys(args: argparse.Namespace) -> dict[str, set[str]]:
+    """The keys the chatd to be run accepts, from its chatd.toml (every key is listed
+    there with its default): the revision's with --chatd-rev, else this tree's."""
+    import tomllib
+
+    if args.chatd_rev:
+        text = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{args.chatd_rev}:chatd.toml"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    else:
+        text = (ROOT / "chatd.toml").read_text(encoding="utf-8")
+    return {k: set(v) for k, v in tomllib.loads(text).items() if isinstance(v, dict)}
+
+
 def start_chatd(args: argparse.Namespace) -> Server:
     tmp = Path(tempfile.mkdtemp(prefix="chatd-bench-"))
     cfg = {
@@ -340,6 +365,17 @@ def start_chatd(args: argparse.Namespace) -> Server:
     if args.durability is not None:
         # Only when asked for: a --chatd-rev from before the key would refuse it.
         cfg["store"]["durability"] = args.durability
+    if args.scenario == "abuse":
+        # The attacks meet chatd's own limits, as shipped: rate limits and outboxes too.
+        cfg["chat"] = {}
+    else:
+        known = config_keys(args)
+        for section, key, value in BENCH_LIMITS:
+            # Only where the code knows the key (an older --chatd-rev refuses unknown
+            # ones): 10,000 clients from one address, outboxes as deep in bytes as in
+            # messages.
+            if key in known.get(section, set()):
+                cfg.setdefault(section, {})[key] = value
     config_path = tmp / "chatd.toml"
     config_path.write_text(toml_writer.dumps(cfg), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
