@@ -1,9 +1,10 @@
-"""`chatd serve | token | check-config`."""
+"""`chatd serve | token | check-config`, and `chatd --version`."""
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ from chatd.ops import logs, sdnotify
 log = logging.getLogger("chatd")
 
 EXIT_CONFIG = 2
+EXIT_LISTEN = 1
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -28,8 +30,19 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def version() -> str:
+    """The installed distribution's version: the wheel, the zipapp (which holds the
+    wheel's metadata) and an editable checkout all carry pyproject.toml's."""
+    try:
+        return importlib.metadata.version("chatd")
+    except importlib.metadata.PackageNotFoundError:
+        # Run from a source tree that was never installed: no metadata to read.
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatd", description="real-time chat server")
+    parser.add_argument("--version", action="version", version=f"chatd {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server")
@@ -106,11 +119,19 @@ def _settle_gc() -> None:
 
 
 async def _serve_main(cfg: config_mod.Config, config_path: str | None) -> int:
+    from chatd.net.listeners import ListenError
     from chatd.server import serve
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(serve, cfg)
+            try:
+                running = await nursery.start(serve, cfg)
+            except ListenError as exc:
+                # Caught here, where `start` re-raises it bare, not around the nursery,
+                # which would wrap it in an exception group: a taken port is one line
+                # for the operator, and nothing was opened yet (serve binds first).
+                print(f"chatd: {exc}", file=sys.stderr)
+                return EXIT_LISTEN
             _settle_gc()
 
             async def watch() -> None:

@@ -3,8 +3,10 @@ real command in a child process."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -16,6 +18,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from ._chat import chat_url, create_room, recv_message, send
+from .chatd_proc import chatd_argv, child_env, notify_socket, run_chatd, write_config
 from .conftest import SECRET, StartServer
 
 JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
@@ -45,6 +48,16 @@ def server_toml(tmp_path: Path, secret: str = SECRET) -> Path:
         tmp_path / "chatd.toml",
         f'[store]\npath = "{tmp_path / "chatd.db"}"\n[auth]\njwt_secret = "{secret}"\n',
     )
+
+
+# --- chatd --version ---------------------------------------------------------------------------
+
+
+async def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        out = await chatd("--version", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode() == f"chatd {importlib.metadata.version('chatd')}\n"
 
 
 # --- chatd token -------------------------------------------------------------------------------
@@ -229,3 +242,32 @@ async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
         out = await chatd("check-config", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
         assert out.returncode == 2
         assert b"does not exist" in out.stderr
+
+
+# --- chatd serve on a taken port ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listener", ["http", "stomp tcp"])
+async def test_a_taken_port_is_one_line_and_exit_1_before_ready(
+    tmp_path: Path, listener: str
+) -> None:
+    with trio.fail_after(30), socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        section = {"http": "http", "stomp tcp": "stomp"}[listener]
+        key = {"http": "listen", "stomp tcp": "tcp_listen"}[listener]
+        config = write_config(tmp_path / "chatd.toml", tmp_path, **{section: {key: [address]}})
+        async with notify_socket(tmp_path, abstract=False) as ns:
+            env = child_env({"NOTIFY_SOCKET": ns.address})
+            async with run_chatd(chatd_argv(config), env, wait_ready=False) as proc:
+                assert await proc.wait_exit() == 1
+            assert proc.lines == [
+                f"chatd: cannot listen on {address} ({listener}): address already in use"
+            ]
+            # The child has exited: whatever it sent is queued already. It sent nothing,
+            # READY=1 least of all, and created no database.
+            # (trio's sockets are non-blocking: an empty queue is BlockingIOError.)
+            with pytest.raises(BlockingIOError):
+                os.read(ns.sock.fileno(), 65536)
+        assert not (tmp_path / "chatd.db").exists()

@@ -5,6 +5,7 @@ when CHATD_PYZ_TEST=1."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -52,6 +53,10 @@ async def test_pyz_runs_in_a_bare_venv(tmp_path: Path) -> None:
             [str(python), "-c", "import trio"], capture_stderr=True, check=False
         )
         assert bare.returncode != 0, "the bare venv must not see chatd's dependencies"
+
+        # The archive holds the wheel's metadata, so it knows its own version.
+        version = await _run(python, pyz, "--version", env=env)
+        assert version == f"chatd {importlib.metadata.version('chatd')}\n"
 
         token = (
             await _run(python, pyz, "token", "--user-id", "1", "--username", "alice",
