@@ -97,6 +97,7 @@ class WireWriter:
         "_room_bytes",
         "_direct",
         "writes",
+        "written",
         "broken",
     )
 
@@ -121,6 +122,9 @@ class WireWriter:
         self._room = self._room_bytes = 0  # what a busy socket's block may still take
         self._direct = False  # the held frames go straight to an idle socket
         self.writes = 0  # bumped on every write; heart-beats watch it
+        # Bytes the socket has taken, ever: with `unwritten`, a producer can tell when a
+        # frame it offered has left (the general broker settles auto-ack deliveries so).
+        self.written = 0
         self.broken = False
 
     def offer(self, data: bytes) -> bool:
@@ -158,6 +162,7 @@ class WireWriter:
             self._broke()
             return
         self.writes += 1
+        self.written += n
         if n == len(data):
             return
         self._head_partial = True
@@ -248,10 +253,31 @@ class WireWriter:
             # one in `_hold`.
             self._outbox.add(data, self._cork_bytes, len(cork))
 
-    async def wait_space(self) -> None:
-        """For producers that can wait (a replay of history): keep half the queue, in
-        frames and in bytes, free for live traffic."""
-        await self._outbox.wait_space(max(1, self._limit // 2), self._max_bytes // 2)
+    def _space_bounds(self, size: int) -> tuple[int, int]:
+        # Below half the queue in frames and in bytes, and room beside what is held for
+        # `size` more bytes (a frame over the byte bound only into an empty queue).
+        max_bytes = self._max_bytes
+        return max(1, self._limit // 2), min(max_bytes // 2, max(1, max_bytes - size + 1))
+
+    async def wait_space(self, size: int = 0) -> None:
+        """For producers that can wait (a replay of history, a queue's backlog): keep half
+        the queue, in frames and in bytes, free for live traffic, and wait until a frame
+        of `size` bytes fits."""
+        await self._outbox.wait_space(*self._space_bounds(size))
+
+    def space_for(self, size: int) -> bool:
+        """Whether `wait_space(size)` would return at once on an open writer."""
+        outbox = self._outbox
+        frames, below = self._space_bounds(size)
+        return not outbox.closed and outbox.frames < frames and outbox.weight < below
+
+    @property
+    def unwritten(self) -> int:
+        """Bytes offered and not yet taken by the socket: queued, being sent, or held by
+        `corked()`. A frame offered now has left once `written` reaches `written +
+        unwritten` read just after the offer."""
+        cork = self._cork
+        return self._outbox.weight + (sum(map(len, cork)) if cork else 0)
 
     def close_soon(self) -> None:
         """Write what is queued, then let `run` return."""
@@ -291,6 +317,7 @@ class WireWriter:
                 self._sending = True
                 try:
                     await self._stream.send_all(data)
+                    self.written += len(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.broken = True
                     return
