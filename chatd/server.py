@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -69,7 +70,7 @@ class Running:
         state = self.state
         try:
             new = config_mod.load(path)
-            auth = make_authenticator(new)
+            auth = make_authenticator(new, create=True)
         except (config_mod.ConfigError, OSError, ValueError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
@@ -104,11 +105,43 @@ _RESTART_ONLY = [
 ]
 
 
-def make_authenticator(cfg: Config) -> Authenticator:
+class MissingSecret(ValueError):
+    """No JWT secret where the server keeps it: a command other than `serve` never makes
+    one, since a secret it made would sign tokens the running server refuses."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"no JWT secret at {path}; `chatd serve` writes it there on its first start"
+            " when [auth] jwt_secret is empty. Start the server first, or run this command"
+            " as the service does: the same [store] path, and STATE_DIRECTORY when that"
+            " path is relative (/var/lib/chatd under the shipped unit)"
+        )
+
+
+def make_authenticator(cfg: Config, *, create: bool = False) -> Authenticator:
+    """The server's Authenticator. The secret file is the one the service uses (the store
+    path resolved as the server resolves it); only the server passes `create`."""
     secret = cfg.auth.jwt_secret or None
     if secret is None and not cfg.auth.jwt_public_key_file:
-        secret = load_or_create_secret(secret_path_for(resolve_store_path(cfg)))
+        path = secret_path_for(resolve_store_path(cfg))
+        if create:
+            secret = _server_secret(path, "a JWT secret")
+        else:
+            try:
+                secret = path.read_text(encoding="ascii").strip()
+            except FileNotFoundError:
+                raise MissingSecret(path) from None
     return Authenticator(cfg.auth, secret)
+
+
+def _server_secret(path: Path, what: str) -> str:
+    existed = path.exists()
+    value = load_or_create_secret(path)
+    if not existed:
+        # The path, never the value: an operator looking for the file that signs tokens.
+        log.info("generated %s in %s", what, path)
+    return value
 
 
 def hypercorn_config(cfg: Config) -> HypercornConfig:
@@ -228,14 +261,14 @@ async def serve(
     if log.isEnabledFor(logging.DEBUG):
         # to_toml masks the JWT secret.
         log.debug("effective config from %s: %s", cfg.source, config_mod.to_toml(cfg))
-    auth = make_authenticator(cfg)
-    # Every listener is bound before the store opens: a port that is taken (often by a
-    # chatd already running on the same database) fails here, database untouched, with
-    # a ListenError naming the listener and the address.
+    # Every listener is bound before any state is touched: a port that is taken (often by
+    # a chatd already running on the same database) fails here, database and secrets
+    # untouched, with a ListenError naming the listener and the address.
     bound = await BoundListeners.open(
         cfg.http.listen, cfg.stomp.websocket_listen, cfg.stomp.tcp_listen, cfg.metrics.listen
     )
     try:
+        auth = make_authenticator(cfg, create=True)
         store = Store(
             resolve_store_path(cfg),
             cfg.store.batch_max,
@@ -248,7 +281,7 @@ async def serve(
     try:
         state = ServerState.build(cfg, auth, store)
         state.stomp_logins = StompLogins(
-            load_or_create_secret(stomp_key_path(resolve_store_path(cfg))).encode(),
+            _server_secret(stomp_key_path(resolve_store_path(cfg)), "the STOMP login key").encode(),
             cfg.stomp.login_ttl_seconds,
             revocations=state.revocations,
         )

@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 import trio
@@ -126,24 +128,47 @@ async def test_admin_token_from_the_cli_creates_rooms(
                 assert resp.status_code == status
 
 
-async def test_token_with_a_generated_secret_matches_the_server(
-    start_server: StartServer, tmp_path: Path
-) -> None:
-    with trio.fail_after(10):
-        # No secret configured: the CLI creates the secret file beside the database, and
-        # a server on the same database uses it.
-        config = write(tmp_path / "chatd.toml", f'[store]\npath = "{tmp_path / "chatd.db"}"\n')
-        out = await chatd(
-            "token", "--config", str(config), "--user-id", "3", "--username", "x", cwd=tmp_path
+async def test_token_never_creates_the_secret_and_finds_the_servers(tmp_path: Path) -> None:
+    # The shipped unit's layout: a relative [store] path, resolved in $STATE_DIRECTORY, no
+    # secret in the config. The operator runs `chatd token` from somewhere else.
+    state, elsewhere = tmp_path / "state", tmp_path / "home"
+    state.mkdir()
+    elsewhere.mkdir()
+    config = write_config(
+        tmp_path / "chatd.toml", tmp_path, store={"path": "chatd.db"}, auth={"jwt_secret": ""}
+    )
+    env = {"STATE_DIRECTORY": str(state)}
+    secret = state / "chatd.db.jwt-secret"
+    argv = ["token", "--config", str(config), "--user-id", "3", "--username", "x"]
+    with trio.fail_after(30):
+        out = await chatd(*argv, cwd=elsewhere, env=env)
+        assert out.returncode == 1
+        assert out.stdout == b""
+        assert out.stderr.decode().startswith(
+            f"chatd: cannot mint a token: no JWT secret at {secret};"
         )
-        assert out.returncode == 0, out.stderr
-        assert (tmp_path / "chatd.db.jwt-secret").exists()
-        server = await start_server(auth={"jwt_secret": ""})
-        async with server.client() as http:
-            resp = await http.post(
-                "/chat/ticket", headers={"accessToken": out.stdout.decode().strip()}
-            )
-        assert resp.status_code == 200
+        assert out.stderr.count(b"\n") == 1
+        assert list(state.iterdir()) == list(elsewhere.iterdir()) == []
+
+        async with run_chatd(chatd_argv(config), child_env(env)) as server:
+            generated = await server.wait_line(r"generated a JWT secret in (\S+)$")
+            assert generated[1] == str(secret)
+            value = secret.read_text().strip()
+            assert value not in server.stderr
+            out = await chatd(*argv, cwd=elsewhere, env=env)
+            assert out.returncode == 0, out.stderr
+            assert list(elsewhere.iterdir()) == []
+            async with httpx.AsyncClient(base_url=server.base, timeout=10) as http:
+                resp = await http.post(
+                    "/chat/ticket", headers={"accessToken": out.stdout.decode().strip()}
+                )
+            assert resp.status_code == 200
+            server.send_signal(signal.SIGTERM)
+            assert await server.wait_exit() == 0
+        # Started again, the server uses the secret it made and says nothing about one.
+        async with run_chatd(chatd_argv(config), child_env(env)) as server:
+            assert "generated a JWT secret" not in server.stderr
+            assert secret.read_text().strip() == value
 
 
 async def test_token_refuses_a_bad_user_id(tmp_path: Path) -> None:
