@@ -62,6 +62,7 @@ def test_service_matches_what_chatd_does() -> None:
         "WatchdogSec=30s",
         "TimeoutStopSec=20s",
         "StateDirectory=chatd",
+        "EnvironmentFile=-/etc/chatd/env",
         "ConfigurationDirectory=chatd",
         "MemoryDenyWriteExecute=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
@@ -71,3 +72,15 @@ def test_service_matches_what_chatd_does() -> None:
 
     # The graceful stop must finish before systemd's SIGKILL.
     assert ServerConfig().shutdown_grace_seconds < 20
+
+
+def test_the_environment_file_examples_are_settings_chatd_knows() -> None:
+    from chatd import config
+
+    service = (UNITS / "chatd.service").read_text()
+    examples = re.findall(r"^#   (CHATD_[A-Z_]+)=(.*)$", service, re.M)
+    assert {name for name, _ in examples} >= {"CHATD_AUTH_JWT_SECRET"}
+    for name, value in examples:
+        if name == "CHATD_AUTH_JWT_SECRET":
+            value = "x" * 32
+        config.from_mapping({}, {name: value})
