@@ -86,7 +86,10 @@ class Running:
             if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)
         ]
         if fixed:
-            log.warning("reload: these settings only change on restart: %s", ", ".join(fixed))
+            log.warning(
+                "reload: these settings only change on restart: %s; restart chatd to apply them",
+                ", ".join(fixed),
+            )
         state.apply_config(new, auth)
         logs.setup(new.log.level, new.log.format)
         log.info("reload: config applied from %s", new.source)

@@ -172,6 +172,7 @@ async def test_bad_config_on_sighup_keeps_the_old_one(tmp_path: Path) -> None:
                 await ns.wait_for("READY", "1")
                 named = await chatd.wait_line(r"only change on restart", mark)
                 assert "http.listen" in named.string
+                assert named.string.endswith("http.listen; restart chatd to apply them")
 
                 chatd.send_signal(signal.SIGTERM)
                 await ns.wait_for("STOPPING", "1")

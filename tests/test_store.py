@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
@@ -313,6 +314,7 @@ async def test_a_slow_commit_in_the_loop_sends_messages_to_the_thread(
 ) -> None:
     """A commit in the loop slower than `_INLINE_SLOW` (a disk that blocks) sends every
     write to the thread for `_INLINE_BACKOFF`; after that the loop commits again."""
+    caplog.set_level(logging.DEBUG, "chatd.store")
     with trio.fail_after(10):
         threads: list[str] = []
         # The first commit in the loop takes a little over the limit by the store's clock:
@@ -330,7 +332,9 @@ async def test_a_slow_commit_in_the_loop_sends_messages_to_the_thread(
             await post(store, f"m{i}", results)
         assert threads == ["MainThread", "chatd-store-writer", "chatd-store-writer"]
         assert store.inline_commits == 1
-        assert "committing on the writer thread for 10 s" in caplog.text
+        # An internal tuning decision, not something for the operator to act on: debug.
+        (line,) = [r for r in caplog.records if "writer thread for 10 s" in r.getMessage()]
+        assert line.levelno == logging.DEBUG
         store_clock.jump(chatd.store.engine._INLINE_BACKOFF * 0.9)
         await post(store, "m3", results)
         assert threads[-1] == "chatd-store-writer"

@@ -239,7 +239,8 @@ class _Worker:
         self._inlined = True
         if took > _INLINE_SLOW:
             self._inline_from = now + _INLINE_BACKOFF
-            log.warning(
+            # Debug: the store tuning itself, nothing for an operator to do.
+            log.debug(
                 "store: a commit took %.1f ms; committing on the writer thread for %g s",
                 took * 1000,
                 _INLINE_BACKOFF,
