@@ -99,7 +99,7 @@ def message_read(room_id: int, message_id: int, reader_id: int, read_at: str) ->
 
 
 def room_membership(kind: str, room: dict[str, Any], user_id: int) -> Event:
-    """User-queue events: `room_invited`, `room_joined`, `room_removed`."""
+    """User-queue events: `room_invited`, `room_joined`, `room_removed`, `room_updated`."""
     return Event(
         kind,
         orjson.dumps(

@@ -35,6 +35,10 @@ class Rooms:
     def __len__(self) -> int:
         return len(self._rooms)
 
+    def all(self) -> list[Room]:
+        """Every room, by id."""
+        return [self._rooms[rid] for rid in sorted(self._rooms)]
+
     def get(self, room_id: int) -> Room | None:
         return self._rooms.get(room_id)
 
@@ -42,6 +46,17 @@ class Rooms:
         self._rooms[room.id] = room
         for uid in room.members:
             self._by_user.setdefault(uid, set()).add(room.id)
+
+    def remove_room(self, room_id: int) -> Room | None:
+        room = self._rooms.pop(room_id, None)
+        if room is not None:
+            for uid in room.members:
+                mine = self._by_user.get(uid)
+                if mine is not None:
+                    mine.discard(room_id)
+                    if not mine:
+                        del self._by_user[uid]
+        return room
 
     def is_member(self, room_id: int, user_id: int) -> bool:
         room = self._rooms.get(room_id)

@@ -211,6 +211,43 @@ class ChatService:
             )
         return room
 
+    async def update_room(self, room_id: int, name: str | None, public: bool | None) -> Room:
+        """An admin's rename or change of visibility; every member is told on their user
+        destination (`room_updated`)."""
+        room = self._room(room_id)
+        await self.store.update_room(room_id, name, public)
+        if name is not None:
+            room.name = name
+        if public is not None:
+            room.public = public
+        for uid in sorted(room.members):
+            self.broker.publish_user(
+                uid, events.room_membership("room_updated", room.describe(), uid)
+            )
+        return room
+
+    async def delete_room(self, room_id: int) -> Room:
+        """An admin's: the room, its members, invites, read marks and messages go. Live
+        members see it go exactly as on their removal (`room_removed`, and the room's
+        subscriptions end). The room leaves memory before the store is written, so no
+        message is admitted to it meanwhile; one admitted before is committed first (the
+        writer keeps order) and deleted with the rest."""
+        room = self._room(room_id)
+        self.rooms.remove_room(room_id)
+        try:
+            await self.store.delete_room(room_id)
+        except BaseException:
+            self.rooms.add_room(room)
+            raise
+        for key in [k for k in self._typing if k[0] == room_id]:
+            del self._typing[key]
+        described = room.describe()
+        for uid in sorted(room.members):
+            for session in self.hub.sessions_of(uid):
+                session.room_left(room_id)
+            self.broker.publish_user(uid, events.room_membership("room_removed", described, uid))
+        return room
+
     async def invite(self, room_id: int, user_id: int) -> Room:
         room = self._room(room_id)
         await self.store.add_invite(room_id, user_id)

@@ -109,7 +109,7 @@ async def test_405_names_the_allowed_methods_and_options(server: Server) -> None
             for method, path, allow in (
                 ("PUT", "/healthz", "GET, HEAD, OPTIONS"),
                 ("GET", "/chat/ticket", "OPTIONS, POST"),
-                ("DELETE", f"/admin/rooms/{room}", "GET, HEAD, OPTIONS"),
+                ("PUT", f"/admin/rooms/{room}", "DELETE, GET, HEAD, OPTIONS, PATCH"),
                 ("GET", f"/admin/rooms/{room}/members/1", "DELETE, OPTIONS"),
                 ("PATCH", "/chat-ws/connect", "OPTIONS, POST"),
             ):

@@ -16,6 +16,7 @@ from chatd.http.context import (
     json_body,
     server_state,
 )
+from chatd.rooms import Room
 from chatd.ticketws.tickets import TooManyTickets
 from chatd.validation import MAX_ID, InvalidMessage, room_id_of
 
@@ -70,9 +71,7 @@ async def history(room_id: int) -> Json:
 async def create_room() -> tuple[Json, int]:
     admin()
     body = await json_body()
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise ApiError(400, "bad_name", "name must be a non-empty string of at most 200")
+    name = _room_name(body)
     members = body.get("members", [])
     if not isinstance(members, list):
         raise ApiError(400, "bad_members", "members must be a list of user ids")
@@ -80,20 +79,76 @@ async def create_room() -> tuple[Json, int]:
         member_ids = [room_id_of(m) for m in members]
     except InvalidMessage:
         raise ApiError(400, "bad_members", "members must be positive integer ids") from None
+    room = await server_state().service.create_room(name, _public(body), member_ids)
+    return room.describe(), 201
+
+
+def _room_name(body: Json) -> str:
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise ApiError(400, "bad_name", "name must be a non-empty string of at most 200")
+    return name.strip()
+
+
+def _public(body: Json) -> bool:
     public = body.get("public", False)
     if not isinstance(public, bool):
         raise ApiError(400, "bad_public", "public must be true or false")
-    room = await server_state().service.create_room(name.strip(), public, member_ids)
-    return room.describe(), 201
+    return public
+
+
+def _existing_room(room_id: int) -> Room:
+    room = server_state().rooms.get(room_id)
+    if room is None:
+        raise ApiError(404, "unknown_room", f"room {room_id} does not exist")
+    return room
+
+
+@api.get("/admin/rooms")
+async def list_rooms() -> Json:
+    admin()
+    return {"rooms": [room.describe() for room in server_state().rooms.all()]}
 
 
 @api.get("/admin/rooms/<int:room_id>")
 async def get_room(room_id: int) -> Json:
     admin()
-    room = server_state().rooms.get(room_id)
-    if room is None:
-        raise ApiError(404, "unknown_room", f"room {room_id} does not exist")
+    return _existing_room(room_id).describe()
+
+
+@api.patch("/admin/rooms/<int:room_id>")
+async def update_room(room_id: int) -> Json:
+    admin()
+    body = await json_body()
+    unknown = sorted(set(body) - {"name", "public"})
+    if unknown:
+        raise ApiError(400, "bad_field", f"only name and public can change, not {unknown[0]}")
+    name = _room_name(body) if "name" in body else None
+    public = _public(body) if "public" in body else None
+    room = await server_state().service.update_room(room_id, name, public)
     return room.describe()
+
+
+@api.delete("/admin/rooms/<int:room_id>")
+async def delete_room(room_id: int) -> Json:
+    admin()
+    room = await server_state().service.delete_room(room_id)
+    return {"deleted": room.id, "name": room.name}
+
+
+@api.get("/admin/rooms/<int:room_id>/members")
+async def room_members(room_id: int) -> Json:
+    admin()
+    state = server_state()
+    room = _existing_room(room_id)
+    return {
+        "roomId": room.id,
+        "members": [
+            {"userId": uid, "online": bool(state.hub.sessions_of(uid))}
+            for uid in sorted(room.members)
+        ],
+        "invited": sorted(room.invited),
+    }
 
 
 async def _user_id_body() -> int:

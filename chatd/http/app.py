@@ -28,6 +28,7 @@ from chatd.http.api import api
 from chatd.http.chatws_api import chatws
 from chatd.http.context import STATE_KEY, server_state
 from chatd.model import ClientError
+from chatd.ops import logs
 from chatd.state import ServerState
 
 log = logging.getLogger("chatd.http")
@@ -186,11 +187,13 @@ def create_app(state: ServerState) -> QuartTrio:
         allowed = server_state().cfg.auth.allowed_origins
         origin = request.headers.get("Origin")
         if origin is None or not origin_allowed(origin, allowed):
+            why = f"origin {origin!r} not allowed" if origin else "no Origin header"
+            logs.refused("CORS preflight", why, request.remote_addr or "")
             return error_response(403, "origin_not_allowed", "origin not allowed")
         resp = Response(b"", 204)
         del resp.headers["Content-Type"]  # nothing to type
         resp.headers["Access-Control-Allow-Origin"] = origin
-        resp.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
         resp.headers["Access-Control-Allow-Headers"] = (
             request.headers.get("Access-Control-Request-Headers")
             or "accessToken, Authorization, Content-Type"

@@ -614,6 +614,12 @@ class Store:
     async def remove_member(self, room_id: int, user_id: int) -> bool:
         return await self.write(lambda conn: queries.remove_member(conn, room_id, user_id))
 
+    async def update_room(self, room_id: int, name: str | None, public: bool | None) -> None:
+        await self.write(lambda conn: queries.update_room(conn, room_id, name, public))
+
+    async def delete_room(self, room_id: int) -> int:
+        return await self.write(lambda conn: queries.delete_room(conn, room_id))
+
     def load_revocations_sync(self) -> dict[int, tuple[float | None, float | None]]:
         conn = schema.connect(self.path)
         try:

@@ -81,6 +81,26 @@ def add_invite(conn: sqlite3.Connection, room_id: int, user_id: int) -> None:
     )
 
 
+def update_room(
+    conn: sqlite3.Connection, room_id: int, name: str | None, public: bool | None
+) -> None:
+    if name is not None:
+        conn.execute("UPDATE rooms SET name = ? WHERE id = ?", (name, room_id))
+    if public is not None:
+        conn.execute("UPDATE rooms SET public = ? WHERE id = ?", (int(public), room_id))
+
+
+def delete_room(conn: sqlite3.Connection, room_id: int) -> int:
+    """The room and everything of it: members and invites (by cascade), read marks and
+    messages. Message ids are never reused (AUTOINCREMENT), so a client resuming with
+    `since` cannot confuse a later message with a deleted one. Returns the messages
+    deleted."""
+    deleted = conn.execute("DELETE FROM messages WHERE room_id = ?", (room_id,)).rowcount
+    conn.execute("DELETE FROM reads WHERE room_id = ?", (room_id,))
+    conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+    return int(deleted)
+
+
 # --- revocations ------------------------------------------------------------------------
 
 
