@@ -1,5 +1,4 @@
-"""`chatd serve | token | check-config`, `chatd --version`, and the operator's commands
-(`rooms`, `users`, `history`, `backup`: chatd.admin_cli)."""
+"""`chatd serve | token | check-config`, and `chatd --version`."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from collections.abc import Sequence
 
 import trio
 
-from chatd import admin_cli
 from chatd import config as config_mod
 from chatd.ops import logs, sdnotify
 
@@ -62,7 +60,6 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate and print the effective config")
     _config_arg(check)
-    admin_cli.add_commands(sub, _config_arg)
     return parser
 
 
@@ -83,8 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "token":
         return _token(cfg, args)
-    if args.command in admin_cli.COMMANDS:
-        return admin_cli.run(cfg, args)
     logs.setup(cfg.log.level, cfg.log.format)
     return trio.run(_serve_main, cfg, args.config)
 

@@ -1,8 +1,8 @@
 """The bounds one STOMP client meets, over real sockets: the small frame before login (TCP
-and WebSocket), connections not yet logged in, subscriptions (how many, each destination
-once), transactions (bytes held, time open), and numbers in headers. Each limit reached is
-an ERROR frame (or WebSocket close 1009) the client can read, never memory held, and the
-server and the other clients carry on."""
+and WebSocket), connections not yet logged in, subscriptions (how many, and one message
+once per destination however many subscribe to it), transactions (bytes held, time open),
+and numbers in headers. Each limit reached is an ERROR frame (or WebSocket close 1009) the
+client can read, never memory held, and the server and the other clients carry on."""
 
 from __future__ import annotations
 
@@ -131,20 +131,61 @@ async def test_connections_not_logged_in_are_bounded(start_server: StartServer, 
 # --- 5. subscriptions ------------------------------------------------------------------------
 
 
-async def test_the_same_destination_twice_on_one_connection_is_refused(
+async def test_many_subscriptions_to_one_room_deliver_each_message_once(
     start_server: StartServer,
 ) -> None:
+    """One connection cannot multiply a room's messages: 200 SUBSCRIBEs to the room are
+    all taken (the STOMP guide's joinRoom() subscribes to rooms already subscribed), and
+    five messages are five frames, under the newest subscription."""
     server, room = await started(start_server)
     dest = room_dest(room)
     with trio.fail_after(10):
         async with stomp_user(server, 2, rooms=[room]) as bystander:
             async with stomp_user(server, 1, rooms=[room]) as c:
-                await c.send_frame("SUBSCRIBE", {"destination": dest, "id": "2", "receipt": "r"})
-                await c.expect_error(
-                    "Duplicate subscription",
-                    f"{dest} is already subscribed on this connection (id 'sub-room.{room}')",
-                    receipt_id="r",
+                for i in range(200):
+                    await c.send_frame("SUBSCRIBE", {"destination": dest, "id": f"d{i}"})
+                await c.subscribe(dest, "newest")
+                frames = []
+                for n in range(5):
+                    frames += await c.publish(dest, {"content": f"m{n}"})
+                assert [f.get("subscription") for f in frames] == ["newest"] * 5
+            seen: list[str] = []
+            while len(seen) < 5:
+                _, body = await bystander.expect_message()
+                if body["type"] == "new_message":  # not the presence events
+                    seen.append(body["message"]["content"])
+            assert seen == [f"m{n}" for n in range(5)]
+            await assert_carries_on(server, room, bystander)
+
+
+async def test_a_broker_destination_subscribed_twice_delivers_once(
+    start_server: StartServer,
+) -> None:
+    """The same rule for the general broker: a topic subscribed twice gets one copy, under
+    the newest id; a queue's unacknowledged message goes to the newest subscription."""
+    server, room = await started(start_server, **BROKER)
+    with trio.fail_after(10):
+        async with stomp_user(server, 2, rooms=[room]) as bystander:
+            async with stomp_user(server, 1) as c:
+                await c.subscribe("/topic/t", "t1")
+                await c.subscribe("/topic/t", "t2")
+                frames = await c.publish("/topic/t", b"one")
+                assert [(f.get("subscription"), f.body) for f in frames] == [("t2", b"one")]
+                await c.unsubscribe("t2")
+                frames = await c.publish("/topic/t", b"two")
+                assert [(f.get("subscription"), f.body) for f in frames] == [("t1", b"two")]
+
+                await c.subscribe("/queue/q", "q1", ack="client")
+                [first] = await c.publish("/queue/q", b"work")
+                assert (first.get("subscription"), first.get("redelivered")) == ("q1", "false")
+                # q2 shadows q1: what q1 held unacknowledged goes back to the queue, to q2.
+                [again] = await c.request("SUBSCRIBE", {"destination": "/queue/q", "id": "q2"})
+                assert (again.command, again.get("subscription"), again.body) == (
+                    "MESSAGE",
+                    "q2",
+                    b"work",
                 )
+                assert again.get("redelivered") == "true"
             await assert_carries_on(server, room, bystander)
 
 

@@ -264,22 +264,34 @@ async def test_unsubscribe_stops_delivery(server: Server, kind: Kind) -> None:
             )
 
 
-async def test_a_room_is_subscribed_once_per_connection_and_gets_one_copy(
+async def test_a_room_subscribed_twice_gets_one_copy_under_the_newest_id(
     server: Server,
 ) -> None:
     """RabbitMQ would take a second subscription to the room and send two copies; chatd
-    refuses it (one connection must not multiply a room's messages), so one copy comes."""
+    takes it too, but one connection must not multiply a room's messages: one copy comes,
+    under the newest live subscription (stompjs dispatches by that header), and the older
+    one takes over again when the newest is unsubscribed."""
     with trio.fail_after(10):
         room = await make_room(server, [1])
+        dest = room_dest(room)
         async with stomp_user(server, 1) as c:
-            await c.subscribe(room_dest(room), sub_id="a")
-            frames = await c.publish(room_dest(room), {"content": "once"})
+            await c.subscribe(dest, sub_id="a")
+            frames = await c.publish(dest, {"content": "once"})
             assert [f.get("subscription") for f in frames] == ["a"]
-            await c.send_frame("SUBSCRIBE", {"destination": room_dest(room), "id": "b"})
-            await c.expect_error(
-                "Duplicate subscription",
-                f"{room_dest(room)} is already subscribed on this connection (id 'a')",
-            )
+            await c.subscribe(dest, sub_id="b", ack="client")
+            await c.subscribe(dest, sub_id="c")
+            frames = await c.publish(dest, {"content": "newest"})
+            assert [(f.get("subscription"), f.get("ack")) for f in frames] == [("c", None)]
+            await c.unsubscribe("c")
+            frames = await c.publish(dest, {"content": "back to b"})
+            # b's own ack mode comes back with it.
+            assert [f.get("subscription") for f in frames] == ["b"]
+            assert frames[0].get("ack") is not None
+            await c.unsubscribe("a")  # shadowed: b stays live
+            frames = await c.publish(dest, {"content": "still b"})
+            assert [f.get("subscription") for f in frames] == ["b"]
+            await c.unsubscribe("b")
+            assert await c.publish(dest, {"content": "none"}) == []
 
 
 async def test_alike_subscriptions_share_a_frame_and_each_gets_its_own_headers(

@@ -8,7 +8,8 @@ Kept here: CONNECT first and once (and, until the login is accepted, frames of a
 ``max_connect_frame_size`` bytes), version negotiation (``accept-version``, 1.0 when
 absent, the highest version both speak), ``heart-beat`` parsing and negotiation, the
 virtual host, the headers each command needs in each version, subscriptions (ids unique
-and known to UNSUBSCRIBE, each destination once, at most ``max_subscriptions``),
+and known to UNSUBSCRIBE, at most ``max_subscriptions``, and one live subscription per
+destination: the newest),
 transactions (BEGIN/COMMIT/ABORT; frames in a transaction held until COMMIT, dropped on
 ABORT), receipts, DISCONNECT, and the ERROR that ends it all.
 
@@ -76,8 +77,7 @@ TX_TIMEOUT: Final = 60.0
 # hundred bytes, or one to two KB with a JWT passcode (RabbitMQ allows 8 KB before
 # authentication for the same reason).
 MAX_CONNECT_FRAME_SIZE: Final = 8192
-# Subscriptions one connection may hold; each destination at most once, so one message is
-# never delivered twice to a connection.
+# Subscriptions one connection may hold (live or shadowed, see Conversation._subscribe).
 MAX_SUBSCRIPTIONS: Final = 256
 # A heart-beat interval in milliseconds: 18 digits is about 32 million years.
 _MAX_HEART_BEAT_DIGITS: Final = 18
@@ -140,6 +140,9 @@ class Subscribe:
     ack: str  # one of ACK_MODES
     receipt: str | None
     error_receipt_id: str | None
+    # The subscription to the same destination that was live until now: it stops being
+    # delivered to (the new one takes over) but stays known, and resumes if this one ends.
+    shadows: str | None = None
 
 
 @dataclass(slots=True)
@@ -147,6 +150,8 @@ class Unsubscribe:
     id: str  # a subscription id this conversation knows
     receipt: str | None
     error_receipt_id: str | None
+    # The older subscription to the same destination that is live again now, if any.
+    resumes: str | None = None
 
 
 @dataclass(slots=True)
@@ -312,6 +317,7 @@ class Conversation:
         "_table",
         "_subscriptions",
         "_destinations",
+        "_shadowed",
         "_transactions",
         "_released",
         "_blame",
@@ -365,7 +371,10 @@ class Conversation:
         self.transaction_deadline = math.inf
         self._table = _RUN[State.AWAIT_CONNECT]
         self._subscriptions: dict[str, str] = {}  # id -> destination
-        self._destinations: dict[str, str] = {}  # destination -> id
+        self._destinations: dict[str, str] = {}  # destination -> its live (newest) id
+        # id -> the older id of the same destination it shadows; made on the first
+        # duplicate, which most connections never send.
+        self._shadowed: dict[str, str] | None = None
         self._transactions: dict[str, _Transaction] = {}
         # A COMMIT's frames, then its own receipt, waiting to come out of next_event().
         # Made on the first COMMIT: an empty deque is 760 bytes, on every connection.
@@ -506,12 +515,13 @@ class Conversation:
                 return self._timed_out(tx, RemoteProtocolError)
         return None
 
-    def forget_subscription(self, sub_id: str) -> None:
-        """The server ended subscription `sub_id` (its user left the room): the id and its
-        destination are free again, and UNSUBSCRIBE no longer knows it."""
-        destination = self._subscriptions.pop(sub_id, None)
-        if destination is not None:
-            del self._destinations[destination]
+    def forget_subscription(self, sub_id: str) -> str | None:
+        """The server ended subscription `sub_id` (its user left the room): the id is free
+        again, and UNSUBSCRIBE no longer knows it. Returns the older subscription to the
+        same destination that is live again, if any (see Unsubscribe.resumes)."""
+        if sub_id not in self._subscriptions:
+            return None
+        return self._remove_subscription(sub_id)
 
     # --- handlers: one frame in, an event (or None) out -----------------------------
 
@@ -588,15 +598,6 @@ class Conversation:
             sub_id = destination
         if sub_id in self._subscriptions:
             raise self._refusal("Duplicate subscription", f"subscription id {sub_id!r} is in use")
-        # RabbitMQ takes a second subscription to one destination under another id, and
-        # then delivers every message once per subscription: one connection could turn a
-        # message into thousands of frames. chatd refuses to be that amplifier.
-        other = self._destinations.get(destination)
-        if other is not None:
-            raise self._refusal(
-                "Duplicate subscription",
-                f"{destination} is already subscribed on this connection (id {other!r})",
-            )
         if len(self._subscriptions) >= self.max_subscriptions:
             raise self._refusal(
                 "Too many subscriptions",
@@ -607,9 +608,20 @@ class Conversation:
             raise self._refusal(
                 "Bad ack mode", f"ack must be auto, client or client-individual: {ack!r}"
             )
+        # A second SUBSCRIBE to a destination is taken (stompjs apps send one whenever a
+        # part of the app wants a room, and the STOMP guide's joinRoom() subscribes to a
+        # room it is already in), but a message still reaches the connection once: under
+        # the newest subscription, which stompjs dispatches to the newest callback.
+        # RabbitMQ would deliver it once per subscription, so that thousands of
+        # SUBSCRIBEs made one message thousands of frames.
+        shadows = self._destinations.get(destination)
+        if shadows is not None:
+            if self._shadowed is None:
+                self._shadowed = {}
+            self._shadowed[sub_id] = shadows
         self._subscriptions[sub_id] = destination
         self._destinations[destination] = sub_id
-        return Subscribe(frame, sub_id, destination, ack, receipt, self._blame)
+        return Subscribe(frame, sub_id, destination, ack, receipt, self._blame, shadows)
 
     def _unsubscribe(self, frame: Frame, receipt: str | None) -> Unsubscribe:
         sub_id = frame.get("id")
@@ -617,11 +629,34 @@ class Conversation:
             sub_id = frame.get("destination")
         if sub_id is None:
             raise self._refusal("Missing id", "UNSUBSCRIBE needs an id header")
-        destination = self._subscriptions.pop(sub_id, None)
-        if destination is None:
+        if sub_id not in self._subscriptions:
             raise self._refusal("Unknown subscription", f"no subscription with id {sub_id!r}")
-        del self._destinations[destination]
-        return Unsubscribe(sub_id, receipt, self._blame)
+        resumes = self._remove_subscription(sub_id)
+        return Unsubscribe(sub_id, receipt, self._blame, resumes)
+
+    def _remove_subscription(self, sub_id: str) -> str | None:
+        """Forget a known id; returns the older id of its destination that is live again
+        (when `sub_id` was the live one and shadowed another)."""
+        destination = self._subscriptions.pop(sub_id)
+        shadowed = self._shadowed
+        older = None if shadowed is None else shadowed.pop(sub_id, None)
+        if self._destinations[destination] == sub_id:
+            if older is None:
+                del self._destinations[destination]
+            else:
+                self._destinations[destination] = older
+        else:
+            # A shadowed one: whoever shadowed it now shadows what it shadowed.
+            assert shadowed is not None
+            newer = next(n for n, o in shadowed.items() if o == sub_id)
+            if older is None:
+                del shadowed[newer]
+            else:
+                shadowed[newer] = older
+            older = None
+        if shadowed is not None and not shadowed:
+            self._shadowed = None
+        return older
 
     def _ack(self, frame: Frame, receipt: str | None) -> Ack | Receipt | None:
         tx = frame.get("transaction")

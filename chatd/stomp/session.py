@@ -316,6 +316,7 @@ class StompSession:
 
     def room_left(self, room_id: int) -> None:
         topic = f"room.{room_id}"
+        # Every subscription to the room ends, live and shadowed: none resumes.
         for sub in [s for s in self.subs.values() if s.topic == topic]:
             self._drop_sub(sub)
             self.conv.forget_subscription(sub.id)
@@ -525,6 +526,8 @@ class StompSession:
     async def _subscribe(self, event: Subscribe) -> None:
         dest = event.destination
         sub_id = event.id
+        if event.shadows is not None:
+            self._pause(event.shadows)
         if chat_destination(dest) is None:
             self.broker_subs[sub_id] = self._broker_subscribe(event.frame, sub_id, dest, event.ack)
             self._receipt(event.receipt)
@@ -565,7 +568,36 @@ class StompSession:
             sub = self.subs.get(event.id)
             if sub is not None:
                 self._drop_sub(sub)
+        if event.resumes is not None:
+            self._resume(event.resumes)
         self._receipt(event.receipt)
+
+    def _pause(self, sub_id: str) -> None:
+        """Stop delivering to `sub_id`, shadowed by a newer subscription to its
+        destination; it stays in subs or broker_subs for _resume."""
+        sub = self.subs.get(sub_id)
+        if sub is not None:
+            self.state.hub.unsubscribe(sub.topic, sub)
+            return
+        consumer = self.broker_subs.get(sub_id)
+        if consumer is not None and self.state.stomp_broker is not None:
+            self.state.stomp_broker.unsubscribe(consumer)
+
+    def _resume(self, sub_id: str) -> None:
+        """Deliver to `sub_id` again: the subscription that shadowed it ended."""
+        sub = self.subs.get(sub_id)
+        if sub is not None:
+            self.state.hub.subscribe(sub.topic, sub)
+            return
+        old = self.broker_subs.get(sub_id)
+        broker = self.state.stomp_broker
+        if old is not None and broker is not None:
+            try:
+                self.broker_subs[sub_id] = broker.subscribe(
+                    self, sub_id, old.destination, old.ack, old.prefetch
+                )
+            except BrokerError as exc:
+                raise RemoteProtocolError(exc.message, exc.detail) from None
 
     def _drop_sub(self, sub: Subscription) -> None:
         self.subs.pop(sub.id, None)

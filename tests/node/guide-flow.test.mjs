@@ -1,6 +1,6 @@
 // The STOMP guide's flow, step by step: POST /chat-ws/connect, connect stompjs with the
 // issued login, subscribe to every subscription and to the user queue, send through
-// POST /chat-ws/send-message, receive `new_message`. Users 1-3 and the driver's rooms.
+// POST /chat-ws/send-message, receive `new_message`. Users 1-5 and the driver's rooms.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,6 +16,7 @@ import {
   newMessage,
   isEvent,
   receipt,
+  sendMessage,
   roomDest,
   token,
   unique,
@@ -192,4 +193,109 @@ test('a JWT works as the STOMP passcode too', TEST, async (t) => {
   assert.equal(res.status, 200);
   const got = await inbox.waitFor(newMessage(content), 'new_message');
   assert.equal(got.json.message.sender_id, 1);
+});
+
+// The guide's connectToChat subscribes to every room of connectionInfo.subscriptions, and
+// its joinRoom() subscribes to result.subscription whenever join-room says "joined": also
+// for a room the client already subscribed, and again after leaveRoom() (which never
+// unsubscribes). Each of those SUBSCRIBEs is taken, and each message still reaches the
+// app exactly once. Users 4 and 5.
+test('the guide client joining rooms it is in, and join/leave/join, gets each message once', TEST, async (t) => {
+  const mine = await createRoom(unique('already mine'), { members: [4, 5] });
+  const open = await createRoom(unique('public to join'), { isPublic: true, members: [5] });
+  const jwt4 = token(4);
+  const connectionInfo = await http('/chat-ws/connect', { jwt: jwt4 }).then((r) => r.body);
+  assert.deepEqual(connectionInfo.subscriptions.map((s) => s.roomId), [mine.id]);
+
+  // What the guide's callbacks hand the app: onMessageReceived(data, roomId) and
+  // handleRoomMessage(data, roomId), both into one list.
+  const handled = new Inbox('messages the app handled');
+  const errors = new Inbox('ERROR frames');
+  let stompClient;
+  // The guide's code subscribes without a receipt; the test adds one to each SUBSCRIBE
+  // (a header stompjs passes along) to know when the server has it.
+  const subscribed = (destination, roomId) => {
+    const id = unique('r');
+    const done = receipt({ client: stompClient, errors }, id, `RECEIPT for SUBSCRIBE ${destination}`);
+    stompClient.subscribe(
+      destination,
+      (message) => handled.push({ data: JSON.parse(message.body), roomId, sub: message.headers.subscription }),
+      { receipt: id },
+    );
+    return done;
+  };
+  const connected = new Promise((resolve, reject) => {
+    stompClient = new Client({
+      brokerURL: env.stompWs,
+      connectHeaders: {
+        login: connectionInfo.connectionInfo.username,
+        passcode: connectionInfo.connectionInfo.password,
+        host: connectionInfo.connectionInfo.vhost,
+      },
+      reconnectDelay: 0,
+      onConnect: () => {
+        Promise.all(connectionInfo.subscriptions.map((sub) => subscribed(sub.destination, sub.roomId))).then(
+          resolve,
+          reject,
+        );
+      },
+      onStompError: (frame) => {
+        errors.push(frame);
+        reject(new Error(`STOMP error: ${frame.headers['message']} ${frame.body}`));
+      },
+    });
+    t.after(() => stompClient.deactivate({ force: true }));
+    stompClient.activate();
+  });
+  await connected;
+
+  // The guide's joinRoom and leaveRoom, verbatim but for the URL and the receipt.
+  const joinRoom = async (roomId) => {
+    const response = await fetch(env.http + '/chat-ws/join-room', {
+      method: 'POST',
+      headers: { Authorization: 'Bearer ' + jwt4, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ roomId }),
+    });
+    const result = await response.json();
+    if (result.status === 'joined') {
+      await subscribed(result.subscription, roomId);
+    }
+    return result;
+  };
+  const leaveRoom = async (roomId) => {
+    await fetch(`${env.http}/chat-ws/leave-room/${roomId}`, {
+      method: 'POST',
+      headers: { Authorization: 'Bearer ' + jwt4 },
+    });
+  };
+
+  // Each message exactly once: the marker sent after it arrives after any copy would have
+  // (one connection's deliveries are in order).
+  const content = (c) => (m) => m.data.type === 'new_message' && m.data.message.content === c;
+  const exactlyOnce = async (roomId) => {
+    const text = unique('once');
+    await sendMessage(token(5), roomId, text);
+    const marker = unique('marker');
+    await sendMessage(token(5), roomId, marker);
+    await handled.waitFor(content(marker), `marker in room ${roomId}`);
+    assert.equal(handled.filter(content(text)).length, 1, `copies of one message in room ${roomId}`);
+    assert.equal(handled.filter(content(marker)).length, 1);
+  };
+
+  // A room the client is in and already subscribed: "joined", subscribed a second time.
+  assert.equal((await joinRoom(mine.id)).status, 'joined');
+  await exactlyOnce(mine.id);
+  assert.equal((await joinRoom(mine.id)).status, 'joined');
+  await exactlyOnce(mine.id);
+
+  // join, leave, join again.
+  assert.equal((await joinRoom(open.id)).status, 'joined');
+  await exactlyOnce(open.id);
+  await leaveRoom(open.id);
+  assert.equal((await joinRoom(open.id)).status, 'joined');
+  await exactlyOnce(open.id);
+  await exactlyOnce(mine.id);
+
+  assert.equal(errors.items.length, 0);
+  assert.equal(stompClient.connected, true);
 });

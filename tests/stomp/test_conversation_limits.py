@@ -1,7 +1,7 @@
 """The conversation's bounds on what one client can make the server hold, synchronously:
-the small frame size until the login is accepted, subscriptions (how many, and each
-destination once), and transactions (bytes held, and how long one may stay open, on a fake
-clock passed in)."""
+the small frame size until the login is accepted, subscriptions (how many, and one live
+subscription per destination), and transactions (bytes held, and how long one may stay
+open, on a fake clock passed in)."""
 
 from __future__ import annotations
 
@@ -88,28 +88,80 @@ def sub(dest: str, sub_id: str, receipt: str | None = None) -> bytes:
     return wire("SUBSCRIBE", *headers)
 
 
-def test_the_same_destination_twice_is_refused_whatever_the_id() -> None:
+def test_a_second_subscription_to_a_destination_shadows_the_first() -> None:
     conv = connected()
-    ok(conv, sub("/topic/a", "s1"))
-    error = refused(conv, sub("/topic/a", "s2", receipt="r"))
-    assert (error.message, error.detail, error.headers) == (
-        "Duplicate subscription",
-        "/topic/a is already subscribed on this connection (id 's1')",
-        (("receipt-id", "r"),),
-    )
+    [first] = ok(conv, sub("/topic/a", "s1"))
+    assert isinstance(first, Subscribe) and first.shadows is None
+    [second] = ok(conv, sub("/topic/a", "s2", receipt="r"))
+    assert isinstance(second, Subscribe)
+    assert (second.id, second.shadows, second.receipt) == ("s2", "s1", "r")
+    [third] = ok(conv, sub("/topic/a", "s3"))
+    assert isinstance(third, Subscribe) and third.shadows == "s2"
+    # Another destination is not concerned.
+    [other] = ok(conv, sub("/topic/b", "s4"))
+    assert isinstance(other, Subscribe) and other.shadows is None
 
 
-def test_a_destination_is_free_again_after_unsubscribe_or_forget() -> None:
+def unsubscribe(conv: Conversation, sub_id: str) -> Unsubscribe:
+    [event] = ok(conv, wire("UNSUBSCRIBE", ("id", sub_id)))
+    assert isinstance(event, Unsubscribe) and event.id == sub_id
+    return event
+
+
+def test_unsubscribing_the_live_one_resumes_the_next_older() -> None:
     conv = connected()
-    ok(conv, sub("/topic/a", "s1") + sub("/topic/b", "s2"))
-    [unsub] = ok(conv, wire("UNSUBSCRIBE", ("id", "s1")))
-    assert isinstance(unsub, Unsubscribe)
-    conv.forget_subscription("s2")  # the server ended it (the user left the room)
-    events = ok(conv, sub("/topic/a", "s3") + sub("/topic/b", "s1"))
-    assert [(e.id, e.destination) for e in events if isinstance(e, Subscribe)] == [
-        ("s3", "/topic/a"),
-        ("s1", "/topic/b"),
+    ok(conv, sub("/topic/a", "s1") + sub("/topic/a", "s2") + sub("/topic/a", "s3"))
+    assert unsubscribe(conv, "s3").resumes == "s2"
+    assert unsubscribe(conv, "s2").resumes == "s1"
+    assert unsubscribe(conv, "s1").resumes is None
+    # The destination is free: a new subscription shadows nothing.
+    [event] = ok(conv, sub("/topic/a", "s1"))
+    assert isinstance(event, Subscribe) and event.shadows is None
+
+
+def test_unsubscribing_a_shadowed_one_changes_nothing_live() -> None:
+    conv = connected()
+    ok(conv, sub("/topic/a", "s1") + sub("/topic/a", "s2") + sub("/topic/a", "s3"))
+    assert unsubscribe(conv, "s2").resumes is None  # s3 stays live
+    assert unsubscribe(conv, "s3").resumes == "s1"  # s2 is gone: s1 is next
+    assert unsubscribe(conv, "s1").resumes is None
+    assert refused(conv, wire("UNSUBSCRIBE", ("id", "s2"))).message == "Unknown subscription"
+
+
+def test_unsubscribing_the_oldest_keeps_the_newest_live() -> None:
+    conv = connected()
+    ok(conv, sub("/topic/a", "s1") + sub("/topic/a", "s2"))
+    assert unsubscribe(conv, "s1").resumes is None
+    assert unsubscribe(conv, "s2").resumes is None
+    [event] = ok(conv, sub("/topic/a", "s5"))
+    assert isinstance(event, Subscribe) and event.shadows is None
+
+
+def test_forget_frees_an_id_and_tells_what_resumes() -> None:
+    conv = connected()
+    ok(conv, sub("/topic/a", "s1") + sub("/topic/a", "s2") + sub("/topic/b", "s3"))
+    assert conv.forget_subscription("s2") == "s1"
+    assert conv.forget_subscription("s1") is None
+    assert conv.forget_subscription("s1") is None  # already forgotten
+    conv.forget_subscription("s3")  # the server ended it (the user left the room)
+    events = ok(conv, sub("/topic/a", "s2") + sub("/topic/b", "s1"))
+    assert [(e.id, e.destination, e.shadows) for e in events if isinstance(e, Subscribe)] == [
+        ("s2", "/topic/a", None),
+        ("s1", "/topic/b", None),
     ]
+
+
+def test_an_id_in_use_is_refused_even_for_another_destination() -> None:
+    conv = connected()
+    ok(conv, sub("/topic/a", "s1") + sub("/topic/a", "s2"))
+    error = refused(conv, sub("/topic/b", "s1", receipt="r"))
+    assert (error.message, error.headers) == ("Duplicate subscription", (("receipt-id", "r"),))
+
+
+def test_shadowed_subscriptions_count_against_the_bound() -> None:
+    conv = connected(max_subscriptions=2)
+    ok(conv, sub("/topic/a", "s1") + sub("/topic/a", "s2"))
+    assert refused(conv, sub("/topic/a", "s3")).message == "Too many subscriptions"
 
 
 def test_subscriptions_per_connection_are_bounded() -> None:
