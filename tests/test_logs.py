@@ -1,4 +1,4 @@
-"""Log lines never carry JWTs, tickets or passcodes."""
+"""Log lines never carry JWTs, tickets or passcodes; refusals are logged, rate-limited."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uuid
 import jwt
 import pytest
 
-from chatd.ops.logs import JsonFormatter, PlainFormatter, redact, setup
+from chatd.ops.logs import JsonFormatter, PlainFormatter, RefusalLog, redact, setup
 
 TOKEN = jwt.encode({"sub": "1", "exp": 2_000_000_000}, "x" * 64, algorithm="HS256")
 TICKET = str(uuid.uuid4())
@@ -85,3 +85,63 @@ def test_setup_installs_one_handler(capsys: pytest.CaptureFixture[str]) -> None:
             if h not in before:
                 root.removeHandler(h)
         root.setLevel(level)
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "test.refused"]
+
+
+def test_refusals_are_info_lines_naming_what_why_and_who(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "test.refused")
+    log = RefusalLog(logging.getLogger("test.refused"), clock=FakeClock())
+    log.refused("/chat", "origin 'https://evil.example' not allowed", "192.0.2.7")
+    log.refused("STOMP login", "bad login or passcode", "")
+    log.refused("CORS preflight", "origin " + "x" * 500, "2001:db8::1")
+    log.refused("/ws", "origin 'a\nb' not allowed", "192.0.2.8")
+    lines = refusal_lines(caplog)
+    assert lines[:2] == [
+        "refused /chat from 192.0.2.7: origin 'https://evil.example' not allowed",
+        "refused STOMP login from a local socket: bad login or passcode",
+    ]
+    assert lines[2] == "refused CORS preflight from 2001:db8::1: origin " + "x" * 193 + "…"
+    assert lines[3] == "refused /ws from 192.0.2.8: \"origin 'a\\nb' not allowed\""
+    assert {r.levelno for r in caplog.records} == {logging.INFO}
+
+
+def test_refusals_are_rate_limited_by_a_token_bucket(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "test.refused")
+    clock = FakeClock()
+    log = RefusalLog(logging.getLogger("test.refused"), rate=2.0, burst=5, clock=clock)
+    # A flood: the burst goes out, the rest is counted.
+    logged = [log.refused("/chat", f"ticket unknown #{i}", "192.0.2.7") for i in range(1000)]
+    assert logged == [True] * 5 + [False] * 995
+    assert len(refusal_lines(caplog)) == 5
+    # Half a second later the bucket holds one: one line, naming what was left out.
+    clock.now += 0.5
+    assert log.refused("/chat", "ticket unknown", "192.0.2.7")
+    assert not log.refused("/chat", "ticket unknown", "192.0.2.7")
+    assert refusal_lines(caplog)[-1] == (
+        "refused /chat from 192.0.2.7: ticket unknown (995 more refusals not logged before"
+        " this one)"
+    )
+    # However long the quiet, a new flood gets no more than the burst.
+    clock.now += 3600
+    assert sum(log.refused("/ws", "origin", "192.0.2.9") for _ in range(100)) == 5
+    # A steady trickle at the rate is logged whole.
+    clock.now += 3600
+    for _ in range(50):
+        clock.now += 0.5
+        assert log.refused("/ws", "origin", "192.0.2.9")

@@ -15,6 +15,7 @@ from quart import current_app, request
 
 from chatd.auth import AuthError, Identity
 from chatd.model import ClientError, User
+from chatd.ops import logs
 from chatd.state import ServerState
 from chatd.validation import id_of_digits
 
@@ -61,7 +62,7 @@ def identify(allow_access_token: bool = True) -> Identity:
     except AuthError as exc:
         state.metrics.auth_failures[exc.reason] += 1
         # The reason only: the token itself never goes to the log.
-        log.info("refused %s %s: %s", request.method, request.path, exc.reason)
+        logs.refused(f"{request.method} {request.path}", exc.message, request.remote_addr or "")
         raise ApiError(401, "unauthorized", exc.message) from None
 
 

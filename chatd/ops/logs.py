@@ -113,3 +113,76 @@ class RateLimitedLog:
             suppressed, self._suppressed = self._suppressed, 0
             self._next = -math.inf
         return suppressed
+
+
+class RefusalLog:
+    """Refused clients, at info, so an operator can see why a page or an app fails: what
+    was refused, why, and the client's address. A token bucket keeps a flood (a
+    misconfigured origin behind a busy site, or someone trying tokens) from filling the
+    journal: `burst` lines at once, then `rate` a second; the lines not logged are counted
+    and named on the next one. Never given a token, a ticket or a passcode: callers pass
+    the reason their check gave, and the origin (a browser's, not a secret).
+
+    Safe to share between threads; `clock` is injectable so tests move time themselves."""
+
+    MAX_FIELD = 200  # characters of a client-chosen value (an origin) shown in a line
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        rate: float = 1.0,
+        burst: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tokens = float(burst)
+        self._at = clock()
+        self._suppressed = 0
+
+    def refused(self, what: str, reason: str, client: str) -> bool:
+        """Log `refused WHAT from CLIENT: REASON` unless the bucket is empty; True if it
+        was logged."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens < 1:
+                self._suppressed += 1
+                return False
+            self._tokens -= 1
+            suppressed, self._suppressed = self._suppressed, 0
+        msg = "refused %s from %s: %s"
+        args: tuple[object, ...] = (what, _shown(client or "a local socket"), _shown(reason))
+        if suppressed:
+            msg += " (%d more refusals not logged before this one)"
+            args = (*args, suppressed)
+        self.logger.info(msg, *args)
+        return True
+
+    def reset(self) -> None:
+        """A full bucket and nothing counted (a new server in the same process, a test)."""
+        with self._lock:
+            self._tokens = float(self.burst)
+            self._at = self._clock()
+            self._suppressed = 0
+
+
+def _shown(text: str) -> str:
+    # A client chose it: bounded, and quoted when it carries anything unprintable.
+    if len(text) > RefusalLog.MAX_FIELD:
+        text = text[: RefusalLog.MAX_FIELD] + "…"
+    return text if text.isprintable() else repr(text)
+
+
+# The one log of refusals every protocol and the HTTP API share: one budget for the lot,
+# since a flood of one kind must not crowd the journal any more than a mix.
+refusals = RefusalLog(logging.getLogger("chatd.refused"))
+
+
+def refused(what: str, reason: str, client: str) -> None:
+    """A client was refused: see `RefusalLog`."""
+    refusals.refused(what, reason, client)

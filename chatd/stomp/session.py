@@ -25,8 +25,10 @@ import trio
 from chatd.auth import AuthError, Identity
 from chatd.model import Event, Outgoing, User
 from chatd.net import wire
+from chatd.net.connections import peer_address
 from chatd.net.websocket import CLOSE_SLOW_CONSUMER
 from chatd.net.wire import WireWriter
+from chatd.ops import logs
 from chatd.service import ServiceError
 from chatd.state import ServerState
 from chatd.stomp import (
@@ -70,6 +72,7 @@ def _hidden_room(room_id: int) -> RemoteProtocolError:
 
 
 class StompTransport(Protocol):
+    stream: trio.SocketStream
     out: WireWriter
     framing: str  # how `wire` wraps a frame: equal framings give equal bytes
 
@@ -468,6 +471,8 @@ class StompSession:
         user = identity.user if identity is not None else None
         if user is None and not (cfg.allow_anonymous and login == "guest" and passcode == "guest"):
             state.metrics.auth_failures["stomp_login"] += 1
+            why = f"no valid passcode for login {login!r}"  # the passcode never logged
+            logs.refused(f"STOMP {self.kind} login", why, peer_address(self.transport.stream))
             raise RemoteProtocolError("Bad CONNECT", f"Access refused for user '{login}'")
         sx, sy = event.heart_beat
         self.heart_out = sx / 1000

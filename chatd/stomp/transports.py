@@ -10,11 +10,12 @@ import trio
 
 from chatd.auth import origin_allowed
 from chatd.net import websocket as ws
-from chatd.net.connections import serve_counted
+from chatd.net.connections import peer_address, serve_counted
 from chatd.net.handshake import WsRoutes, refuse, serve_connection
 from chatd.net.wire import Disconnected as WireClosed
 from chatd.net.wire import WireWriter
 from chatd.net.ws_transport import Upgrade, WebSocketTransport
+from chatd.ops import logs
 from chatd.state import ServerState
 from chatd.stomp import SUBPROTOCOLS, V10, Frame, FrameWriter
 from chatd.stomp.session import StompSession, StompTransport
@@ -97,6 +98,9 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     request, leftover = upgrade.take()
     status, body = _check_request(state, request)
     if status:
+        if status == 403:
+            why = f"origin {request.headers.get('origin')!r} not allowed"
+            logs.refused("/ws", why, peer_address(stream))
         await refuse(stream, status, body)
         return
     try:

@@ -24,6 +24,7 @@ from chatd.auth import origin_allowed
 from chatd.events import chat_shape
 from chatd.model import Event, Outgoing, StoredMessage, User
 from chatd.net import websocket as wsl
+from chatd.net.connections import peer_address
 from chatd.net.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -32,6 +33,7 @@ from chatd.net.websocket import (
     CLOSE_TOKEN_EXPIRED,
 )
 from chatd.net.ws_transport import Upgrade, WebSocketTransport
+from chatd.ops import logs
 from chatd.service import ServiceError
 from chatd.state import ServerState
 from chatd.store import StoreUnavailable
@@ -251,7 +253,9 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         await stream.aclose()
         return
 
-    async def refuse(code: int, reason: str) -> None:
+    async def refuse(code: int, reason: str, logged: str | None = None) -> None:
+        if code != CLOSE_GOING_AWAY:  # shutting down refuses no one in particular
+            logs.refused("/chat", logged or reason, peer_address(stream))
         ws.close(code, reason)
         with trio.move_on_after(2):
             await ws.out.run()
@@ -262,7 +266,8 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         return
     if not origin_allowed(request.headers.get("origin"), cfg.auth.allowed_origins):
         state.metrics.auth_failures["origin"] += 1
-        await refuse(CLOSE_TICKET_MISSING, "origin not allowed")
+        origin = request.headers.get("origin")
+        await refuse(CLOSE_TICKET_MISSING, "origin not allowed", f"origin {origin!r} not allowed")
         return
     del request
     ticket = (query.get("ticket") or [""])[0]
