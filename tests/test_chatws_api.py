@@ -251,6 +251,11 @@ async def test_connect_shape(start_server: StartServer) -> None:
         assert resp.status_code == 200
         body = resp.json()
         info = body["connectionInfo"]
+        # One per room of the user, by room id.
+        subscriptions = [
+            {"destination": room_dest(r2), "roomId": r2, "roomName": "상담방 #2"},
+            {"destination": room_dest(r1), "roomId": r1, "roomName": "상담방 #1"},
+        ]
         assert body == {
             "status": "success",
             "connectionInfo": {
@@ -258,12 +263,11 @@ async def test_connect_shape(start_server: StartServer) -> None:
                 "username": "chatd-user-5",
                 "password": info["password"],
                 "vhost": "/",
+                # The guide's React Native connectToChat(connectionInfo) reads them here.
+                "subscriptions": subscriptions,
             },
-            # One per room of the user, by room id.
-            "subscriptions": [
-                {"destination": room_dest(r2), "roomId": r2, "roomName": "상담방 #2"},
-                {"destination": room_dest(r1), "roomId": r1, "roomName": "상담방 #1"},
-            ],
+            # Where the guide's sample response has them.
+            "subscriptions": subscriptions,
             # Beyond the guide: the user's own queue and name.
             "userDestination": user_dest(5),
             "userInfo": {
@@ -284,7 +288,7 @@ async def test_connect_shape_without_rooms_or_optional_claims(server: Server) ->
     with trio.fail_after(10):
         resp = await post_json(server, "/chat-ws/connect", 8)
         body = resp.json()
-        assert body["subscriptions"] == []
+        assert body["subscriptions"] == body["connectionInfo"]["subscriptions"] == []
         assert body["userInfo"] == {
             "userId": 8,
             "username": "user8",

@@ -43,6 +43,9 @@ async def connect() -> Json:
             "username": login,
             "password": passcode,
             "vhost": (state.cfg.stomp.vhosts or ["/"])[0],
+            # The guide's React Native connectToChat(connectionInfo) reads them here; its
+            # sample response has them beside connectionInfo. Both, so either code runs.
+            "subscriptions": subs,
         },
         "subscriptions": subs,
         "userDestination": user_destination(user.id),
