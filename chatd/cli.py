@@ -1,4 +1,5 @@
-"""`chatd serve | token | check-config`, and `chatd --version`."""
+"""`chatd serve | token | check-config`, `chatd --version`, and the operator's commands
+(`rooms`, `users`, `history`, `backup`: chatd.admin_cli)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 import trio
 
+from chatd import admin_cli
 from chatd import config as config_mod
 from chatd.ops import logs, sdnotify
 
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate and print the effective config")
     _config_arg(check)
+    admin_cli.add_commands(sub, _config_arg)
     return parser
 
 
@@ -80,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "token":
         return _token(cfg, args)
+    if args.command in admin_cli.COMMANDS:
+        return admin_cli.run(cfg, args)
     logs.setup(cfg.log.level, cfg.log.format)
     return trio.run(_serve_main, cfg, args.config)
 

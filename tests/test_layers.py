@@ -60,7 +60,7 @@ LAYERS: list[tuple[int, str, str, tuple[str, ...]]] = [
     (7, "process", "starts the listeners over one state, stops and reloads them",
      ("chatd.server",)),
     (8, "command line", "parses the command line and runs the server or a tool",
-     ("chatd.cli", "chatd.__main__")),
+     ("chatd.cli", "chatd.admin_cli", "chatd.__main__")),
 ]  # fmt: skip
 
 

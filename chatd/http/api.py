@@ -136,6 +136,19 @@ async def delete_room(room_id: int) -> Json:
     return {"deleted": room.id, "name": room.name}
 
 
+@api.get("/admin/rooms/<int:room_id>/messages")
+async def room_history(room_id: int) -> Json:
+    """A room's history for an admin, who need not be a member (`chatd history`)."""
+    admin()
+    state = server_state()
+    _existing_room(room_id)
+    before = int_arg("before", None, minimum=1)
+    limit = min(int_arg("limit", 50, minimum=1) or 50, state.cfg.chat.history_max_limit)
+    msgs = await state.store.history(room_id, before, limit)
+    next_before = msgs[-1].id if len(msgs) == limit else None
+    return {"messages": [chat_shape(m) for m in msgs], "nextBefore": next_before}
+
+
 @api.get("/admin/rooms/<int:room_id>/members")
 async def room_members(room_id: int) -> Json:
     admin()
