@@ -118,6 +118,9 @@ class StompConfig:
     broker_enabled: bool = False
     broker_destinations: list[str] = field(default_factory=list)
     broker_queue_max_messages: int = _pos(10000)
+    broker_max_queues: int = _pos(1000)
+    broker_max_bytes: int = _pos(64 * 1024 * 1024)
+    broker_queue_idle_seconds: float = _pos(600.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,14 @@ class ServerState:
             cfg, store, rooms, hub, MemoryBroker(hub), metrics, revocations=revocations
         )
         general = (
-            GeneralBroker(cfg.stomp.broker_destinations, cfg.stomp.broker_queue_max_messages)
+            GeneralBroker(
+                cfg.stomp.broker_destinations,
+                cfg.stomp.broker_queue_max_messages,
+                max_queues=cfg.stomp.broker_max_queues,
+                max_bytes=cfg.stomp.broker_max_bytes,
+                idle_seconds=cfg.stomp.broker_queue_idle_seconds,
+                clock=trio.current_time,
+            )
             if cfg.stomp.broker_enabled
             else None
         )

@@ -10,16 +10,41 @@ from chatd.stomp.general_broker import BrokerError, GeneralBroker, parse_destina
 
 
 class Peer:
-    def __init__(self, version: str = "1.2") -> None:
+    """A connection as the broker sees it: it takes `room` messages (None: any number),
+    and its socket takes them at once unless `stuck`."""
+
+    def __init__(self, version: str = "1.2", room: int | None = None) -> None:
         self.writer = FrameWriter(version)
         self.frames: list[Frame] = []
+        self.room = room
+        self.stuck = False
+        self.offered = 0
+        self.written = 0
+        self.cuts = 0
 
-    def push_frame(self, data: bytes) -> None:
+    def can_take(self) -> bool:
+        return self.room is None or self.room > 0
+
+    def deliver(self, frame: bytes) -> int | None:
+        if not self.can_take():
+            return None
+        if self.room is not None:
+            self.room -= 1
         reader = FrameReader()
-        reader.receive_data(data)
+        reader.receive_data(frame)
         ev = reader.next_event()
         assert isinstance(ev, Frame)
         self.frames.append(ev)
+        self.offered += len(frame)
+        if not self.stuck:
+            self.written = self.offered
+        return self.offered
+
+    def bytes_written(self) -> int:
+        return self.written
+
+    def cut(self) -> None:
+        self.cuts += 1
 
     def bodies(self) -> list[bytes]:
         return [f.body for f in self.frames]
@@ -201,3 +226,161 @@ async def test_broker_over_tcp_with_transaction_and_custom_headers(start_server)
         other = await stomp(server, 3)
         await other.send("SEND", b"next", destination="/queue/work")
         assert (await consumer.frame()).body == b"next"
+
+
+# --- flow: a queue hands a consumer only what its connection can take (issue 13) --------
+
+
+def test_a_consumer_gets_what_its_connection_can_take_and_the_rest_on_resume() -> None:
+    broker = GeneralBroker(ALL)
+    for i in range(5):
+        broker.publish("/queue/q", (), str(i).encode())
+    peer = Peer(room=2)
+    broker.subscribe(peer, "s", "/queue/q", "auto", 0)
+    assert peer.bodies() == [b"0", b"1"] and peer.cuts == 0
+    peer.room = 10
+    broker.resume(peer)
+    assert peer.bodies() == [b"0", b"1", b"2", b"3", b"4"]
+    assert broker.bytes == 0  # all written: nothing held
+
+
+def test_a_blocked_consumer_is_passed_over_for_one_with_room() -> None:
+    broker = GeneralBroker(ALL)
+    full, free = Peer(room=0), Peer()
+    broker.subscribe(full, "s", "/queue/q", "client-individual", 0)
+    broker.subscribe(free, "s", "/queue/q", "client-individual", 0)
+    for i in range(3):
+        broker.publish("/queue/q", (), str(i).encode())
+    assert full.bodies() == [] and free.bodies() == [b"0", b"1", b"2"]
+
+
+def test_auto_deliveries_the_socket_never_took_go_back_when_the_connection_ends() -> None:
+    broker = GeneralBroker(ALL)
+    stuck = Peer()
+    broker.subscribe(stuck, "s", "/queue/q", "auto", 0)
+    broker.publish("/queue/q", (), b"written")
+    stuck.stuck = True
+    broker.publish("/queue/q", (), b"queued-1")
+    broker.publish("/queue/q", (), b"queued-2")
+    assert stuck.bodies() == [b"written", b"queued-1", b"queued-2"]
+    broker.peer_gone(stuck)
+    other = Peer()
+    broker.subscribe(other, "s", "/queue/q", "auto", 0)
+    assert other.bodies() == [b"queued-1", b"queued-2"]
+    assert [f.get("redelivered") for f in other.frames] == ["true", "true"]
+    assert broker.bytes == 0
+
+
+def test_a_topic_subscriber_whose_queue_fills_is_cut_and_the_publisher_carries_on() -> None:
+    broker = GeneralBroker(ALL, max_messages=2)
+    stopped, reading = Peer(room=0), Peer()
+    broker.subscribe(stopped, "s", "/topic/t", "auto", 0)
+    broker.subscribe(reading, "s", "/topic/t", "auto", 0)
+    for i in range(4):
+        assert broker.publish("/topic/t", (), str(i).encode()) >= 1
+    assert stopped.cuts >= 1
+    assert reading.bodies() == [b"0", b"1", b"2", b"3"]
+    broker.peer_gone(stopped)
+    assert broker.bytes == 0
+
+
+# --- bounds (issue 13) ------------------------------------------------------------------
+
+
+def test_named_queues_are_bounded_in_number() -> None:
+    broker = GeneralBroker(ALL, max_queues=2)
+    broker.publish("/queue/a", (), b"")
+    broker.subscribe(Peer(), "s", "/queue/b", "auto", 0)
+    with pytest.raises(BrokerError, match="Too many queues"):
+        broker.publish("/queue/c", (), b"")
+    with pytest.raises(BrokerError, match="Too many queues"):
+        broker.subscribe(Peer(), "s", "/queue/c", "auto", 0)
+    broker.publish("/queue/a", (), b"still fine")
+    # Topic subscriptions' private queues do not count.
+    broker.subscribe(Peer(), "s", "/topic/x", "auto", 0)
+    assert broker.queue_count == 2
+
+
+def test_all_queues_together_are_bounded_in_bytes() -> None:
+    broker = GeneralBroker(ALL, max_bytes=10_000)
+    broker.publish("/queue/a", (), b"x" * 4000)
+    broker.publish("/queue/b", (), b"x" * 4000)
+    with pytest.raises(BrokerError, match="Queue full") as info:
+        broker.publish("/queue/a", (), b"x" * 4000)
+    assert "10000 bytes" in info.value.detail
+    # Unacknowledged messages still count; acknowledged ones free their bytes.
+    peer = Peer()
+    broker.subscribe(peer, "s", "/queue/a", "client", 0)
+    with pytest.raises(BrokerError, match="Queue full"):
+        broker.publish("/queue/a", (), b"x" * 4000)
+    broker.settle(peer, peer.frames[0].get("ack") or "", "s", ack=True, requeue=True)
+    broker.publish("/queue/a", (), b"x" * 4000)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_empty_queue_with_no_consumer_is_dropped_after_the_idle_time() -> None:
+    clock = Clock()
+    broker = GeneralBroker(ALL, max_queues=2, idle_seconds=60, clock=clock)
+    broker.publish("/queue/kept", (), b"waits")  # holds a message: never idle
+    peer = Peer()
+    consumer = broker.subscribe(peer, "s", "/queue/idle", "client-individual", 0)
+    broker.publish("/queue/idle", (), b"m")
+    clock.now += 100  # a queue with a consumer is not idle
+    with pytest.raises(BrokerError, match="Too many queues"):
+        broker.publish("/queue/new", (), b"")
+    broker.unsubscribe(consumer)  # its unacknowledged message goes back: still not empty
+    clock.now += 100
+    with pytest.raises(BrokerError, match="Too many queues"):
+        broker.publish("/queue/new", (), b"")
+    taker = Peer()
+    broker.unsubscribe(broker.subscribe(taker, "s", "/queue/idle", "auto", 0))
+    assert taker.bodies() == [b"m"]
+    clock.now += 59.9  # empty with no consumer since then, not yet for 60 s
+    with pytest.raises(BrokerError, match="Too many queues"):
+        broker.publish("/queue/new", (), b"")
+    clock.now += 0.1
+    broker.publish("/queue/new", (), b"")
+    assert broker.queue_count == 2
+    # The queue that held a message all along is still there with it.
+    reader = Peer()
+    broker.subscribe(reader, "s", "/queue/kept", "auto", 0)
+    assert reader.bodies() == [b"waits"]
+
+
+async def test_queue_bounds_over_tcp_refuse_the_sender_only(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = await start_server(
+        stomp={
+            "broker_enabled": True,
+            "broker_destinations": ["/queue/*"],
+            "broker_max_queues": 1,
+            "broker_max_bytes": 20_000,
+        }
+    )
+    with trio.fail_after(10):
+        keeper = await stomp(server, 1)
+        await keeper.send("SEND", b"x" * 12_000, destination="/queue/a", receipt="1")
+        assert (await keeper.frame()).get("receipt-id") == "1"
+        for dest, body, message in (
+            ("/queue/b", b"new queue", "Too many queues"),
+            ("/queue/a", b"x" * 12_000, "Queue full"),
+        ):
+            other = await stomp(server, 2)
+            await other.send("SEND", body, destination=dest, receipt="2")
+            err = await other.frame()
+            assert err.command == "ERROR" and err.get("message") == message, err
+            with pytest.raises(EOFError):
+                await other.frame()
+        # The server and the queue's other users carry on.
+        await keeper.send("SUBSCRIBE", id="s", destination="/queue/a")
+        msg = await keeper.frame()
+        assert msg.command == "MESSAGE" and msg.body == b"x" * 12_000
+        await keeper.send("SEND", b"fits now", destination="/queue/a", receipt="3")
+        frames = [await keeper.frame(), await keeper.frame()]
+        assert {f.command for f in frames} == {"MESSAGE", "RECEIPT"}

@@ -167,6 +167,8 @@ class StompSession:
         "_finished",
         "_next_beat",
         "_seen_writes",
+        "_nursery",
+        "_flow_waiting",
     )
 
     def __init__(self, state: ServerState, kind: str, transport: StompTransport) -> None:
@@ -204,6 +206,8 @@ class StompSession:
         self._finished = False
         self._next_beat = 0.0
         self._seen_writes = 0
+        self._nursery: trio.Nursery | None = None  # runs the general broker's flow waits
+        self._flow_waiting = False
         state.unconnected.add(self)
 
     # --- run --------------------------------------------------------------------------
@@ -223,11 +227,13 @@ class StompSession:
                     )
                 )
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 if not self._finished:
                     nursery.start_soon(self._read_loop, nursery.cancel_scope)
                 await self.out.run()
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             self._teardown()
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -299,7 +305,8 @@ class StompSession:
         self.out.close_soon()
         for sub in list(self.subs.values()):
             self._drop_sub(sub)
-        if self.broker_subs and self.state.stomp_broker is not None:
+        if self.state.stomp_broker is not None:
+            # Also after an UNSUBSCRIBE: deliveries still unwritten go back to the queue.
             self.state.stomp_broker.peer_gone(self)
             self.broker_subs.clear()
         if self.registered:
@@ -328,7 +335,44 @@ class StompSession:
         if not self.out.offer(self._wire(frame)):
             self.slow_consumer()
 
-    push_frame = _emit  # the general broker's way out
+    # --- the general broker's way out (general_broker.Peer): credit, not a cut -----------
+
+    def can_take(self) -> bool:
+        if self.out.space_for(0):
+            return True
+        self._resume_broker_on_space(0)
+        return False
+
+    def deliver(self, frame: bytes) -> int | None:
+        out = self.out
+        data = self._wire(frame)
+        if not out.space_for(len(data)) or not out.offer(data):
+            self._resume_broker_on_space(len(data))
+            return None
+        return out.written + out.unwritten
+
+    def bytes_written(self) -> int:
+        return self.out.written
+
+    def cut(self) -> None:
+        if not self._finished:
+            self.slow_consumer()
+
+    def _resume_broker_on_space(self, size: int) -> None:
+        """One task at a time, and only while a queue waits on this connection: an idle
+        connection costs the broker nothing."""
+        nursery = self._nursery
+        if self._flow_waiting or nursery is None or self.out.closing:
+            return
+        self._flow_waiting = True
+        nursery.start_soon(self._resume_broker, size)
+
+    async def _resume_broker(self, size: int) -> None:
+        await self.out.wait_space(size)
+        self._flow_waiting = False
+        broker = self.state.stomp_broker
+        if broker is not None and not self.out.closing:
+            broker.resume(self)
 
     def slow_consumer(self) -> None:
         self.state.metrics.slow_consumer_disconnects += 1
