@@ -376,6 +376,8 @@ def start_chatd(args: argparse.Namespace) -> Server:
             # messages.
             if key in known.get(section, set()):
                 cfg.setdefault(section, {})[key] = value
+    for section, values in getattr(args, "server_config", {}).items():
+        cfg.setdefault(section, {}).update(values)  # a scenario's own settings, last
     config_path = tmp / "chatd.toml"
     config_path.write_text(toml_writer.dumps(cfg), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
@@ -1423,6 +1425,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["queue-backlog"]:
+        import queue_backlog  # its own options (bench/queue_backlog.py)
+
+        return queue_backlog.main(argv[1:], sys.modules[__name__])
     args = parse_args(argv)
     raise_nofile()
     if args.load_core in ALLOWED_CORES:
