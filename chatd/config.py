@@ -101,7 +101,8 @@ class ChatConfig:
 class StompConfig:
     websocket_listen: list[str] = _listen(["127.0.0.1:15674"])
     tcp_listen: list[str] = _listen(["127.0.0.1:61613"])
-    public_url: str = "ws://localhost:15674/ws"
+    # Empty: derived from the first websocket_listen entry as bound (chatd.server).
+    public_url: str = ""
     vhosts: list[str] = field(default_factory=list)
     max_frame_bytes: int = _pos(4 * 1024 * 1024)
     max_connect_frame_bytes: int = _pos(8192)

@@ -80,6 +80,7 @@ class Running:
             new = dataclasses.replace(
                 new, http=dataclasses.replace(new.http, listen=old.http.listen)
             )
+        new = with_public_url(new, self.stomp_ws, self.http)
         fixed = [
             f"{section}.{key}"
             for section, key in _RESTART_ONLY
@@ -145,6 +146,38 @@ def _server_secret(path: Path, what: str) -> str:
         # The path, never the value: an operator looking for the file that signs tokens.
         log.info("generated %s in %s", what, path)
     return value
+
+
+_WILDCARDS = {"0.0.0.0", "::", ""}
+
+
+def with_public_url(
+    cfg: Config, stomp_ws: list[tuple[str, int]], http: list[tuple[str, int]]
+) -> Config:
+    """`cfg` with [stomp] public_url as configured or, left empty, derived: /ws on the
+    first STOMP WebSocket listener as bound (port 0 and fd://N resolved), else on the
+    first HTTP listener, which serves /ws too."""
+    if cfg.stomp.public_url:
+        return cfg
+    url = ""
+    for host, port in [*stomp_ws, *http]:
+        if not port:  # a Unix socket: no URL a client could use
+            continue
+        if host in _WILDCARDS:
+            # Every address: which one clients reach is not for chatd to guess.
+            log.warning(
+                "[stomp] public_url is unset and STOMP listens on all addresses (%s:%d):"
+                " /chat-ws/connect hands out ws://localhost:%d/ws; set public_url to the"
+                " URL clients reach",
+                host,
+                port,
+                port,
+            )
+            host = "localhost"
+        url = f"ws://[{host}]:{port}/ws" if ":" in host else f"ws://{host}:{port}/ws"
+        break
+    log.info("[stomp] public_url unset: /chat-ws/connect hands out stompUrl %s", url or "-")
+    return dataclasses.replace(cfg, stomp=dataclasses.replace(cfg.stomp, public_url=url))
 
 
 def hypercorn_config(cfg: Config) -> HypercornConfig:
@@ -269,6 +302,11 @@ async def serve(
     # untouched, with a ListenError naming the listener and the address.
     bound = await BoundListeners.open(
         cfg.http.listen, cfg.stomp.websocket_listen, cfg.stomp.tcp_listen, cfg.metrics.listen
+    )
+    cfg = with_public_url(
+        cfg,
+        [address_of(lst) for lst in bound.stomp_websocket],
+        [address_of(lst) for lst in bound.http],
     )
     try:
         auth = make_authenticator(cfg, create=True)

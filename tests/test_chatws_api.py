@@ -4,6 +4,8 @@ join-room for public and invited rooms. Errors first."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +13,7 @@ import pytest
 import trio
 
 from ._chat import admin_headers, history
-from .conftest import Server, StartServer
+from .conftest import SECRET, Server, StartServer
 from .stomp_client import (
     bearer,
     make_room,
@@ -295,7 +297,9 @@ async def test_connect_shape_without_rooms_or_optional_claims(server: Server) ->
             "email": None,
             "userType": None,
         }
-        assert body["connectionInfo"]["stompUrl"] == "ws://localhost:15674/ws"
+        # [stomp] public_url left empty: /ws where the STOMP WebSocket listener is bound.
+        port = server.running.stomp_ws_port
+        assert body["connectionInfo"]["stompUrl"] == f"ws://127.0.0.1:{port}/ws"
         # Each call issues a new pair; the old one keeps working (until it expires).
         again = (await post_json(server, "/chat-ws/connect", 8)).json()["connectionInfo"]
         first = body["connectionInfo"]
@@ -510,3 +514,54 @@ async def test_access_token_header_is_accepted_too(server: Server) -> None:
             resp = await http.post("/chat-ws/connect", headers={"accessToken": server.token(3)})
         assert resp.status_code == 200
         assert resp.json()["userInfo"]["userId"] == 3
+
+
+# --- stompUrl: [stomp] public_url, or derived from where /ws listens ------------------------
+
+
+async def stomp_url(server: Server) -> str:
+    resp = await post_json(server, "/chat-ws/connect", 8)
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["connectionInfo"]["stompUrl"])
+
+
+async def test_stomp_url_is_derived_from_the_websocket_listener(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        # Port 0 in the config: the URL names the port bound.
+        server = await start_server()
+        port = server.running.stomp_ws_port
+        assert await stomp_url(server) == f"ws://127.0.0.1:{port}/ws"
+        # And it stays derived across a reload that leaves public_url empty.
+        config = tmp_path / "reload.toml"
+        config.write_text(
+            f'[store]\npath = "{tmp_path / "chatd.db"}"\n[auth]\njwt_secret = "{SECRET}"\n'
+        )
+        assert server.running.reload(str(config))
+        assert await stomp_url(server) == f"ws://127.0.0.1:{port}/ws"
+        # No STOMP WebSocket listener of its own: /ws on the HTTP listener.
+        other = await start_server(stomp={"websocket_listen": []})
+        assert await stomp_url(other) == f"ws://127.0.0.1:{other.running.http_port}/ws"
+        # IPv6 in brackets.
+        v6 = await start_server(stomp={"websocket_listen": ["[::1]:0"]})
+        assert await stomp_url(v6) == f"ws://[::1]:{v6.running.stomp_ws_port}/ws"
+
+
+async def test_a_wildcard_listener_derives_localhost_and_warns(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(20):
+        server = await start_server(stomp={"websocket_listen": ["0.0.0.0:0"]})
+        port = server.running.stomp_ws_port
+        assert await stomp_url(server) == f"ws://localhost:{port}/ws"
+        (warning,) = [r for r in caplog.records if "public_url is unset" in r.getMessage()]
+        assert warning.levelno == logging.WARNING
+        assert "set public_url to the URL clients reach" in warning.getMessage()
+        # A configured public_url is handed out as it is, with no warning.
+        caplog.clear()
+        configured = await start_server(
+            stomp={"websocket_listen": ["0.0.0.0:0"], "public_url": "wss://chat.example.org/ws"}
+        )
+        assert await stomp_url(configured) == "wss://chat.example.org/ws"
+        assert not [r for r in caplog.records if "public_url" in r.getMessage()]
