@@ -315,6 +315,10 @@ def test_all_queues_together_are_bounded_in_bytes() -> None:
         broker.publish("/queue/a", (), b"x" * 4000)
     broker.settle(peer, peer.frames[0].get("ack") or "", "s", ack=True, requeue=True)
     broker.publish("/queue/a", (), b"x" * 4000)
+    # A SEND refused for want of bytes leaves no new queue behind.
+    with pytest.raises(BrokerError, match="Queue full"):
+        broker.publish("/queue/c", (), b"x" * 4000)
+    assert broker.queue_count == 2
 
 
 class Clock:

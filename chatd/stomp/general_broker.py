@@ -318,6 +318,8 @@ class GeneralBroker:
         kept = tuple((k, v) for k, v in headers if k not in RESERVED)
         size = _size(dest, kept, body)
         if kind == "queue":
+            # Checked before the queue is made: a refused SEND leaves no queue behind.
+            self._check_bytes(size)
             targets = [self._named(name)]
         else:
             targets = []
@@ -334,10 +336,7 @@ class GeneralBroker:
                 raise BrokerError(
                     "Queue full", f"{queue.name} holds {queue.max_messages} messages", 429
                 )
-        if targets and self.bytes + size * len(targets) > self.max_bytes:
-            raise BrokerError(
-                "Queue full", f"the broker's queues hold their limit of {self.max_bytes} bytes", 429
-            )
+        self._check_bytes(size * len(targets))
         msg_id = f"B-{next(_ids)}"
         for queue in targets:
             self._idle.pop(queue.name, None)
@@ -345,6 +344,12 @@ class GeneralBroker:
             self.bytes += size
             self._dispatch(queue)
         return len(targets)
+
+    def _check_bytes(self, size: int) -> None:
+        if size and self.bytes + size > self.max_bytes:
+            raise BrokerError(
+                "Queue full", f"the broker's queues hold their limit of {self.max_bytes} bytes", 429
+            )
 
     def _dispatch(self, queue: Queue) -> None:
         messages = queue.messages
