@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 
 from chatd.config import AuthConfig
+from chatd.jwks import JwksKeys
 from chatd.model import ClientError, User
 from chatd.validation import MAX_ID, id_of_digits
 
@@ -93,16 +94,27 @@ def secret_path_for(store_path: Path) -> Path:
 
 class Authenticator:
     def __init__(
-        self, cfg: AuthConfig, secret: str | None, revocations: Revocations | None = None
+        self,
+        cfg: AuthConfig,
+        secret: str | None,
+        revocations: Revocations | None = None,
+        jwks: JwksKeys | None = None,
     ) -> None:
         self.cfg = cfg
         self.algorithms = list(cfg.algorithms)
         # The server's one list, shared with the STOMP logins (ServerState hands it over,
         # to a reloaded Authenticator as well).
         self.revocations = revocations if revocations is not None else Revocations()
-        if cfg.jwt_public_key_file:
-            self._key: Any = Path(cfg.jwt_public_key_file).read_text(encoding="ascii")
-            self._signing_key: str | None = None
+        # The identity provider's keys, when [auth] jwks_url names them: the server's one
+        # holder, fetched by its own task (an empty one verifies nothing, which is all a
+        # command-line tool that only mints needs).
+        self._jwks = jwks if jwks is not None else JwksKeys(cfg.jwks_url)
+        self._key: Any = None
+        self._signing_key: str | None = None
+        if cfg.jwks_url:
+            pass  # the key is the provider's, by the token's kid
+        elif cfg.jwt_public_key_file:
+            self._key = Path(cfg.jwt_public_key_file).read_text(encoding="ascii")
         else:
             if not secret:
                 raise ValueError("an HS* algorithm needs a secret")
@@ -126,10 +138,11 @@ class Authenticator:
             options["verify_aud"] = False
         if self.cfg.issuer:
             kwargs["issuer"] = self.cfg.issuer
+        key: Any = self._key if not self.cfg.jwks_url else self._provider_key(token)
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=self.algorithms,
                 leeway=self.cfg.leeway_seconds,
                 options=options,
@@ -157,6 +170,18 @@ class Authenticator:
         if self.revocations.token_revoked(user.id, issued_at):
             raise AuthError("revoked", "token revoked")
         return Identity(user, issued_at, exp + self.cfg.leeway_seconds)
+
+    def _provider_key(self, token: str) -> Any:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise AuthError("malformed", "token is malformed") from None
+        key = self._jwks.key_for(kid if isinstance(kid, str) else None)
+        if key is None:
+            raise AuthError(
+                "unknown_key", "token is signed with a key the identity provider does not publish"
+            )
+        return key
 
     def user_from_claims(self, claims: dict[str, Any]) -> User:
         raw_id: Any = None
@@ -201,7 +226,10 @@ class Authenticator:
         ttl: float = 3600,
     ) -> str:
         if self._signing_key is None:
-            raise ValueError("tokens can only be minted with an HS* secret")
+            raise ValueError(
+                "tokens can only be minted with an HS* secret, not with public keys"
+                " ([auth] jwt_public_key_file or jwks_url)"
+            )
         now = int(time.time())
         claims: dict[str, Any] = {
             "sub": str(user_id),

@@ -66,6 +66,8 @@ class StoreConfig:
 class AuthConfig:
     jwt_secret: str = ""
     jwt_public_key_file: str = ""
+    jwks_url: str = ""
+    jwks_refresh_seconds: float = _pos(300.0)
     algorithms: list[str] = field(default_factory=lambda: ["HS256"])
     issuer: str = ""
     audience: str = ""
@@ -272,8 +274,20 @@ def _validate(cfg: Config) -> None:
     asymmetric = any(not a.startswith("HS") for a in algs)
     if symmetric and asymmetric:
         raise ConfigError("auth.algorithms: mix of HS* and RS*/ES* is not allowed")
-    if asymmetric and not cfg.auth.jwt_public_key_file:
-        raise ConfigError("auth.jwt_public_key_file: required for RS*/ES* algorithms")
+    auth = cfg.auth
+    if auth.jwks_url:
+        if auth.jwt_public_key_file:
+            raise ConfigError("auth.jwks_url: set it or auth.jwt_public_key_file, not both")
+        if not auth.jwks_url.startswith(("https://", "http://")):
+            raise ConfigError(f"auth.jwks_url: expected an https:// URL, got {auth.jwks_url!r}")
+        if not asymmetric:
+            raise ConfigError(
+                "auth.algorithms: a JWKS holds public keys; set the provider's, e.g. [\"RS256\"]"
+            )
+    if asymmetric and not (auth.jwt_public_key_file or auth.jwks_url):
+        raise ConfigError(
+            "auth.jwt_public_key_file: required for RS*/ES* algorithms (or auth.jwks_url)"
+        )
     if asymmetric and not _has_cryptography():
         raise ConfigError(
             "auth.algorithms: RS*/ES* need the 'cryptography' package;"

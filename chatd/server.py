@@ -15,6 +15,7 @@ from chatd import config as config_mod
 from chatd.auth import Authenticator, load_or_create_secret, secret_path_for
 from chatd.config import Config, resolve_store_path
 from chatd.http.app import create_app
+from chatd.jwks import JwksKeys
 from chatd.net.front import serve_front
 from chatd.net.handshake import WsHandler
 from chatd.net.listeners import BoundListeners, address_of
@@ -43,6 +44,9 @@ class Running:
     metrics: list[tuple[str, int]] = field(default_factory=list)
     # True when the HTTP listeners came from systemd (socket activation).
     socket_activated: bool = False
+    # The identity provider's keys ([auth] jwks_url), fetched by the server's own task and
+    # kept across reloads; every Authenticator verifies with this one holder.
+    jwks: JwksKeys = field(default_factory=JwksKeys)
     _stop: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -70,7 +74,7 @@ class Running:
         state = self.state
         try:
             new = config_mod.load(path)
-            auth = make_authenticator(new, create=True)
+            auth = make_authenticator(new, create=True, jwks=self.jwks)
         except (config_mod.ConfigError, OSError, ValueError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
@@ -92,6 +96,7 @@ class Running:
                 ", ".join(fixed),
             )
         state.apply_config(new, auth)
+        self.jwks.configure(new.auth.jwks_url, new.auth.jwks_refresh_seconds)
         logs.setup(new.log.level, new.log.format)
         log.info("reload: config applied from %s", new.source)
         return True
@@ -123,11 +128,13 @@ class MissingSecret(ValueError):
         )
 
 
-def make_authenticator(cfg: Config, *, create: bool = False) -> Authenticator:
+def make_authenticator(
+    cfg: Config, *, create: bool = False, jwks: JwksKeys | None = None
+) -> Authenticator:
     """The server's Authenticator. The secret file is the one the service uses (the store
     path resolved as the server resolves it); only the server passes `create`."""
     secret = cfg.auth.jwt_secret or None
-    if secret is None and not cfg.auth.jwt_public_key_file:
+    if secret is None and not (cfg.auth.jwt_public_key_file or cfg.auth.jwks_url):
         path = secret_path_for(resolve_store_path(cfg))
         if create:
             secret = _server_secret(path, "a JWT secret")
@@ -136,7 +143,7 @@ def make_authenticator(cfg: Config, *, create: bool = False) -> Authenticator:
                 secret = path.read_text(encoding="ascii").strip()
             except FileNotFoundError:
                 raise MissingSecret(path) from None
-    return Authenticator(cfg.auth, secret)
+    return Authenticator(cfg.auth, secret, jwks=jwks)
 
 
 def _server_secret(path: Path, what: str) -> str:
@@ -309,7 +316,8 @@ async def serve(
         [address_of(lst) for lst in bound.http],
     )
     try:
-        auth = make_authenticator(cfg, create=True)
+        jwks = JwksKeys(cfg.auth.jwks_url, cfg.auth.jwks_refresh_seconds)
+        auth = make_authenticator(cfg, create=True, jwks=jwks)
         store = Store(
             resolve_store_path(cfg),
             cfg.store.batch_max,
@@ -326,7 +334,7 @@ async def serve(
             cfg.stomp.login_ttl_seconds,
             revocations=state.revocations,
         )
-        running = Running(state, socket_activated=bool(activated))
+        running = Running(state, socket_activated=bool(activated), jwks=jwks)
         http_stop = trio.Event()
         listen_scope = trio.CancelScope()
         async with trio.open_nursery() as nursery:
@@ -335,6 +343,7 @@ async def serve(
             nursery.start_soon(_sweep_tickets, state)
             nursery.start_soon(_keepalive, state)
             nursery.start_soon(state.heartbeats.run)
+            nursery.start_soon(jwks.run)
             nursery.start_soon(sdnotify.watchdog_loop)
             http_done = trio.Event()
             running.http = [address_of(lst) for lst in bound.http]

@@ -223,7 +223,7 @@ def test_algorithms_rules() -> None:
     )
     assert "mix of HS* and RS*/ES*" in error_of({"auth": {"algorithms": ["HS256", "RS256"]}})
     assert error_of({"auth": {"algorithms": ["RS256"]}}) == (
-        "auth.jwt_public_key_file: required for RS*/ES* algorithms"
+        "auth.jwt_public_key_file: required for RS*/ES* algorithms (or auth.jwks_url)"
     )
     cfg = cfg_of({"auth": {"algorithms": ["RS256", "ES256"], "jwt_public_key_file": "k.pem"}})
     assert cfg.auth.algorithms == ["RS256", "ES256"]

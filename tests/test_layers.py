@@ -42,7 +42,7 @@ LAYERS: list[tuple[int, str, str, tuple[str, ...]]] = [
     (2, "state holders and byte plumbing", "each owns one resource (tokens, the database, "
      "membership, encoded events, a connection's bytes, a listener) and no chat rule",
      ("chatd.auth", "chatd.store", "chatd.store.*", "chatd.rooms", "chatd.events",
-      "chatd.ratelimit", "chatd.expiry", "chatd.net.outbox", "chatd.net.wire",
+      "chatd.ratelimit", "chatd.expiry", "chatd.jwks", "chatd.net.outbox", "chatd.net.wire",
       "chatd.net.ws_transport", "chatd.net.handshake", "chatd.net.listeners",
       "chatd.net.connections",
       "chatd.net.asgi_server", "chatd.stomp.heartbeats", "chatd.stomp.general_broker")),
