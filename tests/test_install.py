@@ -63,7 +63,10 @@ async def test_the_service_recipe_installs_and_serves(tmp_path: Path) -> None:
     assert unit == (ROOT / "systemd/chatd.service").read_text()
     assert (root / "etc/systemd/system/chatd.socket").exists()
     config = root / "etc/chatd/chatd.toml"
-    assert config.read_text() == (ROOT / "chatd.toml").read_text()
+    shipped = (ROOT / "chatd.toml").read_text()
+    assert 'path = "chatd.db"' in shipped
+    service_db = "/var/lib/chatd/chatd.db"  # where StateDirectory=chatd puts it
+    assert config.read_text() == shipped.replace('path = "chatd.db"', f'path = "{service_db}"')
     secrets = root / "etc/chatd/env"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     assert "CHATD_AUTH_JWT_SECRET" in secrets.read_text()
@@ -71,8 +74,10 @@ async def test_the_service_recipe_installs_and_serves(tmp_path: Path) -> None:
     assert link.is_symlink() and not os.readlink(link).startswith("/")
     assert link.resolve() == (root / "opt/chatd/bin/chatd").resolve()
 
-    # The operator's edit: every listener on a free port (the shipped ones are fixed).
+    # The operator's edit: every listener on a free port (the shipped ones are fixed); and
+    # for this test only, /var/lib/chatd as seen from inside the temporary root.
     edited = re.sub(r'"127\.0\.0\.1:\d+"', '"127.0.0.1:0"', config.read_text())
+    edited = edited.replace(service_db, str(root / service_db.lstrip("/")))
     edited += "\n# edited by the operator\n"
     config.write_text(edited)
 
@@ -93,19 +98,23 @@ async def test_the_service_recipe_installs_and_serves(tmp_path: Path) -> None:
     argv = [_under(root, word) for word in shlex.split(exec_start)]
     assert argv[0] == str(link)
 
-    # The operator runs commands from anywhere: nothing may be created where they stand.
+    # The operator runs commands from anywhere, in a plain shell (no STATE_DIRECTORY):
+    # they find the service's secret, and create nothing where they stand.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    chatd_cmd = [str(link), "--config", str(config)]
+    shell = child_env()
     async with run_chatd(argv, env) as chatd:
         assert (dirs["STATE_DIRECTORY"] / "chatd.db").exists()
         with trio.fail_after(60):
             token = (await _run(link, "token", "--config", config, "--user-id", "1",
-                                "--username", "alice", env=env, cwd=elsewhere)).strip()
+                                "--username", "alice", env=shell, cwd=elsewhere)).strip()
             admin = (await _run(link, "token", "--config", config, "--user-id", "9000",
-                                "--username", "root", "--admin", env=env,
+                                "--username", "root", "--admin", env=shell,
                                 cwd=elsewhere)).strip()
-        assert list(elsewhere.iterdir()) == [], chatd_cmd
+            rooms = await _run(link, "rooms", "list", "--config", config, "--url", chatd.base,
+                               env=shell, cwd=elsewhere)
+        assert rooms == "no rooms\n"
+        assert list(elsewhere.iterdir()) == []
         async with httpx.AsyncClient(base_url=chatd.base, timeout=10) as http:
             room = await http.post("/admin/rooms", json={"name": "installed", "members": [1]},
                                    headers={"Authorization": f"Bearer {admin}"})
