@@ -219,22 +219,35 @@ def forwarded_for(head: bytes) -> list[str]:
     return chain
 
 
-async def close_with(stream: trio.SocketStream, answer: bytes) -> None:
-    """Send `answer` and close so that the peer gets to read it. Closing a socket with
-    unread bytes sends a reset, which can destroy the answer before the peer reads it and
-    gives a client still sending its request a reset instead of the answer. So: send,
-    shut our side, read and drop what the peer still sends until it closes, for at most
-    ANSWER_SECONDS and MAX_DRAIN_BYTES, then close."""
+async def close_with(
+    stream: trio.SocketStream,
+    answer: bytes = b"",
+    peer_done: Callable[[bytes], bool] | None = None,
+    *,
+    drain: bool = True,
+) -> None:
+    """Send `answer` and close so that the peer gets to read it (and whatever was sent
+    before it). Closing a socket with unread bytes sends a reset, which can destroy the
+    answer before the peer reads it and gives a client still sending a reset instead of
+    the answer. So: send, shut our side, read and drop what the peer still sends until it
+    closes, or until `peer_done(chunk)` says what it sent ends its part (a WebSocket close
+    frame), for at most ANSWER_SECONDS and MAX_DRAIN_BYTES, then close. Every error
+    close goes this way: refused connections, STOMP ERRORs, WebSocket closes. Without
+    `drain` (the server is shutting down: it must not wait on its clients), send and
+    close."""
     with (
         trio.move_on_after(ANSWER_SECONDS),
         contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
     ):
-        await stream.send_all(answer)
+        if answer:
+            await stream.send_all(answer)
+        if not drain:
+            return
         await stream.send_eof()
         drained = 0
         while drained < MAX_DRAIN_BYTES:
             chunk = await stream.receive_some(65536)
-            if not chunk:
+            if not chunk or (peer_done is not None and peer_done(chunk)):
                 break
             drained += len(chunk)
     await stream.aclose()

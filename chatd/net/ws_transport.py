@@ -6,12 +6,13 @@ never interleave, and an idle socket is written directly (see wire.py).
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
 
 import trio
 
 from chatd.net import websocket as ws
-from chatd.net.wire import Disconnected, WireWriter, send_joined
+from chatd.net.connections import close_with
+from chatd.net.wire import WireWriter
 
 
 class Upgrade:
@@ -33,7 +34,7 @@ class Upgrade:
 
 
 class WebSocketTransport:
-    __slots__ = ("stream", "parser", "out", "closed", "_events", "last_seen")
+    __slots__ = ("stream", "parser", "out", "closed", "peer_closed", "_events", "last_seen")
     framing = "ws"
 
     def __init__(
@@ -47,7 +48,8 @@ class WebSocketTransport:
         self.parser = parser
         # `limit` frames and `max_bytes` bytes: [chat] outbox_messages and outbox_bytes.
         self.out = WireWriter(limit, stream, stream.socket.fileno(), max_bytes)
-        self.closed = False
+        self.closed = False  # our close frame is queued or sent
+        self.peer_closed = False  # the peer's close frame or EOF came: nothing more will
         self.last_seen = trio.current_time()
         self._events: list[ws.Message | ws.Ping | ws.Close] = []
 
@@ -62,6 +64,7 @@ class WebSocketTransport:
                 if isinstance(ev, ws.Ping):
                     self.out.offer(ws.encode_frame(ws.OP_PONG, ev.payload))
                 else:
+                    self.peer_closed = True
                     self.close(ws.CLOSE_NORMAL if ev.code == ws.CLOSE_NO_STATUS else ev.code)
                     return None
             try:
@@ -74,8 +77,10 @@ class WebSocketTransport:
             try:
                 chunk = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.peer_closed = True
                 return None
             if not chunk:
+                self.peer_closed = True
                 return None
             self.last_seen = trio.current_time()
             self.parser.receive_data(chunk)
@@ -129,12 +134,42 @@ class WebSocketTransport:
         else:
             self.out.abort()
 
-    async def aclose(self) -> None:
-        if not self.closed and not self.out.broken:
+    async def aclose(self, drain: bool = True) -> None:
+        """Our close frame (unless queued already), then close so that the peer reads
+        it, and what came before it, even while it is still sending: the drain of
+        close_with, which ends at the peer's own close frame (`drain`: see close_with)."""
+        if self.out.broken:
+            await self.stream.aclose()
+            return
+        answer = b""
+        if not self.closed:
             self.closed = True
-            with trio.move_on_after(1), contextlib.suppress(Disconnected):
-                await send_joined(self.stream, [ws.close_frame(ws.CLOSE_NORMAL)])
-        await self.stream.aclose()
+            answer = ws.close_frame(ws.CLOSE_NORMAL)
+        if self.peer_closed or any(isinstance(ev, ws.Close) for ev in self._events):
+            # The peer said it is done: it closes once it has our close frame and EOF.
+            await close_with(self.stream, answer, drain=drain)
+        else:
+            await close_with(self.stream, answer, self._peer_done(), drain=drain)
+
+    def _peer_done(self) -> Callable[[bytes], bool]:
+        """What tells the drain that the peer's close frame came among what it still
+        sends. After a protocol error the bytes cannot be read as frames any more; the
+        drain then waits for the EOF."""
+        parser = self.parser
+        parsing = True
+
+        def peer_done(chunk: bytes) -> bool:
+            nonlocal parsing
+            if not parsing:
+                return False
+            parser.receive_data(chunk)
+            try:
+                return any(isinstance(ev, ws.Close) for ev in parser.events())
+            except ws.ProtocolError:
+                parsing = False
+                return False
+
+        return peer_done
 
 
 def _is_utf8(data: bytes) -> bool:

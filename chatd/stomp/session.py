@@ -24,7 +24,7 @@ import trio
 
 from chatd.auth import AuthError, Identity
 from chatd.model import Event, Outgoing, User
-from chatd.net import wire
+from chatd.net import connections, wire
 from chatd.net.connections import peer_address
 from chatd.net.websocket import CLOSE_SLOW_CONSUMER
 from chatd.net.wire import WireWriter
@@ -78,7 +78,7 @@ class StompTransport(Protocol):
 
     def wire(self, frame: bytes, utf8: bool = False) -> bytes: ...
     async def receive(self) -> bytes | None: ...
-    async def aclose(self) -> None: ...
+    async def aclose(self, drain: bool = True) -> None: ...
     def logged_in(self, max_frame_bytes: int) -> None: ...  # the login is accepted
 
 
@@ -235,11 +235,13 @@ class StompSession:
         finally:
             self._nursery = None
             self._teardown()
-            with trio.move_on_after(1) as scope:
+            # Shielded (an ERROR at shutdown still reaches the peer) and bounded: the
+            # transport's drain takes ANSWER_SECONDS at most.
+            with trio.move_on_after(connections.ANSWER_SECONDS + 1) as scope:
                 scope.shield = True
                 # The peer may be gone already; there is nothing left to tell it.
                 with contextlib.suppress(Exception):
-                    await transport.aclose()
+                    await transport.aclose(drain=not self.state.closing.is_set())
 
     async def _read_loop(self, scope: trio.CancelScope) -> None:
         receive = self.transport.receive

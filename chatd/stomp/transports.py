@@ -10,7 +10,7 @@ import trio
 
 from chatd.auth import origin_allowed
 from chatd.net import websocket as ws
-from chatd.net.connections import peer_address, serve_counted
+from chatd.net.connections import close_with, peer_address, serve_counted
 from chatd.net.handshake import WsRoutes, refuse, serve_connection
 from chatd.net.wire import Disconnected as WireClosed
 from chatd.net.wire import WireWriter
@@ -53,8 +53,9 @@ class TcpTransport:
             return None
         return data or None
 
-    async def aclose(self) -> None:
-        await self.stream.aclose()
+    async def aclose(self, drain: bool = True) -> None:
+        # The ERROR (or RECEIPT) is written; the drain lets a client still sending read it.
+        await close_with(self.stream, drain=drain)
 
     def logged_in(self, max_frame_bytes: int) -> None:
         pass  # the frame reader alone bounds what a TCP peer sends

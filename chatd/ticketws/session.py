@@ -23,6 +23,7 @@ import trio
 from chatd.auth import origin_allowed
 from chatd.events import chat_shape
 from chatd.model import Event, Outgoing, StoredMessage, User
+from chatd.net import connections
 from chatd.net import websocket as wsl
 from chatd.net.connections import peer_address
 from chatd.net.websocket import (
@@ -259,7 +260,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         ws.close(code, reason)
         with trio.move_on_after(2):
             await ws.out.run()
-        await stream.aclose()
+        await ws.aclose(drain=not state.closing.is_set())
 
     if state.closing.is_set():
         await refuse(CLOSE_GOING_AWAY, "server shutting down")
@@ -316,5 +317,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
             await ws.out.run()
     finally:
         state.service.session_closed(conn)
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
-            await ws.aclose()
+        # The drain of aclose (a client still sending reads its close frame) takes
+        # ANSWER_SECONDS at most.
+        with trio.CancelScope(shield=True), trio.move_on_after(connections.ANSWER_SECONDS + 1):
+            await ws.aclose(drain=not state.closing.is_set())
