@@ -52,6 +52,7 @@ class HttpConfig:
     trusted_proxies: list[str] = field(
         default_factory=lambda: ["127.0.0.1", "::1"], metadata={"check": "networks"}
     )
+    web_client: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from chatd.auth import origin_allowed
 from chatd.http.api import api
 from chatd.http.chatws_api import chatws
 from chatd.http.context import STATE_KEY, server_state
+from chatd.http.web import web
 from chatd.model import ClientError
 from chatd.ops import logs
 from chatd.state import ServerState
@@ -231,6 +232,7 @@ def create_app(state: ServerState) -> QuartTrio:
 
     app.register_blueprint(api)
     app.register_blueprint(chatws)
+    app.register_blueprint(web)
     middleware = _AfterTheBody(app.asgi_app, state.cfg.http.max_body_bytes)
     app.asgi_app = middleware  # type: ignore[method-assign,assignment]
     return app
