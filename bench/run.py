@@ -178,6 +178,7 @@ _READY = re.compile(
     r"ready: http (?P<http>\S+?)(?:,[^;]*)?; stomp websocket (?P<ws>\S+?)(?:,[^;]*)?; "
 )
 _READY_METRICS = re.compile(r"; metrics (?P<metrics>[^;,\s]+)")
+_READY_TCP = re.compile(r"; stomp tcp (?P<tcp>[^;,\s]+)")
 
 
 @dataclass
@@ -198,6 +199,7 @@ class Server:
     version: str = ""
 
     metrics_url: str | None = None
+    stomp_tcp: str | None = None  # host:port of chatd's STOMP TCP listener
 
     def store_metrics(self) -> dict[str, float] | None:
         """chatd's group-commit counters from /metrics: commits and operations."""
@@ -366,8 +368,10 @@ def start_chatd(args: argparse.Namespace) -> Server:
         # Only when asked for: a --chatd-rev from before the key would refuse it.
         cfg["store"]["durability"] = args.durability
     if args.scenario == "abuse":
-        # The attacks meet chatd's own limits, as shipped: rate limits and outboxes too.
-        cfg["chat"] = {}
+        # The attacks meet chatd's own limits as shipped: body size, tickets, rate limits
+        # and outboxes too.
+        cfg["http"] = {"listen": ["127.0.0.1:0"]}
+        cfg["chat"], cfg["auth"] = {}, {}
     else:
         known = config_keys(args)
         for section, key, value in BENCH_LIMITS:
@@ -418,6 +422,9 @@ def start_chatd(args: argparse.Namespace) -> Server:
                     m = _READY.search(msg)
                     if m:
                         info["http"], info["ws"] = m.group("http"), m.group("ws")
+                    mt = _READY_TCP.search(msg)
+                    if mt and mt.group("tcp") != "-":
+                        info["tcp"] = mt.group("tcp")
                     mm = _READY_METRICS.search(msg)
                     if mm and mm.group("metrics") != "-":
                         info["metrics"] = mm.group("metrics")
@@ -435,6 +442,7 @@ def start_chatd(args: argparse.Namespace) -> Server:
     if "metrics" in info:
         srv.metrics_url = f"http://{info['metrics']}/metrics"
     srv.ws_url = f"ws://{info['ws']}/ws"
+    srv.stomp_tcp = info.get("tcp")
     # Idle RSS at start: after a moment's settling, with no client yet.
     time.sleep(1.0)
     srv.idle_rss_start_kb = rss_kb(proc.pid)
@@ -623,6 +631,40 @@ def run_scenario(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if srv.target == "chatd":
             srv.stop(keep=args.keep)
+
+
+# Issue 12's targets for every attack of `abuse`.
+ABUSE_RSS_GROWTH_MB = 64
+ABUSE_HONEST_P99_MS = 100
+
+
+def run_abuse(args: argparse.Namespace) -> None:
+    """Issue 12's attacks 1-6 against a chatd with its shipped limits (bench/abuse.py)."""
+    import abuse
+
+    srv = start_chatd(args)
+    try:
+        res = abuse.run(args, srv, create_rooms, mint, rss_kb, log)
+    finally:
+        srv.stop(keep=args.keep)
+    res.update(
+        scenario="abuse", target="chatd", server_version=srv.version,
+        params={"attack_seconds": args.attack_seconds, "honest_rate": args.honest_rate,
+                "max_connections": args.abuse_max_connections},
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(res, default=str))
+    else:
+        print(f"\n## abuse: chatd ({srv.version}), each attack {args.attack_seconds:.0f} s, "
+              f"honest client {args.honest_rate:.0f} msg/s\n")  # fmt: skip
+        print(abuse.markdown(res["attacks"], ABUSE_RSS_GROWTH_MB, ABUSE_HONEST_P99_MS))
+        print("\nWhat the attacker saw:")
+        for r in res["attacks"]:
+            print(f"  {r['attack']}: {r['attacker']}")
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(res, default=str) + "\n")
 
 
 def _run(args: argparse.Namespace, srv: Server, plan: Plan, node: str) -> dict[str, Any]:
@@ -1285,7 +1327,8 @@ def machine() -> dict[str, str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "scenario", choices=["fanout", "rooms", "idle", "churn", "history", "store", "suite"]
+        "scenario",
+        choices=["fanout", "rooms", "idle", "churn", "history", "store", "abuse", "suite"],
     )
     p.add_argument("--target", choices=["chatd", "rabbitmq"], default="chatd")
     p.add_argument(
@@ -1383,6 +1426,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--room-size", type=int, default=10, help="idle: clients per room")
     p.add_argument("--hold", type=float, default=5.0, help="idle: seconds to hold, then resample")
     p.add_argument("--concurrency", type=int, default=20, help="churn: clients cycling at once")
+    # abuse
+    p.add_argument("--attack-seconds", type=float, default=15.0, help="abuse: each attack's length")
+    p.add_argument(
+        "--attacks", help="abuse: comma-separated attack ids to run (1,2,3,4,5,6a,6b; default all)"
+    )
+    p.add_argument(
+        "--honest-rate", type=float, default=10.0, help="abuse: the honest client's messages/s"
+    )
+    p.add_argument("--settle", type=float, default=3.0, help="abuse: seconds between attacks")
+    p.add_argument(
+        "--abuse-max-connections",
+        type=int,
+        default=16384,
+        help="abuse: chatd's [server] max_connections (its default); 6b opens 1,000 more",
+    )
     # output
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--out", help="also append the JSON result to this file")
@@ -1439,6 +1497,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.wait_quiet:
         wait_quiet()
+    if args.scenario == "abuse":
+        run_abuse(args)
+        return 0
     res = run_scenario(args)
     print_result(res, args.json)
     if args.out:
