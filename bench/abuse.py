@@ -198,9 +198,12 @@ async def forever(ctx: Ctx, name: str, fn: Callable[[], Awaitable[None]], pause:
     while True:
         try:
             await fn()
-        except Exception as exc:  # an attacker takes any failure as a cue to come back
-            while isinstance(exc, BaseExceptionGroup) and isinstance(exc.exceptions[0], Exception):
-                exc = exc.exceptions[0]  # what went wrong, not the nursery that carried it
+        except* Exception as group:  # an attacker takes any failure as a cue to come back
+            # (except*: at the deadline, errors arrive in a group with trio's Cancelled,
+            # which must go on up.)
+            exc: BaseException = group
+            while isinstance(exc, BaseExceptionGroup):
+                exc = exc.exceptions[0]  # what went wrong, not the nurseries that carried it
             ctx.count(f"{name}: {type(exc).__name__}")
         await trio.sleep(pause)
 
