@@ -16,9 +16,11 @@ def now_iso() -> str:
     return utc_iso(time.time())
 
 
-def chat_shape(msg: StoredMessage) -> dict[str, Any]:
-    """The ticket guide's message: `{id, roomId, content, timestamp, user}`."""
-    return {
+def chat_shape(msg: StoredMessage, edits: bool = False) -> dict[str, Any]:
+    """The ticket guide's message: `{id, roomId, content, timestamp, user}`. With `edits`
+    (HTTP history, and `/chat` connections that asked for edit events): `editedAt` on an
+    edited message, and `deleted`/`deletedAt` with empty content on a deleted one."""
+    shape: dict[str, Any] = {
         "id": msg.id,
         "roomId": msg.room_id,
         "content": msg.content,
@@ -26,11 +28,18 @@ def chat_shape(msg: StoredMessage) -> dict[str, Any]:
         "messageType": msg.message_type,
         "user": {"id": msg.user_id, "username": msg.username, "profileImage": msg.profile_image},
     }
+    if edits:
+        if msg.edited_at is not None:
+            shape["editedAt"] = msg.edited_at
+        if msg.deleted_at is not None:
+            shape["deleted"] = True
+            shape["deletedAt"] = msg.deleted_at
+    return shape
 
 
 def stomp_message_shape(msg: StoredMessage) -> dict[str, Any]:
-    """The STOMP guide's `new_message.message`."""
-    return {
+    """The STOMP guide's `new_message.message` (`edited_at` too once edited)."""
+    shape = {
         "id": msg.id,
         "room_id": msg.room_id,
         "content": msg.content,
@@ -40,6 +49,9 @@ def stomp_message_shape(msg: StoredMessage) -> dict[str, Any]:
         "sender_profile_image": msg.profile_image,
         "created_at": msg.created_at,
     }
+    if msg.edited_at is not None:
+        shape["edited_at"] = msg.edited_at
+    return shape
 
 
 def new_message(msg: StoredMessage) -> Event:
@@ -52,6 +64,28 @@ def new_message(msg: StoredMessage) -> Event:
         }
     )
     return Event("new_message", body, orjson.dumps(chat_shape(msg)).decode(), message_id=msg.id)
+
+
+def message_updated(msg: StoredMessage) -> Event:
+    """An edit, to the room: STOMP subscribers, and `/chat` connections that asked."""
+    body = orjson.dumps(
+        {
+            "type": "message_updated",
+            "roomId": msg.room_id,
+            "message": stomp_message_shape(msg),
+            "timestamp": now_iso(),
+        }
+    )
+    chat = orjson.dumps({"type": "message_updated", "message": chat_shape(msg, edits=True)})
+    return Event("message_updated", body, chat_opt_in=chat.decode())
+
+
+def message_deleted(msg: StoredMessage) -> Event:
+    """A deletion, to the room: the id and when, never the content."""
+    fields = {"roomId": msg.room_id, "messageId": msg.id, "deletedAt": msg.deleted_at}
+    body = orjson.dumps({"type": "message_deleted", **fields, "timestamp": now_iso()})
+    chat = orjson.dumps({"type": "message_deleted", **fields})
+    return Event("message_deleted", body, chat_opt_in=chat.decode())
 
 
 def user_status_changed(user_id: int, status: str) -> Event:

@@ -26,6 +26,9 @@ class Session(Protocol):
 
 
 class ChatSession(Session, Protocol):
+    # Asked for the events the ticket guide does not know (edits, deletions).
+    edits: bool
+
     def offer_chat(self, event: Event) -> None: ...
 
 
@@ -121,6 +124,12 @@ class Hub:
                 for conn in list(chat[uid]):
                     conn.offer_chat(event)
                     n += 1
+        elif event.chat_opt_in is not None and chat:
+            for uid in chat.keys() & self.rooms.members_of(room_id):
+                for conn in list(chat[uid]):
+                    if conn.edits:
+                        conn.offer_chat(event)
+                        n += 1
         n += self.deliver_topic(f"room.{room_id}", event)
         self.deliveries += n
 

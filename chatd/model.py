@@ -59,6 +59,8 @@ class StoredMessage:
     created_at: str
     created_unix: float = 0.0
     client_message_id: str | None = None
+    edited_at: str | None = None  # when its author (or an admin) last changed it
+    deleted_at: str | None = None  # deleted: the row stays, its content is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +76,26 @@ class RoomRow:
 
 class Event:
     """An event on the bus. `body` is the STOMP/JSON event bytes; `chat` is the ticket
-    protocol's text, for the events that protocol carries (chat messages only). `cache`
-    holds encodings a transport derives once per event, such as a STOMP MESSAGE frame
-    template: a slot the transports fill, so every recipient shares them."""
+    protocol's text, for the events every `/chat` connection gets (chat messages);
+    `chat_opt_in` the text of those only `/chat` connections that asked get (edits and
+    deletions: the ticket guide's client knows one shape, and must never see another).
+    `cache` holds encodings a transport derives once per event, such as a STOMP MESSAGE
+    frame template: a slot the transports fill, so every recipient shares them."""
 
-    __slots__ = ("kind", "body", "chat", "cache", "message_id")
+    __slots__ = ("kind", "body", "chat", "chat_opt_in", "cache", "message_id")
 
     def __init__(
-        self, kind: str, body: bytes, chat: str | None = None, message_id: int | None = None
+        self,
+        kind: str,
+        body: bytes,
+        chat: str | None = None,
+        message_id: int | None = None,
+        chat_opt_in: str | None = None,
     ) -> None:
         self.kind = kind
         self.body = body
         self.chat = chat
+        self.chat_opt_in = chat_opt_in
         self.cache: dict[Any, Any] = {}
         self.message_id = message_id
 

@@ -25,6 +25,7 @@ from chatd.ops.metrics import Metrics
 from chatd.ratelimit import RateLimiter
 from chatd.rooms import Room, Rooms
 from chatd.store import Store
+from chatd.store.queries import Change
 
 log = logging.getLogger("chatd.service")
 
@@ -159,6 +160,35 @@ class ChatService:
     ) -> list[StoredMessage]:
         self.room_for_member(user, room_id)
         return await self.store.history(room_id, before, limit)
+
+    async def change_message(
+        self, user: User, room_id: int, message_id: int, content: str | None
+    ) -> StoredMessage:
+        """Edit (`content`) or delete (None) a message: one's own, or anyone's for an admin
+        (who need not be a member). Rate-limited like sending. The room hears
+        `message_updated` or `message_deleted` from the commit."""
+        if user.is_admin:
+            if self.rooms.get(room_id) is None:
+                raise hidden_room(room_id)
+        else:
+            self.room_for_member(user, room_id)
+        self.check_rate(user, "edit")
+        author = None if user.is_admin else user.id
+        outcome, msg = await self.store.change_message(room_id, message_id, author, content)
+        if outcome == Change.NOT_YOURS:
+            raise Forbidden("not_your_message", "only its author or an admin can change a message")
+        if msg is None:
+            raise NotFound("unknown_message", f"message {message_id} is not in room {room_id}")
+        event = events.message_updated(msg) if content is not None else events.message_deleted(msg)
+        self.broker.publish_room(room_id, event)
+        return msg
+
+    async def room_summaries(
+        self, user: User, room_ids: list[int]
+    ) -> dict[int, tuple[int, StoredMessage | None]]:
+        """Per room of the user's: unread (others' messages after their read mark) and
+        the newest message."""
+        return await self.store.room_summaries(user.id, room_ids)
 
     async def mark_read(self, user: User, room_id: int, message_id: int) -> str:
         self.room_for_member(user, room_id)

@@ -326,8 +326,10 @@ async def test_my_rooms(server: Server) -> None:
             assert resp.status_code == 200
             assert resp.json() == {
                 "rooms": [
-                    {"id": a, "name": "a", "public": False, "members": [1, 2]},
-                    {"id": c, "name": "c", "public": True, "members": [1]},
+                    {"id": a, "name": "a", "public": False, "members": [1, 2], "unread": 0,
+                     "lastMessage": None},
+                    {"id": c, "name": "c", "public": True, "members": [1], "unread": 0,
+                     "lastMessage": None},
                 ]
             }
             resp = await http.get("/chat/rooms", headers=bearer(server.token(1)))

@@ -18,7 +18,7 @@ from chatd.http.context import (
 )
 from chatd.rooms import Room
 from chatd.ticketws.tickets import TooManyTickets
-from chatd.validation import MAX_ID, InvalidMessage, room_id_of
+from chatd.validation import MAX_ID, InvalidMessage, check_content, room_id_of
 
 api = Blueprint("api", __name__)
 
@@ -46,10 +46,23 @@ async def issue_ticket() -> Json:
 
 @api.get("/chat/rooms")
 async def my_rooms() -> Json:
+    """The user's rooms, each with `unread` (others' messages after the user's read mark,
+    set by POST /chat-ws/read on either protocol's behalf) and `lastMessage` (or null)."""
     state = server_state()
     user = authenticate()
-    rooms = [state.rooms.get(rid) for rid in sorted(state.rooms.rooms_of(user.id))]
-    return {"rooms": [r.describe() for r in rooms if r is not None]}
+    rooms = [r for rid in sorted(state.rooms.rooms_of(user.id)) if (r := state.rooms.get(rid))]
+    summaries = await state.service.room_summaries(user, [r.id for r in rooms])
+    out = []
+    for room in rooms:
+        unread, last = summaries.get(room.id, (0, None))
+        out.append(
+            {
+                **room.describe(),
+                "unread": unread,
+                "lastMessage": None if last is None else chat_shape(last, edits=True),
+            }
+        )
+    return {"rooms": out}
 
 
 @api.get("/chat/rooms/<int:room_id>/messages")
@@ -61,7 +74,26 @@ async def history(room_id: int) -> Json:
     limit = min(limit or 50, state.cfg.chat.history_max_limit)
     msgs = await state.service.history(user, room_id, before, limit)
     next_before = msgs[-1].id if len(msgs) == limit else None
-    return {"messages": [chat_shape(m) for m in msgs], "nextBefore": next_before}
+    return {"messages": [chat_shape(m, edits=True) for m in msgs], "nextBefore": next_before}
+
+
+@api.patch("/chat/rooms/<int:room_id>/messages/<int:message_id>")
+async def edit_message(room_id: int, message_id: int) -> Json:
+    """One's own message (an admin's: anyone's): `{"content"}` → the message as it is now."""
+    state = server_state()
+    user = authenticate()
+    body = await json_body()
+    content = check_content(body.get("content"), state.cfg.chat.max_content_chars)
+    msg = await state.service.change_message(user, room_id, message_id, content)
+    return chat_shape(msg, edits=True)
+
+
+@api.delete("/chat/rooms/<int:room_id>/messages/<int:message_id>")
+async def delete_message(room_id: int, message_id: int) -> Json:
+    state = server_state()
+    user = authenticate()
+    msg = await state.service.change_message(user, room_id, message_id, None)
+    return chat_shape(msg, edits=True)
 
 
 # --- admin ------------------------------------------------------------------------------
@@ -146,7 +178,7 @@ async def room_history(room_id: int) -> Json:
     limit = min(int_arg("limit", 50, minimum=1) or 50, state.cfg.chat.history_max_limit)
     msgs = await state.store.history(room_id, before, limit)
     next_before = msgs[-1].id if len(msgs) == limit else None
-    return {"messages": [chat_shape(m) for m in msgs], "nextBefore": next_before}
+    return {"messages": [chat_shape(m, edits=True) for m in msgs], "nextBefore": next_before}
 
 
 @api.get("/admin/rooms/<int:room_id>/members")

@@ -707,6 +707,21 @@ class Store:
     async def get_message(self, message_id: int) -> StoredMessage | None:
         return await self.read(lambda conn: queries.get_message(conn, message_id))
 
+    async def change_message(
+        self, room_id: int, message_id: int, user_id: int | None, content: str | None
+    ) -> tuple[str, StoredMessage | None]:
+        """Edit (`content`) or delete (None); see queries.change_message."""
+        now = utc_iso(time.time())
+        return await self.write(
+            lambda conn: queries.change_message(conn, room_id, message_id, user_id, content, now)
+        )
+
+    async def room_summaries(
+        self, user_id: int, room_ids: Sequence[int]
+    ) -> dict[int, tuple[int, StoredMessage | None]]:
+        ids = list(room_ids)
+        return await self.read(lambda conn: queries.room_summaries(conn, user_id, ids))
+
     async def mark_read(self, room_id: int, user_id: int, message_id: int) -> str:
         read_at = utc_iso(time.time())
         return await self.write(

@@ -16,7 +16,7 @@ from chatd.model import Outgoing, RoomRow, StoredMessage
 # StoredMessage's fields, in order: a row is `StoredMessage(*row)`.
 _MSG_COLUMNS = (
     "id, room_id, user_id, username, profile_image, content, message_type, created_at,"
-    " created_unix, client_message_id"
+    " created_unix, client_message_id, edited_at, deleted_at"
 )
 
 # SQLite's largest integer: no row id reaches it, so `id < _NO_UPPER` keeps them all.
@@ -209,6 +209,67 @@ def get_message(conn: sqlite3.Connection, message_id: int) -> StoredMessage | No
         f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = ?", (message_id,)
     ).fetchone()
     return None if row is None else StoredMessage(*row)
+
+
+class Change:
+    """What became of an edit or a delete: done (with the message as it is now), or why
+    not."""
+
+    DONE = "done"
+    NO_MESSAGE = "no_message"  # not in that room, or deleted already
+    NOT_YOURS = "not_yours"
+
+
+def change_message(
+    conn: sqlite3.Connection,
+    room_id: int,
+    message_id: int,
+    user_id: int | None,
+    content: str | None,
+    now: str,
+) -> tuple[str, StoredMessage | None]:
+    """Edit (`content`) or delete (None) a message of the room that is not deleted, when
+    `user_id` wrote it (None: anyone's, an admin's change). Checked and changed in one
+    transaction, so a concurrent delete cannot slip between."""
+    row = conn.execute(
+        "SELECT user_id FROM messages WHERE id = ? AND room_id = ? AND deleted_at IS NULL",
+        (message_id, room_id),
+    ).fetchone()
+    if row is None:
+        return Change.NO_MESSAGE, None
+    if user_id is not None and row[0] != user_id:
+        return Change.NOT_YOURS, None
+    if content is None:
+        conn.execute(
+            "UPDATE messages SET content = '', deleted_at = ? WHERE id = ?", (now, message_id)
+        )
+    else:
+        conn.execute(
+            "UPDATE messages SET content = ?, edited_at = ? WHERE id = ?",
+            (content, now, message_id),
+        )
+    return Change.DONE, get_message(conn, message_id)
+
+
+def room_summaries(
+    conn: sqlite3.Connection, user_id: int, room_ids: Sequence[int]
+) -> dict[int, tuple[int, StoredMessage | None]]:
+    """Per room: how many messages others wrote after the user's read mark (deleted ones
+    not counted), and the newest message. Each is an index range on messages_by_room."""
+    out: dict[int, tuple[int, StoredMessage | None]] = {}
+    for room_id in room_ids:
+        (unread,) = conn.execute(
+            "SELECT count(*) FROM messages WHERE room_id = ? AND id > coalesce("
+            " (SELECT message_id FROM reads WHERE room_id = ? AND user_id = ?), 0)"
+            " AND user_id != ? AND deleted_at IS NULL",
+            (room_id, room_id, user_id, user_id),
+        ).fetchone()
+        row = conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = ? ORDER BY id DESC LIMIT 1",
+            (room_id,),
+        ).fetchone()
+        out[room_id] = (int(unread), None if row is None else StoredMessage(*row))
+    return out
 
 
 def mark_read(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from chatd.store.errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # `[store] durability` as SQLite's synchronous setting. In WAL mode NORMAL fsyncs only at
 # checkpoints: a commit survives the process (kill -9) but not the machine losing power.
@@ -79,6 +79,12 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE stomp_revocations RENAME TO revocations;
     ALTER TABLE revocations RENAME COLUMN revoked_at TO logins_before;
     ALTER TABLE revocations ADD COLUMN tokens_before REAL;
+    """,
+    # Edited and deleted messages. A deleted one keeps its row (its id stays taken, and
+    # history shows where it was) with its content emptied.
+    5: """
+    ALTER TABLE messages ADD COLUMN edited_at TEXT;
+    ALTER TABLE messages ADD COLUMN deleted_at TEXT;
     """,
 }
 

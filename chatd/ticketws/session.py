@@ -1,4 +1,9 @@
-"""The ticket WebSocket protocol at `/chat?ticket=…[&since=ID]`.
+"""The ticket WebSocket protocol at `/chat?ticket=…[&since=ID][&edits=1]`.
+
+`edits=1` asks for edits and deletions of messages (`{"type": "message_updated",
+"message": …}`, `{"type": "message_deleted", "roomId", "messageId", "deletedAt"}`) and for
+`editedAt` on replayed messages; without it a connection gets exactly the ticket guide's
+shapes. A message deleted before it is replayed is not replayed to anyone.
 
 Close codes (documented in the README):
   1000 normal close          1001 server shutting down
@@ -63,7 +68,8 @@ def _chat_frame(event: Event) -> bytes:
     """The ticket protocol's frame for an event: built once, the same bytes for all."""
     data = event.cache.get("chat_ws")
     if data is None:
-        data = event.cache["chat_ws"] = WebSocketTransport.text_frame(event.chat.encode())  # type: ignore[union-attr]
+        text = event.chat if event.chat is not None else event.chat_opt_in
+        data = event.cache["chat_ws"] = WebSocketTransport.text_frame(text.encode())  # type: ignore[union-attr]
     return data
 
 
@@ -74,11 +80,14 @@ class ChatConnection:
 
     protocol = "chat"
 
-    def __init__(self, state: ServerState, user: User, ws: WebSocketTransport) -> None:
+    def __init__(
+        self, state: ServerState, user: User, ws: WebSocketTransport, edits: bool = False
+    ) -> None:
         self.state = state
         self.user = user
         self.user_id = user.id
         self.ws = ws
+        self.edits = edits
         self.replayed_upto = 0
         # While replaying stored messages, live ones wait here (bounded like the outbox).
         self._held: list[Event] | None = None
@@ -146,9 +155,11 @@ class ChatConnection:
                 state.rooms.rooms_of(self.user_id), self.replayed_upto, want
             )
             for msg in page:
-                # A room the user left while we were paging is no longer theirs to read.
-                if state.rooms.is_member(msg.room_id, self.user_id):
-                    frame = WebSocketTransport.text_frame(orjson.dumps(chat_shape(msg)))
+                # A room the user left while we were paging is no longer theirs to read;
+                # a message deleted since it was sent is no one's.
+                if msg.deleted_at is None and state.rooms.is_member(msg.room_id, self.user_id):
+                    shape = chat_shape(msg, edits=self.edits)
+                    frame = WebSocketTransport.text_frame(orjson.dumps(shape))
                     await self.ws.out.wait_space()
                     if not self.ws.out.offer(frame):
                         self.close(CLOSE_SLOW_CONSUMER, "slow consumer", flush=False)
@@ -276,6 +287,10 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         state.metrics.tickets_rejected["missing"] += 1
         await refuse(CLOSE_TICKET_MISSING, "ticket missing")
         return
+    edits_flag = (query.get("edits") or ["0"])[0]
+    if edits_flag not in ("0", "1"):
+        await refuse(CLOSE_TICKET_MISSING, "edits must be 0 or 1")
+        return
     since: int | None = None
     if "since" in query:
         since = id_of_digits(query["since"][0])
@@ -305,7 +320,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         # with an id up to it. The newest id was read before the connection starts hearing
         # live messages, so any message after it is replayed or heard live.
         since = min(since, newest)
-    conn = ChatConnection(state, user, ws)
+    conn = ChatConnection(state, user, ws, edits=edits_flag == "1")
     state.service.session_opened(conn, identity.valid_until)
     try:
         await conn.run(since)
