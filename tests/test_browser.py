@@ -5,10 +5,12 @@
   as the guides print them (tests/browser/pages/), in pages of an allowed origin, talk to
   each other; a page of an origin not allowed is refused on POST /chat/ticket (CORS), /chat
   and /ws with the README's answers.
+- test_web_client_in_chromium: the web client at / (chatd/web/), two users in two pages.
 
 Pages other than chatd's own come from small HTTP servers of this file on port 0 (one per
-origin, serving tests/browser/, so node_modules/@stomp/stompjs too: no CDN). One may also
-take POST /control/<command> from the Node side, which this file carries out.
+origin, serving tests/browser/, so node_modules/@stomp/stompjs too: no CDN). For the web
+client test one also takes POST /control/stop and /control/start from the Node side: this
+file stops chatd, or starts it again on the same port and database, and answers once done.
 
 No chromium: skipped with the reason, but on CI (CI=true, where scripts/test installs it)
 that is a failure. CHATD_NODE_VERBOSE=1 prints node's report; CHATD_CHROMIUM names a browser.
@@ -29,7 +31,7 @@ from typing import Any
 import pytest
 import trio
 
-from .conftest import StartServer
+from .conftest import Server, StartServer
 
 BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 ON_CI = os.environ.get("CI") == "true"
@@ -162,4 +164,46 @@ async def test_guides_in_chromium(start_server: StartServer) -> None:
             "CHATD_REFUSED_ORIGIN": refused,
             "CHATD_TOKEN_1": server.token(1, "ticketuser"),
             "CHATD_TOKEN_123": server.token(123, "stompuser"),
+        })
+
+
+async def test_web_client_in_chromium(start_server: StartServer) -> None:
+    _chromium()
+    # The page's origin is chatd's own, so chatd must listen where it listened before a
+    # restart, and allow that origin: its port is learned from a first start on port 0.
+    probe = await start_server()
+    port = probe.running.http_port
+    await probe.stop()
+    origin = f"http://127.0.0.1:{port}"
+    sections: dict[str, dict[str, Any]] = {
+        "http": {"listen": [f"127.0.0.1:{port}"]},
+        "auth": {"allowed_origins": [origin]},
+        # /ws on the HTTP listener only, so the stompUrl handed out survives the restart.
+        "stomp": {"websocket_listen": [], "tcp_listen": []},
+        "chat": {"typing_timeout_seconds": 30.0},
+    }
+    current: list[Server] = [await start_server(**sections)]
+
+    async def control(command: str) -> None:
+        if command == "stop":
+            await current[-1].stop()
+        elif command == "start":
+            current.append(await start_server(**sections))
+        else:
+            raise ValueError(f"unknown command {command!r}")
+
+    server = current[0]
+    service = server.state.service
+    general = await service.create_room("General", False, [1, 2])
+    other = await service.create_room("Release planning", False, [1, 2])
+    shots = os.environ.get("CHATD_SCREENSHOTS")
+    with _origin(control) as helper:
+        await _run_node("webclient.test.mjs", {
+            **({"CHATD_SCREENSHOTS": str(Path(shots).resolve())} if shots else {}),
+            "CHATD_HTTP": origin,
+            "CHATD_CONTROL": f"{helper}/control",
+            "CHATD_ROOM_GENERAL": str(general.id),
+            "CHATD_ROOM_OTHER": str(other.id),
+            "CHATD_TOKEN_1": server.token(1, "alice"),
+            "CHATD_TOKEN_2": server.token(2, "bob"),
         })
