@@ -475,10 +475,10 @@ class RssSampler:
 # --- the orchestration -------------------------------------------------------------------------
 
 
-def run(args: Any, srv: Any, create_rooms: Callable[..., list[int]],
-        mint: Callable[[Any, int], str], rss_kb: Callable[[int], int],
-        log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
-    """Every attack in turn against the running chatd `srv`; returns the figures."""
+def run(args: Any, srv: Any, bench: Any) -> dict[str, Any]:
+    """Every attack in turn against the running chatd `srv`; returns the figures. `bench`
+    is run.py (its admin API, tokens and /proc readers)."""
+    create_rooms, mint, rss_kb, log = bench.create_rooms, bench.mint, bench.rss_kb, bench.log
     http = srv.http_url.removeprefix("http://")
     host, http_port = http.rsplit(":", 1)
     ws_port = int(srv.ws_url.removeprefix("ws://").split("/")[0].rsplit(":", 1)[1])
@@ -541,11 +541,18 @@ def run(args: Any, srv: Any, create_rooms: Callable[..., list[int]],
             phase(aid)
             log(f"abuse: attack {aid}: {what} for {args.attack_seconds:.0f} s "
                 f"(RSS before {before / 1024:.1f} MB)")  # fmt: skip
+            procs0, cpu0, t0 = bench.process_cpu_snapshot(), bench.cpu_seconds(srv.pid), time.time()
             with RssSampler(rss_kb, srv.pid) as sampler:
                 if fn is None:
                     time.sleep(args.attack_seconds)
                 else:
                     trio.run(run_attack, ctx, fn, args.attack_seconds)
+                wall = time.time() - t0
+                server_cpu = bench.cpu_seconds(srv.pid) - cpu0
+                # Other people's processes on this shared machine, during the attack.
+                noise, top = bench.interference(
+                    procs0, bench.process_cpu_snapshot(), {os.getpid(), srv.pid, honest.pid}
+                )
                 h = report()
             after = rss_kb(srv.pid)
             if srv.proc is not None and srv.proc.poll() is not None:
@@ -558,11 +565,15 @@ def run(args: Any, srv: Any, create_rooms: Callable[..., list[int]],
                 "rss_peak_mb": round(sampler.peak / 1024, 1),
                 "rss_growth_mb": round((sampler.peak - before) / 1024, 1),
                 "rss_after_mb": round(after / 1024, 1),
+                "seconds": round(wall, 1),
+                "server_cpu_pct": round(100 * server_cpu / wall, 1),
+                "noise_cpu_pct": round(100 * noise / wall, 1), "noise_top": top,
                 "honest": h, "attacker": stats,
             }  # fmt: skip
             log(f"abuse: attack {aid}: RSS {row['rss_before_mb']} -> peak "
                 f"{row['rss_peak_mb']} MB; honest p99 {h['p99_ms']} ms, refused "
-                f"{h['refused']}; attacker {stats}")  # fmt: skip
+                f"{h['refused']}; server CPU {row['server_cpu_pct']} %, others' CPU "
+                f"{row['noise_cpu_pct']} % {top}; attacker {stats}")  # fmt: skip
             rows.append(row)
     finally:
         if honest.poll() is None:
@@ -578,19 +589,20 @@ def run(args: Any, srv: Any, create_rooms: Callable[..., list[int]],
 def markdown(rows: list[dict[str, Any]], rss_target: float, p99_target: float) -> str:
     out = [
         "| # | attack | RSS before (MB) | peak (MB) | growth (MB) | honest p50 / p99 / max (ms)"
-        " | honest sent / delivered / missing after 5 s | honest refused or cut off | met? |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        " | honest sent / delivered / missing after 5 s | honest refused or cut off"
+        " | server CPU % | others' CPU % | met? |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
         h = r["honest"]
-        refused = "; ".join(h["refusals"]) if h["refusals"] else "no"
+        refused = "; ".join(" ".join(x.split()) for x in h["refusals"]) if h["refusals"] else "no"
         ok = (r["rss_growth_mb"] <= rss_target and h["p99_ms"] is not None
               and h["p99_ms"] <= p99_target and not h["refusals"] and not h["missing"])  # fmt: skip
         out.append(
             f"| {r['attack']} | {r['what']} | {r['rss_before_mb']} | {r['rss_peak_mb']} | "
             f"{r['rss_growth_mb']} | {h['p50_ms']} / {h['p99_ms']} / {h['max_ms']} | "
             f"{h['sent']} / {h['delivered']} / {h['missing']} | {refused} | "
-            f"{'yes' if ok else '**no**'} |"
+            f"{r['server_cpu_pct']} | {r['noise_cpu_pct']} | {'yes' if ok else '**no**'} |"
         )
     return "\n".join(out)
 

@@ -644,7 +644,7 @@ def run_abuse(args: argparse.Namespace) -> None:
 
     srv = start_chatd(args)
     try:
-        res = abuse.run(args, srv, create_rooms, mint, rss_kb, log)
+        res = abuse.run(args, srv, sys.modules[__name__])
     finally:
         srv.stop(keep=args.keep)
     res.update(
