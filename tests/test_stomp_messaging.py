@@ -260,7 +260,10 @@ async def test_unsubscribe_stops_delivery(server: Server, kind: Kind) -> None:
             # An id that was unsubscribed is unknown now.
             await c.send_frame("UNSUBSCRIBE", {"id": "first", "receipt": "u"})
             await c.expect_error(
-                "Unknown subscription", "no subscription with id 'first'", receipt_id="u"
+                "No subscription found",
+                "UNSUBSCRIBE must refer to an existing subscription.\n"
+                'Subscription to "first" not found.',
+                receipt_id="u",
             )
 
 
@@ -411,7 +414,7 @@ async def test_stomp_11_ack_uses_message_id(server: Server) -> None:
             assert await c.request("NACK", {"message-id": mid, "subscription": "s"}) == []
             await c.send_frame("ACK", {"subscription": "s", "receipt": "a"})
             await c.expect_error(
-                "Missing message-id", "ACK needs a message-id header", receipt_id="a"
+                "Missing header", '"ACK" must include the "message-id" header', receipt_id="a"
             )
 
 

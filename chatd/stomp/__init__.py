@@ -56,6 +56,7 @@ from ._frames import (
 from ._names import (
     AMQ_QUEUE_PREFIX,
     CHAT_EXCHANGE,
+    CHAT_EXCHANGE_NAME,
     EXCHANGE_PREFIX,
     QUEUE_PREFIX,
     ROOM_PREFIX,
@@ -67,6 +68,8 @@ from ._names import (
     V11,
     V12,
     VERSIONS,
+    destination_error,
+    exchange_configured,
     room_destination,
     user_destination,
 )
@@ -76,6 +79,7 @@ __all__ = [
     "ACK_MODES",
     "AMQ_QUEUE_PREFIX",
     "CHAT_EXCHANGE",
+    "CHAT_EXCHANGE_NAME",
     "CLIENT_COMMANDS",
     "CLOSED",
     "COMMANDS",
@@ -117,6 +121,8 @@ __all__ = [
     "Subscribe",
     "Take",
     "Unsubscribe",
+    "destination_error",
+    "exchange_configured",
     "parse_digits",
     "parse_heart_beat",
     "parse_prefetch_count",

@@ -97,7 +97,11 @@ def _show_command(line: bytes) -> str:
     # produce the same message however the input was chunked.
     limit = _MAX_COMMAND_LEN + 1
     shown = line[:limit].decode("utf-8", "backslashreplace")
-    return repr(shown + "...") if len(line) > limit else repr(shown)
+    if len(line) > limit:
+        shown += "..."
+    # In double quotes, as RabbitMQ shows a command; what is not printable escaped.
+    inner = shown.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return f'"{inner}"'
 
 
 class FrameReader:
@@ -266,10 +270,8 @@ class FrameReader:
 
     def _unknown_command(self, line: bytes) -> RemoteProtocolError:
         shown = _show_command(line.split(b"\n", 1)[0].removesuffix(b"\r"))
-        return RemoteProtocolError(
-            f"Unknown command {shown}",
-            f"Unknown command {shown}; expected one of {', '.join(sorted(COMMANDS))}",
-        )
+        # RabbitMQ's text (its parser takes any command; its processor refuses it so).
+        return RemoteProtocolError("Bad command", f"Could not interpret command {shown}")
 
     def _read_headers_whole(self) -> bool:
         """The common case in one step: every header line has arrived and all are well

@@ -210,9 +210,12 @@ class Refuse:
     detail: str
 
 
-_NOT_CONNECTED: Final = Refuse("Not connected", "{command} before CONNECT")
+# Where chatd meets a condition RabbitMQ's STOMP plugin meets too, the ERROR says what
+# RabbitMQ's says (rabbit_stomp_processor), so that clients, log searches and alerts
+# written for RabbitMQ keep working; the README has the table.
+_NOT_CONNECTED: Final = Refuse("Illegal command", "You must log in using CONNECT first")
 _TWICE: Final = Refuse("Already connected", "CONNECT was sent twice")
-_NOT_CLIENT: Final = Refuse("Bad command", "{command} is not a client frame")
+_NOT_CLIENT: Final = Refuse("Bad command", 'Could not interpret command "{command}"')
 
 #: Every state that reads frames, and what each command does in it. A state not listed
 #: reads no frame (LOGIN waits for the caller; the others are over).
@@ -301,6 +304,7 @@ class Conversation:
         "state",
         "version",
         "heart_beat",
+        "host",
         "reader",
         "writer",
         "vhosts",
@@ -343,6 +347,7 @@ class Conversation:
         self.state = State.AWAIT_CONNECT
         self.version = V10  # until CONNECTED says otherwise
         self.heart_beat = (0, 0)  # agreed (sx, sy), ms
+        self.host = "/"  # the virtual host CONNECT named (RabbitMQ's default when none)
         # Anyone can open a connection: until accept(), a frame is bounded by the small
         # limit, so an anonymous peer cannot make the server hold megabytes.
         self._max_frame_size = max_frame_size
@@ -530,9 +535,7 @@ class Conversation:
         if version is None:
             supported = ",".join(VERSIONS)
             raise self._refusal(
-                "Unsupported version",
-                f"supported protocol versions are {supported}",
-                ("version", supported),
+                "Version mismatch", f"Supported versions are {supported}", ("version", supported)
             )
         host = frame.get("host")
         if self.vhosts and host is not None and host not in self.vhosts:
@@ -543,6 +546,8 @@ class Conversation:
             raise self._refusal(exc.message, exc.detail) from None
         self.version = version
         self.heart_beat = negotiate_heart_beat(client, self.heartbeat_min_ms)
+        if host:
+            self.host = host
         return ConnectRequest(
             version,
             self.heart_beat,
@@ -555,11 +560,14 @@ class Conversation:
     def _hold(self, frame: Frame, tx: str, receipt: str | None) -> Receipt | None:
         held = self._transactions.get(tx)
         if held is None:
-            raise self._refusal("Bad transaction", f"transaction {tx!r} was not begun")
+            raise self._refusal("Bad transaction", f'Invalid transaction identifier: "{tx}"')
         if self._clock() >= held.deadline:
             raise self._timed_out(tx, self._refusal)
         if len(held.frames) >= self.max_tx_frames:
-            raise self._refusal("Transaction too large", f"at most {self.max_tx_frames} frames")
+            raise self._refusal(
+                "Transaction too large",
+                f"Too many actions in transaction (limit {self.max_tx_frames})",
+            )
         # Checked when released, as if sent then: a bad frame fails its COMMIT.
         kept = Frame(
             frame.command,
@@ -582,22 +590,21 @@ class Conversation:
         tx = frame.get("transaction")
         if tx is not None:
             return self._hold(frame, tx, receipt)
-        destination = frame.get("destination")
-        if not destination:
-            raise self._refusal("Missing destination", "SEND needs a destination header")
+        destination = self._destination(frame)
         return Send(frame, destination, None, receipt, self._blame)
 
     def _subscribe(self, frame: Frame, receipt: str | None) -> Subscribe:
-        destination = frame.get("destination")
-        if not destination:
-            raise self._refusal("Missing destination", "SUBSCRIBE needs a destination header")
+        destination = self._destination(frame)
         sub_id = frame.get("id")
         if sub_id is None:
             if self.version != V10:
-                raise self._refusal("Missing id", "SUBSCRIBE needs an id header")
+                raise self._missing_header("SUBSCRIBE", "id")
             sub_id = destination
         if sub_id in self._subscriptions:
-            raise self._refusal("Duplicate subscription", f"subscription id {sub_id!r} is in use")
+            raise self._refusal(
+                "Duplicated subscription identifier",
+                f"A subscription identified by '{sub_id}' already exists.",
+            )
         if len(self._subscriptions) >= self.max_subscriptions:
             raise self._refusal(
                 "Too many subscriptions",
@@ -628,9 +635,16 @@ class Conversation:
         if sub_id is None and self.version == V10:
             sub_id = frame.get("destination")
         if sub_id is None:
-            raise self._refusal("Missing id", "UNSUBSCRIBE needs an id header")
+            raise self._refusal(
+                "Missing destination or id",
+                "UNSUBSCRIBE must include a 'destination' or 'id' header",
+            )
         if sub_id not in self._subscriptions:
-            raise self._refusal("Unknown subscription", f"no subscription with id {sub_id!r}")
+            raise self._refusal(
+                "No subscription found",
+                "UNSUBSCRIBE must refer to an existing subscription.\n"
+                f'Subscription to "{sub_id}" not found.',
+            )
         resumes = self._remove_subscription(sub_id)
         return Unsubscribe(sub_id, receipt, self._blame, resumes)
 
@@ -666,17 +680,18 @@ class Conversation:
         if self.version == V12:
             ack_id = frame.get("id")
             if ack_id is None:
-                raise self._refusal("Missing id", f"{command} needs an id header")
+                raise self._missing_header(command, "id")
         else:
             ack_id = frame.get("message-id")
             if ack_id is None:
-                raise self._refusal("Missing message-id", f"{command} needs a message-id header")
+                raise self._missing_header(command, "message-id")
         return Ack(
             frame,
             ack_id,
             frame.get("subscription"),
             command == "ACK",
-            frame.get("requeue", "true") != "false",
+            # RabbitMQ reads `requeue:False` (any case) as false too.
+            (frame.get("requeue") or "true").lower() != "false",
             receipt,
             self._blame,
         )
@@ -684,12 +699,13 @@ class Conversation:
     def _begin(self, frame: Frame, receipt: str | None) -> Receipt | None:
         tx = frame.get("transaction")
         if not tx:
-            raise self._refusal("Missing transaction", "BEGIN needs a transaction header")
+            raise self._missing_transaction("BEGIN")
         if tx in self._transactions:
             raise self._refusal("Bad transaction", f"transaction {tx!r} is already open")
         if len(self._transactions) >= self.max_transactions:
             raise self._refusal(
-                "Too many transactions", f"at most {self.max_transactions} open at once"
+                "Transaction limit exceeded",
+                f"Too many concurrent transactions (limit {self.max_transactions})",
             )
         deadline = self._clock() + self.tx_timeout
         self._transactions[tx] = _Transaction(deadline)
@@ -715,12 +731,10 @@ class Conversation:
     def _end_transaction(self, frame: Frame) -> tuple[str, _Transaction]:
         tx = frame.get("transaction")
         if not tx:
-            raise self._refusal(
-                "Missing transaction", f"{frame.command} needs a transaction header"
-            )
+            raise self._missing_transaction(frame.command)
         held = self._transactions.pop(tx, None)
         if held is None:
-            raise self._refusal("Bad transaction", f"transaction {tx!r} was not begun")
+            raise self._refusal("Bad transaction", f'Invalid transaction identifier: "{tx}"')
         self._tx_bytes -= held.size
         self.transaction_deadline = min(
             (t.deadline for t in self._transactions.values()), default=math.inf
@@ -731,6 +745,24 @@ class Conversation:
         return Disconnect(receipt, receipt)
 
     # --- helpers --------------------------------------------------------------------
+
+    def _destination(self, frame: Frame) -> str:
+        destination = frame.get("destination")
+        if destination is None:
+            raise self._refusal(
+                "Missing destination", f"\"{frame.command}\" must include a 'destination' header"
+            )
+        if not destination:
+            raise self._refusal("Invalid destination", "Destination cannot be blank")
+        return destination
+
+    def _missing_header(self, command: str, header: str) -> RemoteProtocolError:
+        return self._refusal("Missing header", f'"{command}" must include the "{header}" header')
+
+    def _missing_transaction(self, command: str) -> RemoteProtocolError:
+        return self._refusal(
+            "Missing transaction", f"\"{command}\" must include a 'transaction' header"
+        )
 
     def _refusal(self, message: str, detail: str, *headers: tuple[str, str]) -> RemoteProtocolError:
         if self._blame is not None:

@@ -32,7 +32,9 @@ from chatd.ops import logs
 from chatd.service import ServiceError
 from chatd.state import ServerState
 from chatd.stomp import (
+    CHAT_EXCHANGE_NAME,
     CLOSED,
+    EXCHANGE_PREFIX,
     NEED_DATA,
     ROOM_PREFIX,
     USER_PREFIX,
@@ -49,10 +51,12 @@ from chatd.stomp import (
     StompError,
     Subscribe,
     Unsubscribe,
+    destination_error,
+    exchange_configured,
     parse_digits,
     parse_prefetch_count,
 )
-from chatd.stomp.general_broker import BrokerError, Consumer
+from chatd.stomp.general_broker import BrokerError, Consumer, GeneralBroker
 from chatd.store import StoreUnavailable
 from chatd.validation import InvalidMessage, parse_json_object, stomp_send_body
 
@@ -599,10 +603,27 @@ class StompSession:
         self.state.hub.subscribe(topic, sub)
         self._receipt(event.receipt)
 
-    def _broker_subscribe(self, frame: Frame, sub_id: str, dest: str, ack: str) -> Consumer:
+    def _broker(self, dest: str) -> GeneralBroker:
+        """The general broker for a destination that is not the chat's, once it is known to
+        be a destination at all (RabbitMQ's answers where it has one)."""
+        error = destination_error(dest)
+        if error is not None:
+            raise RemoteProtocolError(*error)
         broker = self.state.stomp_broker
+        if dest.startswith(EXCHANGE_PREFIX):
+            name = dest[len(EXCHANGE_PREFIX) :].partition("/")[0]
+            if name != CHAT_EXCHANGE_NAME and (
+                broker is None or not exchange_configured(name, broker.patterns)
+            ):
+                # An exchange nobody configured does not exist: chatd makes none on the fly.
+                detail = f"NOT_FOUND - no exchange '{name}' in vhost '{self.conv.host}'"
+                raise RemoteProtocolError("not_found", detail)
         if broker is None or self.user is None:
             raise RemoteProtocolError("Bad destination", f"destination {dest!r} is not available")
+        return broker
+
+    def _broker_subscribe(self, frame: Frame, sub_id: str, dest: str, ack: str) -> Consumer:
+        broker = self._broker(dest)
         prefetch = parse_prefetch_count(frame.get("prefetch-count"))
         try:
             return broker.subscribe(self, sub_id, dest, ack, prefetch)
@@ -665,9 +686,7 @@ class StompSession:
         dest = event.destination
         if chat_destination(dest) is not None:
             raise RemoteProtocolError("Access refused", f"you may not send to {dest}")
-        broker = self.state.stomp_broker
-        if broker is None or self.user is None:
-            raise RemoteProtocolError("Bad destination", f"destination {dest!r} is not available")
+        broker = self._broker(dest)
         try:
             broker.publish(dest, event.frame.headers, event.frame.body)
         except BrokerError as exc:
@@ -677,7 +696,10 @@ class StompSession:
     async def _ack(self, event: Ack) -> None:
         broker = self.state.stomp_broker
         if self.broker_subs and broker is not None:
-            broker.settle(self, event.id, event.subscription, ack=event.ack, requeue=event.requeue)
+            # A `subscription` header that names no subscription is ignored, as RabbitMQ
+            # ignores it: the message id alone says what is settled.
+            sub = event.subscription if event.subscription in self.broker_subs else None
+            broker.settle(self, event.id, sub, ack=event.ack, requeue=event.requeue)
         # Chat destinations are fan-out with nothing to redeliver: their ACKs and NACKs
         # (and ones for deliveries already settled) only need to be well formed.
         self._receipt(event.receipt)

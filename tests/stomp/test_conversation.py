@@ -125,8 +125,8 @@ def parse(data: bytes) -> Frame:
 # --- the table: every (state, command), outcomes written out independently -------------
 
 SERVER_ONLY = ("CONNECTED", "MESSAGE", "RECEIPT", "ERROR")
-NOT_CONNECTED = ("Not connected", "{command} before CONNECT")
-BAD_COMMAND = ("Bad command", "{command} is not a client frame")
+NOT_CONNECTED = ("Illegal command", "You must log in using CONNECT first")
+BAD_COMMAND = ("Bad command", 'Could not interpret command "{command}"')
 TWICE = ("Already connected", "CONNECT was sent twice")
 
 # The smallest frame each command accepts once connected (with a receipt, so frames the
@@ -227,83 +227,88 @@ class Bad:
 BAD = [
     # SUBSCRIBE
     Bad("subscribe-no-destination", [("SUBSCRIBE", (("id", "s"),))], "Missing destination",
-        "SUBSCRIBE needs a destination header"),
+        "\"SUBSCRIBE\" must include a 'destination' header"),
     Bad("subscribe-empty-destination", [("SUBSCRIBE", (("destination", ""), ("id", "s")))],
-        "Missing destination", "SUBSCRIBE needs a destination header"),
-    Bad("subscribe-no-id-1.2", [("SUBSCRIBE", (("destination", "/q"),))], "Missing id",
-        "SUBSCRIBE needs an id header"),
-    Bad("subscribe-no-id-1.1", [("SUBSCRIBE", (("destination", "/q"),))], "Missing id",
-        "SUBSCRIBE needs an id header", version=V11),
+        "Invalid destination", "Destination cannot be blank"),
+    Bad("subscribe-no-id-1.2", [("SUBSCRIBE", (("destination", "/q"),))], "Missing header",
+        '"SUBSCRIBE" must include the "id" header'),
+    Bad("subscribe-no-id-1.1", [("SUBSCRIBE", (("destination", "/q"),))], "Missing header",
+        '"SUBSCRIBE" must include the "id" header', version=V11),
     Bad("subscribe-duplicate-id",
         [("SUBSCRIBE", (("destination", "/a"), ("id", "d"))),
          ("SUBSCRIBE", (("destination", "/b"), ("id", "d")))],
-        "Duplicate subscription", "subscription id 'd' is in use"),
+        "Duplicated subscription identifier", "A subscription identified by 'd' already exists."),
     Bad("subscribe-1.0-destination-is-the-id",
         [("SUBSCRIBE", (("destination", "/a"),)), ("SUBSCRIBE", (("destination", "/a"),))],
-        "Duplicate subscription", "subscription id '/a' is in use", version=V10),
+        "Duplicated subscription identifier", "A subscription identified by '/a' already exists.",
+        version=V10),
     Bad("subscribe-duplicate-before-ack-mode",
         [("SUBSCRIBE", (("destination", "/a"), ("id", "d"))),
          ("SUBSCRIBE", (("destination", "/a"), ("id", "d"), ("ack", "never")))],
-        "Duplicate subscription", "subscription id 'd' is in use"),
+        "Duplicated subscription identifier", "A subscription identified by 'd' already exists."),
     Bad("subscribe-bad-ack", [("SUBSCRIBE", (("destination", "/a"), ("id", "s"), ("ack", "x")))],
         "Bad ack mode", "ack must be auto, client or client-individual: 'x'"),
     # UNSUBSCRIBE
-    Bad("unsubscribe-no-id-1.2", [("UNSUBSCRIBE", (("destination", "/a"),))], "Missing id",
-        "UNSUBSCRIBE needs an id header"),
-    Bad("unsubscribe-no-id-1.0", [("UNSUBSCRIBE", ())], "Missing id",
-        "UNSUBSCRIBE needs an id header", version=V10),
-    Bad("unsubscribe-unknown", [("UNSUBSCRIBE", (("id", "nope"),))], "Unknown subscription",
-        "no subscription with id 'nope'"),
+    Bad("unsubscribe-no-id-1.2", [("UNSUBSCRIBE", (("destination", "/a"),))],
+        "Missing destination or id", "UNSUBSCRIBE must include a 'destination' or 'id' header"),
+    Bad("unsubscribe-no-id-1.0", [("UNSUBSCRIBE", ())], "Missing destination or id",
+        "UNSUBSCRIBE must include a 'destination' or 'id' header", version=V10),
+    Bad("unsubscribe-unknown", [("UNSUBSCRIBE", (("id", "nope"),))], "No subscription found",
+        'UNSUBSCRIBE must refer to an existing subscription.\nSubscription to "nope" not found.'),
     Bad("unsubscribe-twice",
         [("SUBSCRIBE", (("destination", "/a"), ("id", "s"))), ("UNSUBSCRIBE", (("id", "s"),)),
          ("UNSUBSCRIBE", (("id", "s"),))],
-        "Unknown subscription", "no subscription with id 's'"),
+        "No subscription found",
+        'UNSUBSCRIBE must refer to an existing subscription.\nSubscription to "s" not found.'),
     # SEND
     Bad("send-no-destination", [("SEND", ())], "Missing destination",
-        "SEND needs a destination header"),
+        "\"SEND\" must include a 'destination' header"),
     Bad("send-unknown-transaction", [("SEND", (("destination", "/a"), ("transaction", "t")))],
-        "Bad transaction", "transaction 't' was not begun"),
+        "Bad transaction", 'Invalid transaction identifier: "t"'),
     Bad("send-empty-transaction", [("SEND", (("destination", "/a"), ("transaction", "")))],
-        "Bad transaction", "transaction '' was not begun"),
+        "Bad transaction", 'Invalid transaction identifier: ""'),
     Bad("transaction-too-large",
         [("BEGIN", (("transaction", "t"),))]
         + [("SEND", (("destination", "/a"), ("transaction", "t")))] * 3,
-        "Transaction too large", "at most 2 frames", limits={"max_tx_frames": 2}),
+        "Transaction too large", "Too many actions in transaction (limit 2)",
+        limits={"max_tx_frames": 2}),
     # ACK / NACK: `id` in 1.2, `message-id` before
-    Bad("ack-no-id-1.2", [("ACK", (("message-id", "m"),))], "Missing id", "ACK needs an id header"),
-    Bad("nack-no-id-1.2", [("NACK", ())], "Missing id", "NACK needs an id header"),
-    Bad("ack-no-message-id-1.1", [("ACK", (("id", "m"),))], "Missing message-id",
-        "ACK needs a message-id header", version=V11),
-    Bad("nack-no-message-id-1.0", [("NACK", ())], "Missing message-id",
-        "NACK needs a message-id header", version=V10),
+    Bad("ack-no-id-1.2", [("ACK", (("message-id", "m"),))], "Missing header",
+        '"ACK" must include the "id" header'),
+    Bad("nack-no-id-1.2", [("NACK", ())], "Missing header", '"NACK" must include the "id" header'),
+    Bad("ack-no-message-id-1.1", [("ACK", (("id", "m"),))], "Missing header",
+        '"ACK" must include the "message-id" header', version=V11),
+    Bad("nack-no-message-id-1.0", [("NACK", ())], "Missing header",
+        '"NACK" must include the "message-id" header', version=V10),
     Bad("ack-unknown-transaction", [("ACK", (("id", "m"), ("transaction", "t")))],
-        "Bad transaction", "transaction 't' was not begun"),
+        "Bad transaction", 'Invalid transaction identifier: "t"'),
     # BEGIN / COMMIT / ABORT
     Bad("begin-no-transaction", [("BEGIN", ())], "Missing transaction",
-        "BEGIN needs a transaction header"),
+        "\"BEGIN\" must include a 'transaction' header"),
     Bad("begin-empty-transaction", [("BEGIN", (("transaction", ""),))], "Missing transaction",
-        "BEGIN needs a transaction header"),
+        "\"BEGIN\" must include a 'transaction' header"),
     Bad("begin-twice", [("BEGIN", (("transaction", "t"),))] * 2, "Bad transaction",
         "transaction 't' is already open"),
     Bad("too-many-transactions",
         [("BEGIN", (("transaction", f"t{i}"),)) for i in range(3)],
-        "Too many transactions", "at most 2 open at once", limits={"max_transactions": 2}),
+        "Transaction limit exceeded", "Too many concurrent transactions (limit 2)",
+        limits={"max_transactions": 2}),
     Bad("commit-no-transaction", [("COMMIT", ())], "Missing transaction",
-        "COMMIT needs a transaction header"),
+        "\"COMMIT\" must include a 'transaction' header"),
     Bad("abort-no-transaction", [("ABORT", ())], "Missing transaction",
-        "ABORT needs a transaction header"),
+        "\"ABORT\" must include a 'transaction' header"),
     Bad("commit-unknown", [("COMMIT", (("transaction", "t"),))], "Bad transaction",
-        "transaction 't' was not begun"),
+        'Invalid transaction identifier: "t"'),
     Bad("abort-unknown", [("ABORT", (("transaction", "t"),))], "Bad transaction",
-        "transaction 't' was not begun"),
+        'Invalid transaction identifier: "t"'),
     Bad("commit-after-abort",
         [("BEGIN", (("transaction", "t"),)), ("ABORT", (("transaction", "t"),)),
          ("COMMIT", (("transaction", "t"),))],
-        "Bad transaction", "transaction 't' was not begun"),
+        "Bad transaction", 'Invalid transaction identifier: "t"'),
     Bad("commit-twice",
         [("BEGIN", (("transaction", "t"),)), ("COMMIT", (("transaction", "t"),)),
          ("COMMIT", (("transaction", "t"),))],
-        "Bad transaction", "transaction 't' was not begun"),
+        "Bad transaction", 'Invalid transaction identifier: "t"'),
 ]
 # fmt: on
 
@@ -360,8 +365,8 @@ def test_version_negotiation(offered: str | None, agreed: str | None) -> None:
     if agreed is None:
         assert fed.error is not None
         assert (fed.error.message, fed.error.detail) == (
-            "Unsupported version",
-            "supported protocol versions are 1.0,1.1,1.2",
+            "Version mismatch",
+            "Supported versions are 1.0,1.1,1.2",
         )
         assert fed.error.headers == (("version", "1.0,1.1,1.2"),)
     else:
@@ -429,6 +434,8 @@ def test_virtual_hosts(vhosts: tuple[str, ...], host: str | None, allowed: bool)
     fed = feed(conv, connect_frame(**headers))
     if allowed:
         assert fed.error is None and conv.state is State.LOGIN
+        # Named in RabbitMQ's texts about exchanges ("in vhost '/'").
+        assert conv.host == (host or "/")
     else:
         assert fed.error is not None
         assert (fed.error.message, fed.error.detail) == (
@@ -443,7 +450,7 @@ def test_connect_checks_in_order_version_host_heart_beat() -> None:
         return error.message
 
     bad = {"accept_version": "9.9", "host": "x", "heart_beat": "x"}
-    assert first_error(**bad) == "Unsupported version"
+    assert first_error(**bad) == "Version mismatch"
     assert first_error(**(bad | {"accept_version": "1.2"})) == "Bad CONNECT"
     assert first_error(**(bad | {"accept_version": "1.2", "host": "/"})) == (
         "Invalid heart-beat header"
@@ -531,6 +538,25 @@ def test_events_carry_what_the_caller_needs() -> None:
     ack_11 = connected(V11)
     [event] = ok(ack_11, wire("ACK", ("message-id", "m"), ("id", "other"), version=V11))
     assert isinstance(event, Ack) and event.id == "m"
+
+
+@pytest.mark.parametrize(
+    ("requeue", "expected"),
+    [
+        (None, True),
+        ("true", True),
+        ("false", False),
+        ("False", False),  # RabbitMQ reads any case
+        ("FALSE", False),
+        ("no", True),
+        ("", True),
+    ],
+)
+def test_nack_requeue_false_in_any_case(requeue: str | None, expected: bool) -> None:
+    conv = connected()
+    headers = [("id", "n")] + ([] if requeue is None else [("requeue", requeue)])
+    [nack] = ok(conv, wire("NACK", *headers))
+    assert isinstance(nack, Ack) and nack.requeue is expected
 
 
 # --- transactions -------------------------------------------------------------------------
@@ -664,11 +690,11 @@ def test_receipt(version: str, value: str, echoed: bool) -> None:
 
 def test_send_error_headers_body_and_receipt_id() -> None:
     conv = Conversation()
-    error = RemoteProtocolError("Unsupported version", "detail", (("version", "1.0,1.1,1.2"),))
+    error = RemoteProtocolError("Version mismatch", "detail", (("version", "1.0,1.1,1.2"),))
     assert parse(conv.send_error(error, "r")) == Frame(
         "ERROR",
         (
-            ("message", "Unsupported version"),
+            ("message", "Version mismatch"),
             ("version", "1.0,1.1,1.2"),
             ("receipt-id", "r"),
             ("content-type", "text/plain"),
@@ -757,7 +783,7 @@ def test_forgotten_subscription_is_free_again() -> None:
     assert isinstance(again, Subscribe)
     conv.forget_subscription("s")
     error = refused(conv, wire("UNSUBSCRIBE", ("id", "s")))
-    assert error.message == "Unknown subscription"
+    assert error.message == "No subscription found"
 
 
 # --- whole, byte by byte, in pieces: the same conversation ---------------------------------
@@ -814,6 +840,6 @@ def test_split_anywhere_the_same_refusal(split: Splitter) -> None:
     assert fed.error is not None
     assert (fed.error.message, fed.error.detail, fed.error.headers) == (
         "Missing transaction",
-        "COMMIT needs a transaction header",
+        "\"COMMIT\" must include a 'transaction' header",
         (("receipt-id", "2"),),
     )

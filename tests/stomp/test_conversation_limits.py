@@ -125,7 +125,7 @@ def test_unsubscribing_a_shadowed_one_changes_nothing_live() -> None:
     assert unsubscribe(conv, "s2").resumes is None  # s3 stays live
     assert unsubscribe(conv, "s3").resumes == "s1"  # s2 is gone: s1 is next
     assert unsubscribe(conv, "s1").resumes is None
-    assert refused(conv, wire("UNSUBSCRIBE", ("id", "s2"))).message == "Unknown subscription"
+    assert refused(conv, wire("UNSUBSCRIBE", ("id", "s2"))).message == "No subscription found"
 
 
 def test_unsubscribing_the_oldest_keeps_the_newest_live() -> None:
@@ -155,7 +155,10 @@ def test_an_id_in_use_is_refused_even_for_another_destination() -> None:
     conv = connected()
     ok(conv, sub("/topic/a", "s1") + sub("/topic/a", "s2"))
     error = refused(conv, sub("/topic/b", "s1", receipt="r"))
-    assert (error.message, error.headers) == ("Duplicate subscription", (("receipt-id", "r"),))
+    assert (error.message, error.headers) == (
+        "Duplicated subscription identifier",
+        (("receipt-id", "r"),),
+    )
 
 
 def test_shadowed_subscriptions_count_against_the_bound() -> None:
