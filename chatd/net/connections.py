@@ -162,12 +162,7 @@ class Connections:
         refused when that address is at its limit (the seat is then a refused one)."""
         if not seat.trusted or seat.key is not None or seat.refused or not self.max_per_address:
             return None
-        client = None
-        for entry in reversed(chain):
-            entry = entry.strip()
-            if entry and not self.trusts(entry):
-                client = entry
-                break
+        client = self._forwarded_client(chain)
         if client is None:
             return None
         key = address_key(client)
@@ -181,6 +176,23 @@ class Connections:
         self._per_address[key] = count + 1
         seat.key = key
         return None
+
+    def _forwarded_client(self, chain: Sequence[str]) -> str | None:
+        """The right-most X-Forwarded-For entry that is not itself a trusted proxy."""
+        for entry in reversed(chain):
+            entry = entry.strip()
+            if entry and not self.trusts(entry):
+                return entry
+        return None
+
+    def client_address(self, peer: str, chain: Sequence[str]) -> str:
+        """Who a connection is, for the logs: its peer, or for one from a trusted proxy
+        the client the proxies forwarded (bounded: the header is the client's to write
+        up to the first proxy)."""
+        if not self.trusts(peer):
+            return peer
+        client = self._forwarded_client(chain)
+        return peer if client is None else client[:64]
 
     def leave(self, seat: Seat) -> None:
         if seat.refused:

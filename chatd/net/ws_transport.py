@@ -34,7 +34,17 @@ class Upgrade:
 
 
 class WebSocketTransport:
-    __slots__ = ("stream", "parser", "out", "closed", "peer_closed", "_events", "last_seen")
+    __slots__ = (
+        "stream",
+        "parser",
+        "out",
+        "closed",
+        "peer_closed",
+        "close_code",
+        "close_reason",
+        "_events",
+        "last_seen",
+    )
     framing = "ws"
 
     def __init__(
@@ -50,6 +60,10 @@ class WebSocketTransport:
         self.out = WireWriter(limit, stream, stream.socket.fileno(), max_bytes)
         self.closed = False  # our close frame is queued or sent
         self.peer_closed = False  # the peer's close frame or EOF came: nothing more will
+        # The close code we sent (the peer's, echoed, when it closed first) and our reason,
+        # for the connection log; None while open, and when the connection was just lost.
+        self.close_code: int | None = None
+        self.close_reason = ""
         self.last_seen = trio.current_time()
         self._events: list[ws.Message | ws.Ping | ws.Close] = []
 
@@ -122,6 +136,7 @@ class WebSocketTransport:
         """Queue the close frame after what is already queued; the writer then stops."""
         if not self.closed:
             self.closed = True
+            self.close_code, self.close_reason = code, reason
             self.out.offer(ws.close_frame(code, reason))
             self.out.close_soon()
 
@@ -130,6 +145,7 @@ class WebSocketTransport:
         frame follows whatever frame was already begun, and the writer gives up soon."""
         if not self.closed:
             self.closed = True
+            self.close_code, self.close_reason = code, reason
             self.out.abort(ws.close_frame(code, reason))
         else:
             self.out.abort()
@@ -180,3 +196,11 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def ws_end(ws: WebSocketTransport) -> str:
+    """How a WebSocket connection ended, for the connection log."""
+    if ws.close_code is None:
+        return "connection lost"
+    end = f"{ws.close_code} {ws.close_reason}".rstrip()
+    return f"{end} (the client closed)" if ws.peer_closed else end

@@ -47,6 +47,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return redact(json.dumps(out, ensure_ascii=False))
@@ -186,3 +189,32 @@ refusals = RefusalLog(logging.getLogger("chatd.refused"))
 def refused(what: str, reason: str, client: str) -> None:
     """A client was refused: see `RefusalLog`."""
     refusals.refused(what, reason, client)
+
+
+_connections = logging.getLogger("chatd.connections")
+
+
+def connection_closed(
+    protocol: str,
+    transport: str,
+    user_id: int | None,
+    client: str,
+    seconds: float,
+    end: str,
+) -> None:
+    """One info line per connection that had a session, when it ends: who came, from
+    where, for how long, and how it ended (`end`: the close code and reason, an ERROR's
+    message, or what else ended it), so `journalctl -u chatd` shows who came and went.
+    The `json` format carries each as its own field."""
+    who = "anonymous" if not user_id else f"user {user_id}"
+    client = _shown(client or "a local socket")
+    end = _shown(end)
+    _connections.info(
+        "closed %s %s connection of %s from %s after %.1f s: %s",
+        protocol, transport, who, client, seconds, end,
+        extra={"fields": {
+            "event": "connection_closed", "protocol": protocol, "transport": transport,
+            "userId": user_id or None, "client": client, "seconds": round(seconds, 3),
+            "end": end,
+        }},
+    )

@@ -38,7 +38,7 @@ from chatd.net.websocket import (
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOKEN_EXPIRED,
 )
-from chatd.net.ws_transport import Upgrade, WebSocketTransport
+from chatd.net.ws_transport import Upgrade, WebSocketTransport, ws_end
 from chatd.ops import logs
 from chatd.service import ServiceError
 from chatd.state import ServerState
@@ -255,6 +255,10 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
     del leftover
     ws = WebSocketTransport(stream, parser, cfg.chat.outbox_messages, cfg.chat.outbox_bytes)
     query = _query(request.path)
+    # Who it is for the logs: behind a trusted proxy, the client the proxy forwarded.
+    client = state.connections.client_address(
+        peer_address(stream), request.headers.get("x-forwarded-for", "").split(",")
+    )
     # `since` beyond the newest message means "from now on", and now is before the client
     # sees the socket open: a message it (or anyone) sends after that has a newer id.
     resuming = "since" in query and not state.closing.is_set()
@@ -267,7 +271,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
 
     async def refuse(code: int, reason: str, logged: str | None = None) -> None:
         if code != CLOSE_GOING_AWAY:  # shutting down refuses no one in particular
-            logs.refused("/chat", logged or reason, peer_address(stream))
+            logs.refused("/chat", logged or reason, client)
         ws.close(code, reason)
         with trio.move_on_after(2):
             await ws.out.run()
@@ -322,6 +326,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         since = min(since, newest)
     conn = ChatConnection(state, user, ws, edits=edits_flag == "1")
     state.service.session_opened(conn, identity.valid_until)
+    opened = trio.current_time()
     try:
         await conn.run(since)
     except Exception:
@@ -336,3 +341,6 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         # ANSWER_SECONDS at most.
         with trio.CancelScope(shield=True), trio.move_on_after(connections.ANSWER_SECONDS + 1):
             await ws.aclose(drain=not state.closing.is_set())
+        logs.connection_closed(
+            "/chat", "websocket", user.id, client, trio.current_time() - opened, ws_end(ws)
+        )

@@ -1,0 +1,114 @@
+"""The connection log (issue 14): one info line per connection that ends, with protocol,
+transport, user, client address (behind a trusted proxy, the forwarded one), duration and
+how it ended, as fields of its own in the json format; never a ticket or token."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+from trio_websocket import open_websocket_url
+
+from chatd.ops.logs import JsonFormatter
+
+from ._chat import admin_headers, chat, chat_url, new_ticket, roundtrip
+from .conftest import Server
+from .stomp_client import make_room
+
+
+class Lines(logging.Handler):
+    """The connection log's records, with a way to wait for the next one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self._more = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self._more.set()
+
+    async def next(self) -> logging.LogRecord:
+        while not self.records:
+            self._more = trio.Event()
+            await self._more.wait()
+        return self.records.pop(0)
+
+
+@contextmanager
+def connection_log() -> Iterator[Lines]:
+    logger = logging.getLogger("chatd.connections")
+    lines = Lines()
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(old)
+
+
+def fields(record: logging.LogRecord) -> dict[str, object]:
+    out = json.loads(JsonFormatter().format(record))
+    assert out["msg"] == record.getMessage()
+    return dict(out)
+
+
+async def test_a_chat_connection_closed_by_its_client(server: Server) -> None:
+    with connection_log() as lines, trio.fail_after(15):
+        room = await make_room(server, [1])
+        ticket = await new_ticket(server, 1)
+        async with open_websocket_url(chat_url(server, ticket)) as ws:
+            await roundtrip(ws, room, "hello")
+        record = await lines.next()
+    text = record.getMessage()
+    assert record.levelno == logging.INFO
+    assert text.startswith("closed /chat websocket connection of user 1 from 127.0.0.1 after ")
+    assert text.endswith(": 1000 (the client closed)")
+    assert ticket not in text
+    got = fields(record)
+    assert {k: got[k] for k in ("event", "protocol", "transport", "userId", "client", "end")} == {
+        "event": "connection_closed", "protocol": "/chat", "transport": "websocket",
+        "userId": 1, "client": "127.0.0.1", "end": "1000 (the client closed)",
+    }
+    assert isinstance(got["seconds"], float) and got["seconds"] >= 0
+
+
+async def test_a_chat_connection_the_server_ends_says_why(server: Server) -> None:
+    with connection_log() as lines, trio.fail_after(15):
+        async with chat(server, 5):
+            async with server.client() as http:
+                resp = await http.post("/admin/users/5/disconnect", headers=admin_headers(server))
+            assert resp.json()["closed"] == 1
+            record = await lines.next()
+    assert record.getMessage().endswith(": 4003 disconnected by an administrator")
+    assert fields(record)["userId"] == 5
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_client_is_logged(server: Server) -> None:
+    # The test connects from 127.0.0.1, a trusted proxy in the default config.
+    with connection_log() as lines, trio.fail_after(15):
+        ticket = await new_ticket(server, 2)
+        headers = [("X-Forwarded-For", "198.51.100.9, 203.0.113.7")]
+        async with open_websocket_url(chat_url(server, ticket), extra_headers=headers):
+            pass
+        record = await lines.next()
+    assert " from 203.0.113.7 after " in record.getMessage()
+    assert fields(record)["client"] == "203.0.113.7"
+
+
+async def test_an_untrusted_peer_cannot_choose_its_logged_address(
+    start_server: object,
+) -> None:
+    server = await start_server(http={"trusted_proxies": []})  # type: ignore[operator]
+    with connection_log() as lines, trio.fail_after(15):
+        ticket = await new_ticket(server, 2)
+        headers = [("X-Forwarded-For", "203.0.113.7")]
+        async with open_websocket_url(chat_url(server, ticket), extra_headers=headers):
+            pass
+        record = await lines.next()
+    assert fields(record)["client"] == "127.0.0.1"
