@@ -12,7 +12,7 @@
 (() => {
   const BASE = location.origin;
   const WS_BASE = BASE.replace(/^http/, 'ws');
-  const CHAT_EVENTS_QUERY = 'events=1';
+  const CHAT_EVENTS_QUERY = 'edits=1';
   const PAGE = 30;
   const TYPING_IDLE_MS = 3000;
   const RETRY_MS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
