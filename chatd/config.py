@@ -61,6 +61,9 @@ class StoreConfig:
     batch_max: int = _pos(512)
     durability: str = _choice("normal", "normal", "full")
     max_wal_bytes: int = _pos(1024 * 1024 * 1024)
+    backend: str = _choice("sqlite", "sqlite", "postgresql")
+    # A libpq connection string or URI; used (and required) with backend "postgresql".
+    dsn: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +301,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("auth.jwt_secret: expected at least 32 characters")
     if not cfg.store.path:
         raise ConfigError("store.path: expected a file path")
+    if cfg.store.backend == "postgresql":
+        if not cfg.store.dsn.strip():
+            raise ConfigError("store.dsn: required with store.backend = \"postgresql\"")
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigError(
+                "store.backend: \"postgresql\" needs the 'psycopg' package;"
+                " install chatd with: pip install 'chatd[cluster]'"
+            )
     if not cfg.http.listen:
         raise ConfigError("http.listen: expected at least one address")
 

@@ -200,6 +200,8 @@ def test_section_must_be_a_table() -> None:
         ({"log": {"level": "loud"}}, "log.level: expected one of debug, info, warning, error"),
         ({"log": {"format": "xml"}}, "log.format: expected one of plain, json"),
         ({"store": {"path": ""}}, "store.path: expected a file path"),
+        ({"store": {"backend": "mysql"}}, "store.backend: expected one of sqlite, postgresql"),
+        ({"store": {"backend": "postgresql"}}, "store.dsn: required with store.backend"),
         ({"auth": {"jwt_secret": "short"}}, "auth.jwt_secret: expected at least 32 characters"),
     ],
 )
