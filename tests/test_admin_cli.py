@@ -25,7 +25,7 @@ from chatd.admin_cli import server_url, table
 
 from .chatd_proc import ChatdProcess, chatd_argv, child_env, run_chatd, write_config
 
-TIMEOUT = 60
+TIMEOUT = 300  # a hang, not speed: each command is a Python start, slow on a loaded machine
 
 
 class Operator:

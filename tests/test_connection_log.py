@@ -9,9 +9,11 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import HandshakeError, open_websocket_url
 
+from chatd.ops import logs
 from chatd.ops.logs import JsonFormatter
 
 from ._chat import admin_headers, chat, chat_url, new_ticket, roundtrip
@@ -112,3 +114,36 @@ async def test_an_untrusted_peer_cannot_choose_its_logged_address(
             pass
         record = await lines.next()
     assert fields(record)["client"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("route", ["preflight", "bad token", "/ws origin"])
+async def test_refusals_name_the_forwarded_client(server: Server, route: str) -> None:
+    logs.refusals.reset()
+    refused = logging.getLogger("chatd.refused")
+    lines = Lines()
+    level = refused.level
+    refused.setLevel(logging.INFO)
+    refused.addHandler(lines)
+    forwarded = [("X-Forwarded-For", "203.0.113.8")]
+    try:
+        with trio.fail_after(15):
+            if route == "/ws origin":
+                url = f"ws://127.0.0.1:{server.running.stomp_ws_port}/ws"
+                with pytest.raises(HandshakeError):
+                    async with open_websocket_url(
+                        url, extra_headers=[*forwarded, ("Origin", "http://evil.example")]
+                    ):
+                        pass
+            else:
+                async with server.client() as http:
+                    if route == "preflight":
+                        await http.options("/chat/ticket", headers=[
+                            *forwarded, ("Origin", "http://evil.example")])
+                    else:
+                        await http.get("/chat/rooms", headers=[
+                            *forwarded, ("Authorization", "Bearer nonsense")])
+            record = await lines.next()
+    finally:
+        refused.removeHandler(lines)
+        refused.setLevel(level)
+    assert " from 203.0.113.8: " in record.getMessage(), record.getMessage()

@@ -26,7 +26,7 @@ from werkzeug.routing import BaseConverter, ValidationError
 from chatd.auth import origin_allowed
 from chatd.http.api import api
 from chatd.http.chatws_api import chatws
-from chatd.http.context import STATE_KEY, server_state
+from chatd.http.context import STATE_KEY, client_address, server_state
 from chatd.http.web import web
 from chatd.model import ClientError
 from chatd.ops import logs
@@ -189,7 +189,7 @@ def create_app(state: ServerState) -> QuartTrio:
         origin = request.headers.get("Origin")
         if origin is None or not origin_allowed(origin, allowed):
             why = f"origin {origin!r} not allowed" if origin else "no Origin header"
-            logs.refused("CORS preflight", why, request.remote_addr or "")
+            logs.refused("CORS preflight", why, client_address())
             return error_response(403, "origin_not_allowed", "origin not allowed")
         resp = Response(b"", 204)
         del resp.headers["Content-Type"]  # nothing to type

@@ -45,6 +45,12 @@ def bearer_token() -> str | None:
     return None
 
 
+def client_address() -> str:
+    """The caller for the logs: the peer or, from a trusted proxy, the client it forwarded."""
+    chain = ",".join(request.headers.getlist("X-Forwarded-For")).split(",")
+    return server_state().connections.client_address(request.remote_addr or "", chain)
+
+
 def authenticate(allow_access_token: bool = True) -> User:
     """The caller, from `Authorization: Bearer` (or the `accessToken` header, which the
     ticket guide's clients send); 401 `unauthorized` otherwise."""
@@ -62,7 +68,7 @@ def identify(allow_access_token: bool = True) -> Identity:
     except AuthError as exc:
         state.metrics.auth_failures[exc.reason] += 1
         # The reason only: the token itself never goes to the log.
-        logs.refused(f"{request.method} {request.path}", exc.message, request.remote_addr or "")
+        logs.refused(f"{request.method} {request.path}", exc.message, client_address())
         raise ApiError(401, "unauthorized", exc.message) from None
 
 

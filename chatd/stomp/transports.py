@@ -101,7 +101,8 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     if status:
         if status == 403:
             why = f"origin {request.headers.get('origin')!r} not allowed"
-            logs.refused("/ws", why, peer_address(stream))
+            chain = request.headers.get("x-forwarded-for", "").split(",")
+            logs.refused("/ws", why, state.connections.client_address(peer_address(stream), chain))
         await refuse(stream, status, body)
         return
     try:
