@@ -530,13 +530,13 @@
     const text = document.createElement('p');
     text.className = 'text';
     text.textContent = m.deleted ? 'Message deleted' : m.content;
+    if (mine && !pending && !m.deleted) meta.append(actions(m));
     li.append(meta, text);
-    if (mine && !pending && !m.deleted) li.append(actions(m));
     return li;
   }
 
   function actions(m) {
-    const box = document.createElement('div');
+    const box = document.createElement('span');
     box.className = 'actions';
     const edit = document.createElement('button');
     edit.type = 'button';
@@ -570,7 +570,14 @@
     cancel.type = 'button';
     cancel.textContent = 'Cancel';
     form.append(label, ta, save, cancel);
-    const done = () => { form.replaceWith(box); box.querySelector('button').focus(); };
+    const li = box.closest('li');
+    const shown = li.querySelector('.text');
+    const done = () => {
+      form.remove();
+      shown.hidden = false;
+      box.hidden = false;
+      box.querySelector('button').focus();
+    };
     cancel.addEventListener('click', done);
     ta.addEventListener('keydown', (e) => {
       if (e.key === 'Escape') { e.preventDefault(); done(); }
@@ -588,7 +595,9 @@
         done();
       }
     });
-    box.replaceWith(form);
+    shown.hidden = true;
+    box.hidden = true;
+    li.append(form);
     ta.focus();
   }
 

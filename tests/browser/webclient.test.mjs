@@ -216,9 +216,23 @@ test('phone width: one pane at a time, nothing wider than the screen', TEST, asy
   const width = await phone.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   assert.ok(width[0] <= width[1], `page ${width[0]}px wide on a ${width[1]}px screen`);
   if (SHOTS) {
+    await phone.click('#back');
+    for (const page of [alice, bob, phone]) await openRoom(page, OTHER);
+    const lines = [
+      [alice, 'Release is tagged as v1.4.0. The changelog is in the wiki.'],
+      [bob, 'Thanks! I will upgrade staging after lunch.'],
+      [alice, 'The migration takes about a minute; the app stays up meanwhile.'],
+      [bob, 'Staging is upgraded, all checks green.'],
+    ];
+    for (const [page, line] of lines) {
+      await send(page, line);
+      await until('the line to arrive', hasMessage(alice, line));
+      await until('the line to arrive', hasMessage(phone, line));
+    }
     await bob.focus('#composer-input');
-    await bob.keyboard.type('Sounds good');
+    await bob.keyboard.type('Rolling out to production');
     await until('the typing line', async () => (await text(alice, '#typing')) !== '');
+    await until('read marks', async () => (await messageTexts(alice)).at(-2).read === 'Read');
     await alice.screenshot({ path: path.join(SHOTS, 'web-client-desktop.png') });
     await phone.screenshot({ path: path.join(SHOTS, 'web-client-phone.png') });
   }
