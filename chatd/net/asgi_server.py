@@ -67,11 +67,20 @@ class _WriteDeadline:
         self._stream = stream
         self._timeout = timeout
         self.socket = stream.socket
+        # hypercorn sends data under its own lock but half-closes (send_eof) outside it:
+        # a close racing a response write made trio raise BusyResourceError in the
+        # write, which hypercorn does not expect ("Error in ASGI Framework"). One at a
+        # time here: the half-close waits for the write in flight, bounded by its deadline.
+        self._sending = trio.Lock()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self._stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes) -> None:
+        async with self._sending:
+            await self._send_all(data)
+
+    async def _send_all(self, data: bytes) -> None:
         with trio.move_on_after(self._timeout()):
             await self._stream.send_all(data)
             return
@@ -82,7 +91,8 @@ class _WriteDeadline:
         raise trio.BrokenResourceError("write timed out: the peer does not read")
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        async with self._sending:
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
