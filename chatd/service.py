@@ -24,7 +24,7 @@ from chatd.net.websocket import CLOSE_DISCONNECTED_BY_ADMIN, CLOSE_TOKEN_EXPIRED
 from chatd.ops.metrics import Metrics
 from chatd.ratelimit import RateLimiter
 from chatd.rooms import Room, Rooms
-from chatd.store import Store
+from chatd.store.api import StoreAPI
 from chatd.store.queries import Change
 
 log = logging.getLogger("chatd.service")
@@ -56,7 +56,7 @@ class ChatService:
     def __init__(
         self,
         cfg: Config,
-        store: Store,
+        store: StoreAPI,
         rooms: Rooms,
         hub: Hub,
         broker: Broker,

@@ -19,7 +19,7 @@ from chatd.service import ChatService
 from chatd.stomp.general_broker import GeneralBroker
 from chatd.stomp.heartbeats import Heartbeats
 from chatd.stomp.logins import StompLogins
-from chatd.store import Store
+from chatd.store.api import StoreAPI
 from chatd.ticketws.tickets import TicketBook
 
 
@@ -27,7 +27,7 @@ from chatd.ticketws.tickets import TicketBook
 class ServerState:
     cfg: Config
     auth: Authenticator
-    store: Store
+    store: StoreAPI
     rooms: Rooms
     hub: Hub
     service: ChatService
@@ -68,7 +68,7 @@ class ServerState:
             self.stomp_logins.ttl = cfg.stomp.login_ttl_seconds
 
     @classmethod
-    def build(cls, cfg: Config, auth: Authenticator, store: Store) -> ServerState:
+    def build(cls, cfg: Config, auth: Authenticator, store: StoreAPI) -> ServerState:
         rooms = Rooms(store.load_rooms_sync())
         hub = Hub(rooms)
         metrics = Metrics()

@@ -1,0 +1,454 @@
+"""The PostgreSQL store's engine: `PgStore`, the async face of `chatd.store.api.StoreAPI`
+over a writer and a reader thread, each with its own psycopg connection (psycopg's async
+API needs asyncio; chatd runs on trio, whose event loop must never wait on the network).
+
+Group commit, as SQLite's engine does: the writer thread takes every write queued while
+it was busy (up to `batch_max` operations) and runs them in one transaction, so under
+load many messages share one commit round trip. A failing operation rolls the batch back
+and it runs again with each operation in its own savepoint. After the commit, in the
+trio thread and in commit order, the operations' hooks run, then the waiting tasks
+resume: a message is published only once it is committed.
+
+A lost connection, a server that refuses connections or is shutting down, or a database
+that cannot take writes (a full disk, a read-only standby) fails the whole batch with
+`StoreUnavailable` (503 `store_unavailable`, retryable), logged once an interval. The
+next batch connects again, so the store recovers by itself once PostgreSQL is back. A
+commit cut off by a lost connection may or may not have been applied: it is answered
+`store_unavailable` all the same, and a client retrying with its clientMessageId gets
+the stored message if it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+
+from chatd.model import Outgoing, RoomRow, StoredMessage, utc_iso
+from chatd.ops.logs import RateLimitedLog
+from chatd.store.errors import StoreClosed, StoreError, StoreUnavailable
+from chatd.store.postgres import queries, schema
+from chatd.store.postgres.schema import Connection
+
+T = TypeVar("T")
+
+log = logging.getLogger("chatd.store")
+
+# As SQLite's engine: /readyz proves a write at most this often, and gives up on a writer
+# that has not answered in time; a recurring failure is logged once this often.
+_PROBE_EVERY = 1.0
+_PROBE_TIMEOUT = 2.0
+_LOG_EVERY = 60.0
+
+
+_UNAVAILABLE = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.ReadOnlySqlTransaction,
+)
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """`exc` as a StoreUnavailable when the database, not the statement, is the problem:
+    no connection (OperationalError covers a lost or refused one, a server shutting down,
+    a full disk, a deadlock or serialization failure) or a read-only database."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if not isinstance(exc, _UNAVAILABLE):
+        return None
+    # The first line: libpq's messages go on with hints that only repeat it.
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    error = StoreUnavailable(f"PostgreSQL: {reason}")
+    error.__cause__ = exc
+    return error
+
+
+class _Job:
+    __slots__ = ("fn", "after", "result", "error", "done", "last")
+
+    def __init__(
+        self, fn: Callable[[Connection], Any], after: Callable[[Any], None] | None
+    ) -> None:
+        self.fn = fn
+        self.after = after
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done: trio.Event | None = None
+        self.last = True  # the last job of its caller's: its batch sets `done`
+
+
+_Op = tuple[Callable[[Connection], Any], Callable[[Any], None] | None]
+
+
+class _Worker:
+    """A thread that owns one connection and runs batches of jobs from a queue: in one
+    transaction each (the writer), or one by one in autocommit (the reader)."""
+
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        batch_max: int,
+        transactional: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self.kind = "writes" if transactional else "reads"
+        self._dsn = dsn
+        self._conn: Connection | None = None  # the thread's; None until (re)connected
+        self._batch_max = batch_max
+        self._transactional = transactional
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._clock = clock
+        self._closed = False
+        self.on_commit: Callable[[float, int], None] | None = None
+        self.hooks_scope: Callable[[], contextlib.AbstractContextManager[None]] = (
+            contextlib.nullcontext
+        )
+        # In the trio thread: why the last batch could not be done (None: it was), and
+        # when (`clock`) that was learnt.
+        self.unavailable: str | None = None
+        self.outcome_at = -math.inf
+        self._failed_ops = 0
+        self._failure_log = RateLimitedLog(log, _LOG_EVERY, clock)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    async def call(
+        self, fn: Callable[[Connection], T], after: Callable[[T], None] | None = None
+    ) -> T:
+        (job,) = await self.call_many([(fn, after)])
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    async def call_many(self, ops: list[_Op]) -> list[_Job]:
+        """Queue `ops` in order and wait until all of them ran; each job carries its
+        result or error. The thread may end them in one batch or in consecutive ones;
+        the batch holding the last one wakes the caller."""
+        if self._closed:
+            raise StoreClosed("store is closed")
+        done = trio.Event()
+        jobs = [_Job(fn, after) for fn, after in ops]
+        for job in jobs:
+            job.done = done
+            job.last = False
+        jobs[-1].last = True
+        self._queue.put(jobs)
+        await done.wait()
+        return jobs
+
+    # --- in the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = first
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch = batch + nxt
+            self._run_batch(batch)
+            self._wake(batch)
+        if self._conn is not None:
+            self._conn.close()
+
+    def _connection(self) -> Connection:
+        if self._conn is not None and (self._conn.closed or self._conn.broken):
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+        if self._conn is None:
+            self._conn = schema.connect(self._dsn)
+        return self._conn
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            conn = self._connection()
+            if not self._transactional:
+                for job in batch:
+                    self._run_one(conn, job)
+                return
+            if not self._transaction(conn, batch, savepoints=False):
+                for job in batch:
+                    job.result, job.error = None, None
+                self._transaction(conn, batch, savepoints=True)
+        except Exception as exc:
+            failure = unavailable(exc)
+            for job in batch:
+                job.result = None
+                if failure is not None:
+                    job.error = StoreUnavailable(failure.reason)
+                    job.error.__cause__ = failure.__cause__
+                else:
+                    job.error = StoreError(f"commit failed: {exc}")
+            return
+        if self._transactional and self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(batch))
+
+    def _run_one(self, conn: Connection, job: _Job) -> None:
+        """Run one job; an error of the database itself is raised (the batch fails), an
+        error of the job's own is kept for its caller."""
+        try:
+            job.result = job.fn(conn)
+        except Exception as exc:
+            if unavailable(exc) is not None:
+                raise
+            job.error = exc
+
+    def _transaction(self, conn: Connection, batch: list[_Job], savepoints: bool) -> bool:
+        """Run and commit `batch`; False (rolled back) when a job failed and savepoints
+        were off."""
+        failed = False
+        with conn.transaction():
+            for job in batch:
+                if savepoints:
+                    try:
+                        with conn.transaction():
+                            self._run_one(conn, job)
+                            if job.error is not None:
+                                raise psycopg.Rollback()
+                    except psycopg.Rollback:
+                        pass
+                else:
+                    self._run_one(conn, job)
+                    if job.error is not None:
+                        failed = True
+                        raise psycopg.Rollback()
+        return not failed
+
+    def _wake(self, batch: list[_Job]) -> None:
+        def wake() -> None:
+            self._outcome(batch)
+            # Hooks in commit order, before any waiting task resumes, so whatever they
+            # publish goes out in commit order.
+            with self.hooks_scope():
+                for job in batch:
+                    if job.after is not None and job.error is None:
+                        try:
+                            job.after(job.result)
+                        except Exception:
+                            log.exception("store: commit hook failed")
+            for job in batch:
+                if job.last and job.done is not None:
+                    job.done.set()
+
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(wake)
+
+    def _outcome(self, jobs: Sequence[_Job]) -> None:
+        """In the trio thread: one warning an interval while operations are refused, and
+        a line saying how many once they succeed again."""
+        failed = [job.error for job in jobs if isinstance(job.error, StoreUnavailable)]
+        self.outcome_at = self._clock()
+        if not failed:
+            if self.unavailable is not None:
+                self._failure_log.reset()
+                log.warning(
+                    "store: %s succeed again, after %d refused", self.kind, self._failed_ops
+                )
+                self.unavailable = None
+                self._failed_ops = 0
+            return
+        self.unavailable = failed[0].reason
+        self._failed_ops += len(failed)
+        self._failure_log.warning(
+            "store: %s refused (answered store_unavailable): %s", self.kind, self.unavailable
+        )
+
+
+def _load(dsn: str, fn: Callable[[Connection], T]) -> T:
+    try:
+        conn = schema.connect(dsn)
+    except psycopg.Error as exc:
+        raise unavailable(exc) or StoreError(str(exc)) from exc
+    try:
+        return fn(conn)
+    finally:
+        conn.close()
+
+
+class PgStore:
+    """The store on PostgreSQL. Create it inside trio: it migrates the database first
+    (raising StoreError when it cannot be reached or is newer than this chatd)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        batch_max: int = 512,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._dsn = dsn
+        self._clock = clock
+        _load(dsn, schema.migrate)
+        self._writer = _Worker("chatd-pg-writer", dsn, batch_max, True, clock)
+        self._reader = _Worker("chatd-pg-reader", dsn, 64, False, clock)
+        self._writer.start()
+        self._reader.start()
+
+    def set_commit_observer(self, fn: Callable[[float, int], None]) -> None:
+        self._writer.on_commit = fn
+
+    def set_hooks_scope(self, scope: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        self._writer.hooks_scope = scope
+
+    async def aclose(self) -> None:
+        """Finish every queued operation, then close both connections."""
+        self._writer.stop()
+        self._reader.stop()
+        await trio.to_thread.run_sync(self._writer.join)
+        await trio.to_thread.run_sync(self._reader.join)
+
+    async def write(
+        self, fn: Callable[[Connection], T], after: Callable[[T], None] | None = None
+    ) -> T:
+        return await self._writer.call(fn, after)
+
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        return await self._reader.call(fn)
+
+    async def writable(self) -> str | None:
+        """None when a write can be committed now, else why not; as SQLite's store, the
+        last write's outcome answers within `_PROBE_EVERY`, else a probe write does."""
+        writer = self._writer
+        if self._clock() - writer.outcome_at < _PROBE_EVERY:
+            return writer.unavailable
+        with trio.move_on_after(_PROBE_TIMEOUT):
+            try:
+                await self.write(functools.partial(queries.touch_health, at=time.time()))
+            except StoreUnavailable as exc:
+                return exc.reason
+            except StoreError as exc:
+                return str(exc)
+            return None
+        return f"no write was committed within {_PROBE_TIMEOUT:g} s"
+
+    # --- rooms -----------------------------------------------------------------------
+
+    def load_rooms_sync(self) -> list[RoomRow]:
+        return _load(self._dsn, queries.load_rooms)
+
+    async def create_room(self, name: str, public: bool, members: Iterable[int]) -> int:
+        now = utc_iso(time.time())
+        member_list = sorted(set(members))
+        return await self.write(
+            lambda conn: queries.create_room(conn, name, public, member_list, now)
+        )
+
+    async def add_member(self, room_id: int, user_id: int) -> bool:
+        now = utc_iso(time.time())
+        return await self.write(lambda conn: queries.add_member(conn, room_id, user_id, now))
+
+    async def remove_member(self, room_id: int, user_id: int) -> bool:
+        return await self.write(lambda conn: queries.remove_member(conn, room_id, user_id))
+
+    async def update_room(self, room_id: int, name: str | None, public: bool | None) -> None:
+        await self.write(lambda conn: queries.update_room(conn, room_id, name, public))
+
+    async def delete_room(self, room_id: int) -> int:
+        return await self.write(lambda conn: queries.delete_room(conn, room_id))
+
+    async def add_invite(self, room_id: int, user_id: int) -> None:
+        await self.write(lambda conn: queries.add_invite(conn, room_id, user_id))
+
+    def load_revocations_sync(self) -> dict[int, tuple[float | None, float | None]]:
+        return _load(self._dsn, queries.load_revocations)
+
+    async def revoke_logins(self, user_id: int, at: float) -> None:
+        await self.write(lambda conn: queries.revoke_logins(conn, user_id, at))
+
+    async def revoke_tokens(self, user_id: int, at: float) -> None:
+        await self.write(lambda conn: queries.revoke_tokens(conn, user_id, at))
+
+    # --- messages --------------------------------------------------------------------
+
+    async def append_messages(
+        self,
+        user_id: int,
+        username: str,
+        profile_image: str | None,
+        messages: Sequence[Outgoing],
+        idempotency_window: float,
+        on_commit: Callable[[Outgoing, tuple[StoredMessage, bool]], None] | None = None,
+    ) -> list[tuple[StoredMessage, bool] | BaseException]:
+        now = time.time()
+        created_at = utc_iso(now)
+        ops: list[_Op] = []
+        for new in messages:
+            op = functools.partial(
+                queries.append_message,
+                new=new, user_id=user_id, username=username, profile_image=profile_image,
+                now=now, created_at=created_at, idempotency_window=idempotency_window,
+            )  # fmt: skip
+            after = None if on_commit is None else functools.partial(on_commit, new)
+            ops.append((op, after))
+        if not ops:
+            return []
+        jobs = await self._writer.call_many(ops)
+        return [job.result if job.error is None else job.error for job in jobs]
+
+    async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
+        return await self.read(lambda conn: queries.history(conn, room_id, before, limit))
+
+    async def messages_since(
+        self, room_ids: Iterable[int], since: int, limit: int
+    ) -> list[StoredMessage]:
+        ids = sorted(set(room_ids))
+        if not ids:
+            return []
+        return await self.read(lambda conn: queries.messages_since(conn, ids, since, limit))
+
+    async def last_message_id(self) -> int:
+        return await self.read(queries.last_message_id)
+
+    async def get_message(self, message_id: int) -> StoredMessage | None:
+        return await self.read(lambda conn: queries.get_message(conn, message_id))
+
+    async def change_message(
+        self, room_id: int, message_id: int, user_id: int | None, content: str | None
+    ) -> tuple[str, StoredMessage | None]:
+        now = utc_iso(time.time())
+        return await self.write(
+            lambda conn: queries.change_message(conn, room_id, message_id, user_id, content, now)
+        )
+
+    async def room_summaries(
+        self, user_id: int, room_ids: Sequence[int]
+    ) -> dict[int, tuple[int, StoredMessage | None]]:
+        ids = list(room_ids)
+        if not ids:
+            return {}
+        return await self.read(lambda conn: queries.room_summaries(conn, user_id, ids))
+
+    async def mark_read(self, room_id: int, user_id: int, message_id: int) -> str:
+        read_at = utc_iso(time.time())
+        return await self.write(
+            lambda conn: queries.mark_read(conn, room_id, user_id, message_id, read_at)
+        )

@@ -1,0 +1,272 @@
+"""The SQL of each store operation on PostgreSQL, as plain functions of a connection:
+the same operations, arguments and results as `chatd.store.queries` (SQLite's), which
+the store contract tests hold them to. None begins or commits a transaction; the engine
+runs them inside its own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chatd.model import Outgoing, RoomRow, StoredMessage
+from chatd.store.postgres.schema import Connection
+from chatd.store.queries import Change
+
+# StoredMessage's fields, in order: a row is `StoredMessage(*row)`.
+_MSG_COLUMNS = (
+    "id, room_id, user_id, username, profile_image, content, message_type, created_at,"
+    " created_unix, client_message_id, edited_at, deleted_at"
+)
+_NO_UPPER = 2**63 - 1  # above every BIGINT id
+
+# --- rooms ------------------------------------------------------------------------------
+
+
+def load_rooms(conn: Connection) -> list[RoomRow]:
+    members: dict[int, set[int]] = {}
+    for room_id, user_id in conn.execute("SELECT room_id, user_id FROM members"):
+        members.setdefault(room_id, set()).add(user_id)
+    invited: dict[int, set[int]] = {}
+    for room_id, user_id in conn.execute("SELECT room_id, user_id FROM invites"):
+        invited.setdefault(room_id, set()).add(user_id)
+    return [
+        RoomRow(
+            rid, name, bool(public), frozenset(members.get(rid, ())),
+            frozenset(invited.get(rid, ())),
+        )  # fmt: skip
+        for rid, name, public in conn.execute("SELECT id, name, public FROM rooms ORDER BY id")
+    ]
+
+
+def create_room(
+    conn: Connection, name: str, public: bool, members: Sequence[int], now: str
+) -> int:
+    row = conn.execute(
+        "INSERT INTO rooms(name, public, created_at) VALUES (%s, %s, %s) RETURNING id",
+        (name, public, now),
+    ).fetchone()
+    assert row is not None  # RETURNING of an INSERT that did not fail
+    room_id = int(row[0])
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO members(room_id, user_id, joined_at) VALUES (%s, %s, %s)",
+            [(room_id, uid, now) for uid in members],
+        )
+    return room_id
+
+
+def add_member(conn: Connection, room_id: int, user_id: int, now: str) -> bool:
+    """False when the user was a member already."""
+    cur = conn.execute(
+        "INSERT INTO members(room_id, user_id, joined_at) VALUES (%s, %s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (room_id, user_id, now),
+    )
+    return cur.rowcount > 0
+
+
+def remove_member(conn: Connection, room_id: int, user_id: int) -> bool:
+    """False when the user was not a member."""
+    cur = conn.execute(
+        "DELETE FROM members WHERE room_id = %s AND user_id = %s", (room_id, user_id)
+    )
+    return cur.rowcount > 0
+
+
+def add_invite(conn: Connection, room_id: int, user_id: int) -> None:
+    conn.execute(
+        "INSERT INTO invites(room_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (room_id, user_id),
+    )
+
+
+def update_room(conn: Connection, room_id: int, name: str | None, public: bool | None) -> None:
+    conn.execute(
+        "UPDATE rooms SET name = coalesce(%s, name), public = coalesce(%s, public)"
+        " WHERE id = %s",
+        (name, public, room_id),
+    )
+
+
+def delete_room(conn: Connection, room_id: int) -> int:
+    """The room and everything of it (members and invites by cascade); the messages
+    deleted. Identity values are never handed out twice, so ids are not reused."""
+    deleted = conn.execute("DELETE FROM messages WHERE room_id = %s", (room_id,)).rowcount
+    conn.execute("DELETE FROM reads WHERE room_id = %s", (room_id,))
+    conn.execute("DELETE FROM rooms WHERE id = %s", (room_id,))
+    return int(deleted)
+
+
+# --- revocations ------------------------------------------------------------------------
+
+
+def load_revocations(conn: Connection) -> dict[int, tuple[float | None, float | None]]:
+    return {
+        user_id: (logins, tokens)
+        for user_id, logins, tokens in conn.execute(
+            "SELECT user_id, logins_before, tokens_before FROM revocations"
+        )
+    }
+
+
+def revoke_logins(conn: Connection, user_id: int, at: float) -> None:
+    conn.execute(
+        "INSERT INTO revocations(user_id, logins_before) VALUES (%s, %s)"
+        " ON CONFLICT(user_id) DO UPDATE SET"
+        " logins_before = greatest(revocations.logins_before, excluded.logins_before)",
+        (user_id, at),
+    )
+
+
+def revoke_tokens(conn: Connection, user_id: int, at: float) -> None:
+    conn.execute(
+        "INSERT INTO revocations(user_id, logins_before, tokens_before) VALUES (%s, %s, %s)"
+        " ON CONFLICT(user_id) DO UPDATE SET"
+        " logins_before = greatest(revocations.logins_before, excluded.logins_before),"
+        " tokens_before = greatest(revocations.tokens_before, excluded.tokens_before)",
+        (user_id, at, at),
+    )
+
+
+# --- messages ----------------------------------------------------------------------------
+
+
+def append_message(
+    conn: Connection,
+    new: Outgoing,
+    user_id: int,
+    username: str,
+    profile_image: str | None,
+    now: float,
+    created_at: str,
+    idempotency_window: float,
+) -> tuple[StoredMessage, bool]:
+    """Insert `new`; returns (message, True). With the same client message id from this
+    user in this room within the window, inserts nothing and returns (earlier, False)."""
+    if new.client_message_id is not None:
+        row = conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = %s AND"
+            " client_message_id = %s AND room_id = %s AND created_unix >= %s"
+            " ORDER BY id DESC LIMIT 1",
+            (user_id, new.client_message_id, new.room_id, now - idempotency_window),
+        ).fetchone()
+        if row is not None:
+            return StoredMessage(*row), False
+    fields = (
+        new.room_id, user_id, username, profile_image, new.content, new.message_type,
+        created_at, now,
+    )  # fmt: skip
+    got = conn.execute(
+        "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
+        " message_type, created_at, created_unix, client_timestamp, client_message_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (*fields, new.client_timestamp, new.client_message_id),
+    ).fetchone()
+    assert got is not None
+    return StoredMessage(int(got[0]), *fields, new.client_message_id), True
+
+
+def history(conn: Connection, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
+    upper = _NO_UPPER if before is None else before
+    rows = conn.execute(
+        f"SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = %s AND id < %s"
+        " ORDER BY id DESC LIMIT %s",
+        (room_id, upper, limit),
+    )
+    return [StoredMessage(*r) for r in rows]
+
+
+def messages_since(
+    conn: Connection, room_ids: Sequence[int], since: int, limit: int
+) -> list[StoredMessage]:
+    rows = conn.execute(
+        f"SELECT {_MSG_COLUMNS} FROM messages WHERE id > %s AND room_id = ANY(%s::bigint[])"
+        " ORDER BY id LIMIT %s",
+        (since, list(room_ids), limit),
+    )
+    return [StoredMessage(*r) for r in rows]
+
+
+def last_message_id(conn: Connection) -> int:
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def get_message(conn: Connection, message_id: int) -> StoredMessage | None:
+    row = conn.execute(
+        f"SELECT {_MSG_COLUMNS} FROM messages WHERE id = %s", (message_id,)
+    ).fetchone()
+    return None if row is None else StoredMessage(*row)
+
+
+def change_message(
+    conn: Connection,
+    room_id: int,
+    message_id: int,
+    user_id: int | None,
+    content: str | None,
+    now: str,
+) -> tuple[str, StoredMessage | None]:
+    """As `chatd.store.queries.change_message`; the row is locked from the check to the
+    change, so another node's delete cannot slip between."""
+    row = conn.execute(
+        "SELECT user_id FROM messages WHERE id = %s AND room_id = %s AND deleted_at IS NULL"
+        " FOR UPDATE",
+        (message_id, room_id),
+    ).fetchone()
+    if row is None:
+        return Change.NO_MESSAGE, None
+    if user_id is not None and row[0] != user_id:
+        return Change.NOT_YOURS, None
+    if content is None:
+        conn.execute(
+            "UPDATE messages SET content = '', deleted_at = %s WHERE id = %s", (now, message_id)
+        )
+    else:
+        conn.execute(
+            "UPDATE messages SET content = %s, edited_at = %s WHERE id = %s",
+            (content, now, message_id),
+        )
+    return Change.DONE, get_message(conn, message_id)
+
+
+def room_summaries(
+    conn: Connection, user_id: int, room_ids: Sequence[int]
+) -> dict[int, tuple[int, StoredMessage | None]]:
+    """Per room: messages others wrote after the user's read mark (deleted ones not
+    counted), and the newest message; one statement for all the rooms."""
+    rows = conn.execute(
+        "SELECT r.id, (SELECT count(*) FROM messages m WHERE m.room_id = r.id AND m.id >"
+        "  coalesce((SELECT message_id FROM reads WHERE room_id = r.id AND user_id = %s), 0)"
+        "  AND m.user_id <> %s AND m.deleted_at IS NULL),"
+        f" last.* FROM unnest(%s::bigint[]) AS r(id) LEFT JOIN LATERAL"
+        f" (SELECT {_MSG_COLUMNS} FROM messages WHERE room_id = r.id ORDER BY id DESC LIMIT 1)"
+        " AS last ON true",
+        (user_id, user_id, list(room_ids)),
+    )
+    out: dict[int, tuple[int, StoredMessage | None]] = {}
+    for row in rows:
+        newest = None if row[2] is None else StoredMessage(*row[2:])
+        out[int(row[0])] = (int(row[1]), newest)
+    return out
+
+
+def mark_read(
+    conn: Connection, room_id: int, user_id: int, message_id: int, read_at: str
+) -> str:
+    conn.execute(
+        "INSERT INTO reads(room_id, user_id, message_id, read_at) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT(room_id, user_id) DO UPDATE SET"
+        " message_id = greatest(reads.message_id, excluded.message_id),"
+        " read_at = excluded.read_at",
+        (room_id, user_id, message_id, read_at),
+    )
+    return read_at
+
+
+def touch_health(conn: Connection, at: float) -> None:
+    """A committed write, proving the database takes one (for /readyz)."""
+    conn.execute(
+        "INSERT INTO health(id, checked_at) VALUES (1, %s)"
+        " ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at",
+        (at,),
+    )
