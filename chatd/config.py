@@ -387,7 +387,9 @@ def to_toml(cfg: Config) -> str:
         values = doc[name] = {}
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
-            if f.name == "jwt_secret" and value:
+            # A DSN may carry a password: masked whole, as parsing it to mask only that
+            # would be one more libpq parser to keep right.
+            if f.name in ("jwt_secret", "dsn") and value:
                 value = "********"
             values[f.name] = value
     return toml_writer.dumps(doc)

@@ -283,6 +283,10 @@ def test_to_toml_round_trips_and_masks_the_secret() -> None:
     text = to_toml(secret)
     assert SECRET not in text
     assert tomllib.loads(text)["auth"]["jwt_secret"] == "********"
+    dsn = "postgresql://chatd:hunter2-pass@db.example/chatd"
+    text = to_toml(cfg_of({"store": {"dsn": dsn}}))
+    assert "hunter2" not in text
+    assert tomllib.loads(text)["store"]["dsn"] == "********"
 
 
 def test_relative_store_path_uses_state_directory(tmp_path: Path) -> None:
