@@ -129,9 +129,15 @@ def _origin(control: Control | None = None) -> Iterator[str]:
         thread.join(10)
 
 
-async def _run_node(test_file: str, env: dict[str, str]) -> None:
-    node = _need("node", shutil.which("node"))
-    chromium = _chromium()
+@pytest.fixture
+def tools() -> tuple[str, str]:
+    """node and chromium, found before any server starts (a plain fixture, so a skip keeps
+    its reason); skipped, or failed on CI, without them."""
+    return _need("node", shutil.which("node")), _chromium()
+
+
+async def _run_node(tools: tuple[str, str], test_file: str, env: dict[str, str]) -> None:
+    node, chromium = tools
     if not _installed_ok():
         await _npm_ci()
     full = {**os.environ, **env, "CHATD_CHROMIUM": chromium, "NO_COLOR": "1"}
@@ -147,8 +153,7 @@ async def _run_node(test_file: str, env: dict[str, str]) -> None:
     assert proc.returncode == 0, f"node --test {test_file} failed ({proc.returncode}):\n{out}"
 
 
-async def test_guides_in_chromium(start_server: StartServer) -> None:
-    _chromium()  # skip before starting anything
+async def test_guides_in_chromium(tools: tuple[str, str], start_server: StartServer) -> None:
     with _origin() as allowed, _origin() as refused:
         server = await start_server(auth={"allowed_origins": [allowed]})
         service = server.state.service
@@ -156,7 +161,7 @@ async def test_guides_in_chromium(start_server: StartServer) -> None:
         room = await service.create_room("guide room", False, [1, 123])
         assert room.id == 1
         running = server.running
-        await _run_node("guides.test.mjs", {
+        await _run_node(tools, "guides.test.mjs", {
             "CHATD_HTTP": server.base,
             "CHATD_STOMP_WS": f"ws://127.0.0.1:{running.stomp_ws_port}/ws",
             "CHATD_CHAT_WS": f"{server.ws_base}/chat",
@@ -167,8 +172,7 @@ async def test_guides_in_chromium(start_server: StartServer) -> None:
         })
 
 
-async def test_web_client_in_chromium(start_server: StartServer) -> None:
-    _chromium()
+async def test_web_client_in_chromium(tools: tuple[str, str], start_server: StartServer) -> None:
     # The page's origin is chatd's own, so chatd must listen where it listened before a
     # restart, and allow that origin: its port is learned from a first start on port 0.
     probe = await start_server()
@@ -198,7 +202,7 @@ async def test_web_client_in_chromium(start_server: StartServer) -> None:
     other = await service.create_room("Release planning", False, [1, 2])
     shots = os.environ.get("CHATD_SCREENSHOTS")
     with _origin(control) as helper:
-        await _run_node("webclient.test.mjs", {
+        await _run_node(tools, "webclient.test.mjs", {
             **({"CHATD_SCREENSHOTS": str(Path(shots).resolve())} if shots else {}),
             "CHATD_HTTP": origin,
             "CHATD_CONTROL": f"{helper}/control",
