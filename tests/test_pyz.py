@@ -88,6 +88,10 @@ async def test_pyz_runs_in_a_bare_venv(tmp_path: Path) -> None:
                     headers={"Authorization": f"Bearer {admin}"},
                 )
                 assert room.status_code == 201, room.text
+                # The web client's files are package data: they ship inside the zipapp.
+                page = await http.get("/")
+                assert page.status_code == 200 and "/web/app.js" in page.text
+                assert (await http.get("/web/vendor/stomp.umd.min.js")).status_code == 200
                 ticket = await http.post("/chat/ticket", headers={"accessToken": token})
                 assert ticket.status_code == 200, ticket.text
                 url = f"ws://127.0.0.1:{chatd.http_port}/chat?ticket={ticket.json()['ticket']}"
