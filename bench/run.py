@@ -390,8 +390,8 @@ def start_chatd(args: argparse.Namespace) -> Server:
     chatd, code = chatd_command(args, tmp, env)
     rt: list[str] = []
     if getattr(args, "rt", False):
-        # abuse --rt: the server under SCHED_FIFO, so that on a shared, busy machine the
-        # figures are chatd's and not the other processes' share of core 0.
+        # --rt: the server under SCHED_FIFO, so that on a shared, busy machine the figures
+        # are chatd's and not the other processes' share of core 0.
         if os.geteuid() != 0 or not shutil.which("chrt"):
             raise SystemExit("bench: --rt needs chrt and root")
         rt = ["chrt", "-f", "10"]
@@ -955,6 +955,8 @@ def params_of(args: argparse.Namespace) -> dict[str, Any]:
         "store": ["publishers", "window", "rate", "messages", "duration", "size"],
     }[args.scenario]  # fmt: skip
     extra = {"durability": args.durability or "default"} if args.target == "chatd" else {}
+    if args.rt:
+        extra["rt"] = True
     return {k: getattr(args, k) for k in keys} | {"workers": args.workers} | extra
 
 
@@ -1446,8 +1448,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--rt",
         action="store_true",
-        help="abuse: run chatd under chrt -f 10 (SCHED_FIFO) so that other processes on a "
-        "shared machine do not take its core; needs root",
+        help="run chatd under chrt -f 10 (SCHED_FIFO) so that other processes on a shared "
+        "machine do not take its core; needs root",
     )
     p.add_argument(
         "--abuse-max-connections",
