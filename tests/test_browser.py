@@ -200,6 +200,7 @@ async def test_web_client_in_chromium(tools: tuple[str, str], start_server: Star
     service = server.state.service
     general = await service.create_room("General", False, [1, 2])
     other = await service.create_room("Release planning", False, [1, 2])
+    archive = await service.create_room("Archive", False, [1, 2])
     shots = os.environ.get("CHATD_SCREENSHOTS")
     with _origin(control) as helper:
         await _run_node(tools, "webclient.test.mjs", {
@@ -208,6 +209,7 @@ async def test_web_client_in_chromium(tools: tuple[str, str], start_server: Star
             "CHATD_CONTROL": f"{helper}/control",
             "CHATD_ROOM_GENERAL": str(general.id),
             "CHATD_ROOM_OTHER": str(other.id),
+            "CHATD_ROOM_ARCHIVE": str(archive.id),
             "CHATD_TOKEN_1": server.token(1, "alice"),
             "CHATD_TOKEN_2": server.token(2, "bob"),
         })

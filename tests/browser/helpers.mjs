@@ -19,7 +19,7 @@ export const token = (id) => {
 };
 
 // Every wait in these tests is bounded; a busy 2-core machine gets generous ones.
-export const WAIT_MS = 20000;
+export const WAIT_MS = 30000;
 export const TEST = { timeout: 120000 };
 
 export async function launch() {

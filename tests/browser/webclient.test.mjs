@@ -10,6 +10,7 @@ import { TEST, WAIT_MS, control, env, launch, openPage, post, token, until } fro
 
 const GENERAL = Number(process.env.CHATD_ROOM_GENERAL);
 const OTHER = Number(process.env.CHATD_ROOM_OTHER);
+const ARCHIVE = Number(process.env.CHATD_ROOM_ARCHIVE);
 const SHOTS = process.env.CHATD_SCREENSHOTS;
 
 // One browser per person: a page in a background tab is hidden (no read marks, no
@@ -68,7 +69,7 @@ test('sign in, rooms, send and receive', TEST, async () => {
   await signIn(bob, token(2));
   assert.equal(await text(alice, '#me'), 'Signed in as alice');
   const names = await alice.$$eval('#rooms .name', (e) => e.map((n) => n.textContent));
-  assert.deepEqual(names, ['General', 'Release planning']);
+  assert.deepEqual(names, ['General', 'Release planning', 'Archive']);
 
   await openRoom(alice, GENERAL);
   await openRoom(bob, GENERAL);
@@ -133,7 +134,7 @@ test('a fresh page shows the server\'s unread counts and last messages', TEST, a
   // The token is kept for the tab, so a reload signs in again by itself.
   await bob.reload({ waitUntil: 'load' });
   await bob.waitForFunction(() => document.querySelector('#conn').dataset.state === 'connected'
-    && document.querySelectorAll('#rooms button').length === 2, { timeout: WAIT_MS, polling: 100 });
+    && document.querySelectorAll('#rooms button').length === 3, { timeout: WAIT_MS, polling: 100 });
   assert.equal(await badge(bob, OTHER), 1);
   assert.equal(await badge(bob, GENERAL), 0);
   const last = await bob.$eval(`#rooms button[data-room-id="${OTHER}"] .last`, (e) => e.textContent);
@@ -202,6 +203,35 @@ test('the server restarts: both pages reconnect and nothing is lost', TEST, asyn
   await until('bob to receive it', hasMessage(bob, 'after the restart'));
   assert.deepEqual(alice.errors, []);
   assert.deepEqual(bob.errors, []);
+});
+
+test('history pages back with "Load older messages", keeping the view in place', TEST, async () => {
+  // 45 messages: a page of 30, then the older 15.
+  for (let i = 1; i <= 45; i += 1) {
+    const r = await post('/chat-ws/send-message', token(2),
+      { roomId: ARCHIVE, message: { content: `archived ${i}` }, clientMessageId: `archive-${i}` });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+  }
+  await openRoom(alice, ARCHIVE);
+  await until('the newest page', hasMessage(alice, 'archived 45'));
+  let texts = (await messageTexts(alice)).map((m) => m.text);
+  assert.equal(texts.length, 30);
+  assert.equal(texts[0], 'archived 16');
+  assert.equal(await alice.$eval('#older', (e) => e.hidden), false);
+  // Scrolled to the top, the first message on screen stays where it is when older ones
+  // are added above it.
+  await alice.$eval('#scroller', (e) => { e.scrollTop = 0; });
+  const anchor = await alice.$eval('#messages .msg', (e) => e.getBoundingClientRect().top);
+  await alice.focus('#older');
+  await alice.keyboard.press('Enter');
+  await until('the older page', hasMessage(alice, 'archived 1'));
+  texts = (await messageTexts(alice)).map((m) => m.text);
+  assert.deepEqual(texts, Array.from({ length: 45 }, (_, i) => `archived ${i + 1}`));
+  assert.equal(await alice.$eval('#older', (e) => e.hidden), true);
+  const moved = await alice.$$eval('#messages .msg', (lis) => lis
+    .find((li) => li.querySelector('.text').textContent === 'archived 16').getBoundingClientRect().top);
+  assert.ok(Math.abs(moved - anchor) < 2, `'archived 16' moved from ${anchor} to ${moved}`);
+  await openRoom(alice, GENERAL);
 });
 
 test('phone width: one pane at a time, nothing wider than the screen', TEST, async () => {
