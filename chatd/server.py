@@ -25,7 +25,7 @@ from chatd.ops.exporter import serve_metrics
 from chatd.state import ServerState
 from chatd.stomp.logins import StompLogins, stomp_key_path
 from chatd.stomp.transports import serve_stomp_tcp, serve_stomp_websocket, serve_stomp_ws
-from chatd.store import Store
+from chatd.store import Store, StoreAPI
 from chatd.ticketws.session import serve_chat
 
 log = logging.getLogger("chatd.server")
@@ -108,10 +108,27 @@ _RESTART_ONLY = [
     ("store", "batch_max"),
     ("store", "durability"),
     ("store", "max_wal_bytes"),
+    ("store", "backend"),
+    ("store", "dsn"),
     ("stomp", "websocket_listen"),
     ("stomp", "tcp_listen"),
     ("metrics", "listen"),
 ]
+
+
+def open_store(cfg: Config) -> StoreAPI:
+    """The store `[store] backend` names. PostgreSQL's is imported only when chosen: a
+    default server never loads psycopg."""
+    if cfg.store.backend == "postgresql":
+        from chatd.store.postgres import PgStore
+
+        return PgStore(cfg.store.dsn, cfg.store.batch_max)
+    return Store(
+        resolve_store_path(cfg),
+        cfg.store.batch_max,
+        durability=cfg.store.durability,
+        max_wal_bytes=cfg.store.max_wal_bytes,
+    )
 
 
 class MissingSecret(ValueError):
@@ -318,12 +335,7 @@ async def serve(
     try:
         jwks = JwksKeys(cfg.auth.jwks_url, cfg.auth.jwks_refresh_seconds)
         auth = make_authenticator(cfg, create=True, jwks=jwks)
-        store = Store(
-            resolve_store_path(cfg),
-            cfg.store.batch_max,
-            durability=cfg.store.durability,
-            max_wal_bytes=cfg.store.max_wal_bytes,
-        )
+        store = open_store(cfg)
     except BaseException:
         bound.close()
         raise
