@@ -18,7 +18,7 @@ from chatd.ops.logs import JsonFormatter
 
 from ._chat import admin_headers, chat, chat_url, new_ticket, roundtrip
 from .conftest import Server
-from .stomp_client import make_room
+from .stomp_client import make_room, open_stomp, stomp_user
 
 
 class Lines(logging.Handler):
@@ -147,3 +147,24 @@ async def test_refusals_name_the_forwarded_client(server: Server, route: str) ->
         refused.removeHandler(lines)
         refused.setLevel(level)
     assert " from 203.0.113.8: " in record.getMessage(), record.getMessage()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ws"])
+async def test_stomp_sessions_are_logged_with_how_they_ended(server: Server, kind: str) -> None:
+    with connection_log() as lines, trio.fail_after(15):
+        async with stomp_user(server, 7, kind) as c:
+            await c.disconnect()
+        record = await lines.next()
+        transport = "tcp" if kind == "tcp" else "websocket"
+        assert record.getMessage().startswith(
+            f"closed STOMP {transport} connection of user 7 from 127.0.0.1 after ")
+        assert record.getMessage().endswith(": DISCONNECT")
+        # Ended by the server: its ERROR's message says why.
+        async with open_stomp(server, kind) as c:
+            await c.send_connect("nobody", "wrong")
+            await c.expect_error("Bad CONNECT", "Access refused for user 'nobody'")
+        record = await lines.next()
+    assert " connection of anonymous from " in record.getMessage()
+    assert record.getMessage().endswith(": ERROR Bad CONNECT")
+    assert "wrong" not in record.getMessage()
+    assert fields(record)["protocol"] == "STOMP" and fields(record)["userId"] is None

@@ -173,6 +173,7 @@ class StompSession:
         "_seen_writes",
         "_nursery",
         "_flow_waiting",
+        "end",
     )
 
     def __init__(self, state: ServerState, kind: str, transport: StompTransport) -> None:
@@ -212,6 +213,9 @@ class StompSession:
         self._seen_writes = 0
         self._nursery: trio.Nursery | None = None  # runs the general broker's flow waits
         self._flow_waiting = False
+        # How the session ended, for the connection log; "" until the server or the
+        # client ends it on purpose (then the connection was closed or lost).
+        self.end = ""
         state.unconnected.add(self)
 
     # --- run --------------------------------------------------------------------------
@@ -293,6 +297,7 @@ class StompSession:
             log.info("stomp session %s: heart-beats stopped, closing", self.session_id)
             self.state.heartbeats.discard(self)
             self._finished = True
+            self.end = "heart-beats stopped"
             self.out.abort()
             return
         if self.heart_out and now >= self._next_beat:
@@ -325,6 +330,7 @@ class StompSession:
         if code == CLOSE_SLOW_CONSUMER:
             if not self._finished:
                 self._finished = True
+                self.end = "ERROR Slow consumer"
                 error = self.conv.send_error(RemoteProtocolError("Slow consumer", ""))
                 self.out.abort(self._wire(error))
             return
@@ -502,6 +508,7 @@ class StompSession:
     def _fail(self, error: StompError, receipt_id: str | None = None) -> None:
         if self._finished:
             return
+        self.end = f"ERROR {error.message}"
         self._emit(self.conv.send_error(error, receipt_id))
         self._finished = True
         self.out.close_soon()
@@ -709,6 +716,7 @@ class StompSession:
 
     async def _disconnect(self, event: Disconnect) -> None:
         self._receipt(event.receipt)
+        self.end = "DISCONNECT"
         self._finished = True
         self.out.close_soon()
 

@@ -82,27 +82,41 @@ class StompWebSocketTransport(WebSocketTransport):
         return b"".join([data, *more]) if more else data
 
 
-async def run_session(state: ServerState, kind: str, transport: StompTransport) -> None:
-    """Never raises: one connection's failure stays with that connection."""
+async def run_session(
+    state: ServerState, kind: str, transport: StompTransport, client: str
+) -> None:
+    """Never raises: one connection's failure stays with that connection. `client`: who
+    it is for the logs (chatd.net.connections.Connections.client_address)."""
     session = StompSession(state, kind, transport)
+    opened = trio.current_time()
     try:
         await session.run()
     except WireClosed:
         pass
     except Exception:
         log.exception("stomp %s session failed", kind)
+    finally:
+        logs.connection_closed(
+            "STOMP",
+            kind,
+            session.user_id,
+            client,
+            trio.current_time() - opened,
+            session.end or "connection closed or lost",
+        )
 
 
 async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade: Upgrade) -> None:
     """A `/ws` upgrade, from the front door or the dedicated listener (both routed by
     chatd.net.handshake)."""
     request, leftover = upgrade.take()
+    chain = request.headers.get("x-forwarded-for", "").split(",")
+    client = state.connections.client_address(peer_address(stream), chain)
     status, body = _check_request(state, request)
     if status:
         if status == 403:
             why = f"origin {request.headers.get('origin')!r} not allowed"
-            chain = request.headers.get("x-forwarded-for", "").split(",")
-            logs.refused("/ws", why, state.connections.client_address(peer_address(stream), chain))
+            logs.refused("/ws", why, client)
         await refuse(stream, status, body)
         return
     try:
@@ -117,7 +131,7 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     del request, leftover
     chat = state.cfg.chat
     transport = StompWebSocketTransport(stream, parser, chat.outbox_messages, chat.outbox_bytes)
-    await run_session(state, "websocket", transport)
+    await run_session(state, "websocket", transport, client)
 
 
 def _check_request(state: ServerState, request: ws.Request) -> tuple[int, bytes]:
@@ -134,7 +148,8 @@ async def _handle_tcp(state: ServerState, stream: trio.SocketStream) -> None:
         await stream.aclose()
         return
     chat = state.cfg.chat
-    await run_session(state, "tcp", TcpTransport(stream, chat.outbox_messages, chat.outbox_bytes))
+    transport = TcpTransport(stream, chat.outbox_messages, chat.outbox_bytes)
+    await run_session(state, "tcp", transport, peer_address(stream))
 
 
 def _refused_tcp(why: str) -> bytes:
