@@ -29,7 +29,7 @@ _PROBE = textwrap.dedent(
     auth = Authenticator(AuthConfig(), "s" * 32)
     token = auth.mint(7, "ana", ttl=60)
     assert auth.verify(token).id == 7
-    heavy = {"cryptography", "prometheus_client"}
+    heavy = {"cryptography", "prometheus_client", "psycopg"}
     print(sorted({m.split(".")[0] for m in sys.modules} & heavy))
     """
 )
