@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from chatd.config import ConfigError, from_mapping
 from chatd.stomp import CLOSED, NEED_DATA, Frame, FrameReader, FrameWriter
 from chatd.stomp.general_broker import BrokerError, GeneralBroker, parse_destination, topic_matches
 
@@ -388,3 +389,20 @@ async def test_queue_bounds_over_tcp_refuse_the_sender_only(start_server) -> Non
         await keeper.send("SEND", b"fits now", destination="/queue/a", receipt="3")
         frames = [await keeper.frame(), await keeper.frame()]
         assert {f.command for f in frames} == {"MESSAGE", "RECEIPT"}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("broker_max_queues", 0, "expected a number greater than 0"),
+        ("broker_max_bytes", -1, "expected a number greater than 0"),
+        ("broker_max_bytes", 1.5, "expected an integer"),
+        ("broker_queue_idle_seconds", 0, "expected a number greater than 0"),
+        ("broker_queue_idle_seconds", "soon", "expected a number"),
+    ],
+)
+def test_broker_bounds_are_validated(key: str, value: object, expected: str) -> None:
+    with pytest.raises(ConfigError, match=f"stomp.{key}: {expected}"):
+        from_mapping({"stomp": {key: value}})
+    cfg = from_mapping({"stomp": {key: 7}}).stomp
+    assert getattr(cfg, key) == 7
