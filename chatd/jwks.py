@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
@@ -28,7 +28,7 @@ MIN_REFETCH_SECONDS = 10.0
 RETRY_SECONDS = 30.0
 FETCH_TIMEOUT_SECONDS = 10.0
 
-Fetch = Callable[[str], Sequence[jwt.PyJWK]]
+Fetch = Callable[[str], Awaitable[Sequence[jwt.PyJWK]]]
 
 
 def fetch_signing_keys(url: str) -> list[jwt.PyJWK]:
@@ -37,13 +37,18 @@ def fetch_signing_keys(url: str) -> list[jwt.PyJWK]:
     return client.get_signing_keys(refresh=True)
 
 
+async def fetch_in_a_thread(url: str) -> list[jwt.PyJWK]:
+    """`fetch_signing_keys` off the event loop; abandoned (not awaited) when cancelled."""
+    return await trio.to_thread.run_sync(fetch_signing_keys, url, abandon_on_cancel=True)
+
+
 class JwksKeys:
     def __init__(
         self,
         url: str = "",
         refresh_seconds: float = 300.0,
         *,
-        fetch: Fetch = fetch_signing_keys,
+        fetch: Fetch = fetch_in_a_thread,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.url = url
@@ -108,7 +113,7 @@ class JwksKeys:
         url = self.url
         self._last_attempt = self._clock()
         try:
-            keys = await trio.to_thread.run_sync(self._fetch, url, abandon_on_cancel=True)
+            keys = await self._fetch(url)
         except (jwt.PyJWKClientError, jwt.PyJWTError, OSError, ValueError) as exc:
             self._ended()
             log.warning(

@@ -15,6 +15,7 @@ from typing import Any
 import jwt
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
@@ -178,7 +179,7 @@ def test_config_checks() -> None:
             load(**auth)
 
 
-# --- the holder's timing, on the fake clock --------------------------------------------------
+# --- the holder's timing, on the fake clock (no thread: see FakeFetch) -----------------------
 
 
 class FakeFetch:
@@ -187,7 +188,10 @@ class FakeFetch:
         self.keys: list[jwt.PyJWK] = []
         self.fail = False
 
-    def __call__(self, url: str) -> list[jwt.PyJWK]:
+    async def __call__(self, url: str) -> list[jwt.PyJWK]:
+        # In the loop, not a thread: the fake clock jumps only when every task waits on
+        # it, which a worker thread's run would make a race.
+        await trio.lowlevel.checkpoint()
         self.calls.append(url)
         if self.fail:
             raise jwt.PyJWKClientConnectionError("connection refused")
