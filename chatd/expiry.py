@@ -25,7 +25,9 @@ import trio
 MAX_SLEEP = 60.0
 # Entries of sessions that ended before their deadline stay in the heap until popped;
 # past this many beyond twice the live ones, the heap is rebuilt from the live ones, so
-# connections that come and go cannot grow it.
+# connections that come and go cannot grow it. An entry is a deadline and a number, never
+# the session: an ended session (and the buffers it held: a transaction's frames, megabytes)
+# must not wait in the heap until its token would have expired.
 _SLACK = 1024
 
 T = TypeVar("T")
@@ -41,8 +43,9 @@ class Expiry(Generic[T]):
         # The wall clock. Public so a test can put a fake one in (then `wake` after
         # moving it: the task sleeps on trio's clock).
         self.clock = clock
-        self._live: dict[T, float] = {}
-        self._heap: list[tuple[float, int, T]] = []
+        self._live: dict[T, tuple[float, int]] = {}  # item -> its deadline and number
+        self._items: dict[int, T] = {}  # number -> live item
+        self._heap: list[tuple[float, int]] = []
         self._seq = itertools.count()
         self._changed = trio.Event()
 
@@ -55,15 +58,20 @@ class Expiry(Generic[T]):
             self.discard(item)
             return
         earliest = self._heap[0][0] if self._heap else math.inf
-        self._live[item] = at
-        heapq.heappush(self._heap, (at, next(self._seq), item))
+        self.discard(item)
+        seq = next(self._seq)
+        self._live[item] = (at, seq)
+        self._items[seq] = item
+        heapq.heappush(self._heap, (at, seq))
         if len(self._heap) > 2 * len(self._live) + _SLACK:
             self._rebuild()
         if at < earliest:
             self._changed.set()
 
     def discard(self, item: T) -> None:
-        self._live.pop(item, None)
+        entry = self._live.pop(item, None)
+        if entry is not None:
+            del self._items[entry[1]]
 
     def wake(self) -> None:
         """Look at the clock again now (a fake clock moved, or the wall clock jumped)."""
@@ -75,8 +83,9 @@ class Expiry(Generic[T]):
         heap = self._heap
         n = 0
         while heap and heap[0][0] <= now:
-            at, _, item = heapq.heappop(heap)
-            if self._live.get(item) == at:
+            _, seq = heapq.heappop(heap)
+            item = self._items.pop(seq, None)
+            if item is not None:  # else ended before its deadline, or moved
                 del self._live[item]
                 n += 1
                 try:
@@ -98,5 +107,5 @@ class Expiry(Generic[T]):
                 await self._changed.wait()
 
     def _rebuild(self) -> None:
-        self._heap = [(at, next(self._seq), item) for item, at in self._live.items()]
+        self._heap = [(at, seq) for at, seq in self._live.values()]
         heapq.heapify(self._heap)

@@ -10,6 +10,7 @@ task itself (one heap for every session) is tested on trio's MockClock, without 
 from __future__ import annotations
 
 import time
+import weakref
 
 import jwt
 import pytest
@@ -203,6 +204,24 @@ def test_sessions_that_come_and_go_do_not_grow_the_heap() -> None:
     assert len(expiry._heap) <= 2 * 10_001 + 1024
     expiry.clock = lambda: 3600.0 + 4_999
     assert expiry.expire_due() == 5_000
+
+
+def test_a_session_ended_early_is_not_kept_alive_by_its_deadline() -> None:
+    """An ended session goes at once, with whatever it holds (a refused transaction held
+    megabytes; kept in the heap until its token's expiry, 1,024 such sessions held GBs)."""
+
+    class Session:
+        pass
+
+    expiry: Expiry[Session] = Expiry(lambda item: None, clock=lambda: 0.0)
+    session = Session()
+    gone = weakref.ref(session)
+    expiry.add(session, 3600.0)
+    expiry.add(session, 1800.0)  # a moved deadline leaves no reference behind either
+    expiry.discard(session)
+    del session
+    assert gone() is None
+    assert len(expiry) == 0 and expiry.expire_due() == 0
 
 
 def test_an_expiry_callback_that_fails_does_not_stop_the_others(
