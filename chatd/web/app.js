@@ -205,6 +205,17 @@
       heartbeatIncoming: 10000,
       heartbeatOutgoing: 10000,
     });
+    // stompjs reconnects by itself with the same login; a login that has expired, or was
+    // revoked, would be refused each time, so every reconnect asks for a fresh one.
+    let first = true;
+    client.beforeConnect = async () => {
+      if (first) { first = false; return; }
+      try {
+        const again = (await api('POST', '/chat-ws/connect')).connectionInfo;
+        client.brokerURL = again.stompUrl;
+        client.connectHeaders = { login: again.username, passcode: again.password, host: again.vhost };
+      } catch { /* the server is away: try again with what we have */ }
+    };
     client.onConnect = () => {
       if (s !== S) return;
       s.stompSubs.clear();
@@ -707,10 +718,9 @@
     const token = el.token.value.trim();
     if (token) signIn(token);
   });
-  el.signout.addEventListener('click', () => {
-    if (S) api('POST', '/chat-ws/disconnect').catch(() => {});
-    signOut('');
-  });
+  // Only this tab's sockets close: POST /chat-ws/disconnect would end the user's sessions
+  // on every device.
+  el.signout.addEventListener('click', () => signOut(''));
   el.back.addEventListener('click', () => {
     stopTyping();
     setView('rooms');
