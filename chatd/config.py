@@ -49,6 +49,7 @@ class HttpConfig:
     max_body_bytes: int = _pos(65536)
     cors_max_age_seconds: int = _nonneg(600)
     write_timeout_seconds: float = _pos(10.0)
+    max_response_bytes: int = _pos(16 * 1024 * 1024)
     trusted_proxies: list[str] = field(
         default_factory=lambda: ["127.0.0.1", "::1"], metadata={"check": "networks"}
     )

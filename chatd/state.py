@@ -12,6 +12,7 @@ from chatd.broker import MemoryBroker
 from chatd.config import Config
 from chatd.hub import Hub
 from chatd.net import wire
+from chatd.net.budget import ByteBudget
 from chatd.net.connections import Connections
 from chatd.ops.metrics import Metrics
 from chatd.rooms import Rooms
@@ -46,6 +47,8 @@ class ServerState:
     ready: bool = False
     # Open connections on every public listener, in total and per client address.
     connections: Connections = field(default_factory=Connections)
+    # The bytes of large HTTP responses (history pages) held at once ([http] max_response_bytes).
+    response_budget: ByteBudget = field(default_factory=ByteBudget)
 
     def __post_init__(self) -> None:
         self._limit_connections(self.cfg)

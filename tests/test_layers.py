@@ -44,7 +44,7 @@ LAYERS: list[tuple[int, str, str, tuple[str, ...]]] = [
      ("chatd.auth", "chatd.store", "chatd.store.*", "chatd.rooms", "chatd.events",
       "chatd.ratelimit", "chatd.expiry", "chatd.jwks", "chatd.net.outbox", "chatd.net.wire",
       "chatd.net.ws_transport", "chatd.net.handshake", "chatd.net.listeners",
-      "chatd.net.connections",
+      "chatd.net.connections", "chatd.net.budget",
       "chatd.net.asgi_server", "chatd.stomp.heartbeats", "chatd.stomp.general_broker")),
     (3, "fan-out and credentials", "who is connected where, the broker seam over the hub, "
      "and the per-user tickets and STOMP logins the protocols redeem",

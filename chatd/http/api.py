@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from quart import Blueprint, request
+import orjson
+from quart import Blueprint, Response, request
 
 from chatd.events import chat_shape
 from chatd.http.context import (
@@ -16,6 +18,8 @@ from chatd.http.context import (
     json_body,
     server_state,
 )
+from chatd.model import StoredMessage
+from chatd.net.budget import BudgetedBody
 from chatd.rooms import Room
 from chatd.ticketws.tickets import TooManyTickets
 from chatd.validation import MAX_ID, InvalidMessage, check_content, room_id_of
@@ -65,16 +69,51 @@ async def my_rooms() -> Json:
     return {"rooms": out}
 
 
+async def _history_page(
+    limit: int, read: Callable[[], Awaitable[list[StoredMessage]]]
+) -> Response:
+    """A history page, its bytes held in the response budget (chatd.http.budget) from
+    before it is read until it is written."""
+    state = server_state()
+    cfg = state.cfg
+    budget = state.response_budget
+    # The most a page of `limit` messages can take: content as 3-byte UTF-8, and the rest.
+    largest = limit * (3 * cfg.chat.max_content_chars + 512) + 64
+    # A page that holds the budget for a client who stopped reading is dropped within the
+    # write timeout of its last progress: waiting three of them outlasts such a holder.
+    held = await budget.take(
+        largest, cfg.http.max_response_bytes, 3 * cfg.http.write_timeout_seconds
+    )
+    if not held:
+        raise ApiError(503, "busy", "too many large responses are being sent; retry shortly")
+    try:
+        msgs = await read()
+        next_before = msgs[-1].id if len(msgs) == limit else None
+        body = orjson.dumps(
+            {"messages": [chat_shape(m, edits=True) for m in msgs], "nextBefore": next_before}
+        )
+    except BaseException:
+        budget.give_back(held)
+        raise
+    keep = min(held, len(body))
+    budget.give_back(held - keep)
+    resp = Response(BudgetedBody(body, budget, keep), mimetype="application/json")
+    resp.headers["Content-Length"] = str(len(body))
+    return resp
+
+
 @api.get("/chat/rooms/<int:room_id>/messages")
-async def history(room_id: int) -> Json:
+async def history(room_id: int) -> Response:
     state = server_state()
     user = authenticate()
     before = int_arg("before", None, minimum=1)
     limit = int_arg("limit", 50, minimum=1)
     limit = min(limit or 50, state.cfg.chat.history_max_limit)
-    msgs = await state.service.history(user, room_id, before, limit)
-    next_before = msgs[-1].id if len(msgs) == limit else None
-    return {"messages": [chat_shape(m, edits=True) for m in msgs], "nextBefore": next_before}
+    # Membership first: a refusal costs no budget.
+    state.service.room_for_member(user, room_id)
+    return await _history_page(
+        limit, lambda: state.service.history(user, room_id, before, limit)
+    )
 
 
 @api.patch("/chat/rooms/<int:room_id>/messages/<int:message_id>")
@@ -169,16 +208,14 @@ async def delete_room(room_id: int) -> Json:
 
 
 @api.get("/admin/rooms/<int:room_id>/messages")
-async def room_history(room_id: int) -> Json:
+async def room_history(room_id: int) -> Response:
     """A room's history for an admin, who need not be a member (`chatd history`)."""
     admin()
     state = server_state()
     _existing_room(room_id)
     before = int_arg("before", None, minimum=1)
     limit = min(int_arg("limit", 50, minimum=1) or 50, state.cfg.chat.history_max_limit)
-    msgs = await state.store.history(room_id, before, limit)
-    next_before = msgs[-1].id if len(msgs) == limit else None
-    return {"messages": [chat_shape(m, edits=True) for m in msgs], "nextBefore": next_before}
+    return await _history_page(limit, lambda: state.store.history(room_id, before, limit))
 
 
 @api.get("/admin/rooms/<int:room_id>/members")
