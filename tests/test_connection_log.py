@@ -165,6 +165,6 @@ async def test_stomp_sessions_are_logged_with_how_they_ended(server: Server, kin
             await c.expect_error("Bad CONNECT", "Access refused for user 'nobody'")
         record = await lines.next()
     assert " connection of anonymous from " in record.getMessage()
-    assert record.getMessage().endswith(": ERROR Bad CONNECT")
+    assert record.getMessage().endswith(": error frame: Bad CONNECT")
     assert "wrong" not in record.getMessage()
     assert fields(record)["protocol"] == "STOMP" and fields(record)["userId"] is None

@@ -38,7 +38,7 @@ async def test_a_refused_transaction_leaves_nothing_behind(start_server: StartSe
                         break
                 await c.expect_closed()
             record = await lines.next()
-            assert record.getMessage().endswith("ERROR Transaction too large")
+            assert record.getMessage().endswith("error frame: Transaction too large")
     assert alive(StompSession) == 0
 
 

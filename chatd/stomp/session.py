@@ -330,7 +330,7 @@ class StompSession:
         if code == CLOSE_SLOW_CONSUMER:
             if not self._finished:
                 self._finished = True
-                self.end = "ERROR Slow consumer"
+                self.end = "error frame: Slow consumer"
                 error = self.conv.send_error(RemoteProtocolError("Slow consumer", ""))
                 self.out.abort(self._wire(error))
             return
@@ -508,7 +508,7 @@ class StompSession:
     def _fail(self, error: StompError, receipt_id: str | None = None) -> None:
         if self._finished:
             return
-        self.end = f"ERROR {error.message}"
+        self.end = f"error frame: {error.message}"
         self._emit(self.conv.send_error(error, receipt_id))
         self._finished = True
         self.out.close_soon()
