@@ -253,8 +253,16 @@ class Authenticator:
         return jwt.encode(claims, self._signing_key, algorithm=self.algorithms[0])
 
 
-def origin_allowed(origin: str | None, allowed: list[str]) -> bool:
-    """No Origin header (native apps, servers) passes: the ticket or token authenticates."""
+def origin_allowed(origin: str | None, allowed: list[str], host: str | None = None) -> bool:
+    """No Origin header (native apps, servers) passes: the ticket or token authenticates.
+    Nor does a page of the server's own origin (its `Host`, given for a WebSocket
+    handshake): the web client chatd serves at / works with `allowed_origins` empty.
+    Browsers write both headers, so a page elsewhere cannot pass for it; a page under a
+    domain rebound to this server's address gets nothing by it either, since chatd's
+    credentials are tokens the page must send itself, never cookies."""
     if origin is None:
         return True
-    return "*" in allowed or origin.rstrip("/") in (a.rstrip("/") for a in allowed)
+    origin = origin.rstrip("/")
+    if host and origin.partition("://")[2].lower() == host.strip().lower():
+        return True
+    return "*" in allowed or origin in (a.rstrip("/") for a in allowed)

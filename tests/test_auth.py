@@ -298,6 +298,23 @@ def test_origin_allowed(origin: str | None, allowed: list[str], ok: bool) -> Non
     assert origin_allowed(origin, allowed) is ok
 
 
+@pytest.mark.parametrize(
+    ("origin", "host", "ok"),
+    [
+        ("http://localhost:5700", "localhost:5700", True),  # the web client chatd serves
+        ("https://chat.example.org", "chat.example.org", True),  # behind a TLS proxy
+        ("http://LOCALHOST:5700/", "localhost:5700", True),
+        ("http://localhost:5700", "localhost:15674", False),  # another port: another origin
+        ("http://evil.example", "chat.example.org", False),
+        ("http://chat.example.org.evil.example", "chat.example.org", False),
+        ("http://localhost:5700", "", False),
+        ("null", "localhost:5700", False),
+    ],
+)
+def test_a_page_of_the_servers_own_origin_is_allowed(origin: str, host: str, ok: bool) -> None:
+    assert origin_allowed(origin, [], host or None) is ok
+
+
 def test_generated_secret_is_private_and_stable(tmp_path: Path) -> None:
     path = secret_path_for(tmp_path / "sub" / "chatd.db")
     assert path == tmp_path / "sub" / "chatd.db.jwt-secret"

@@ -135,7 +135,9 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
 
 
 def _check_request(state: ServerState, request: ws.Request) -> tuple[int, bytes]:
-    if not origin_allowed(request.headers.get("origin"), state.cfg.auth.allowed_origins):
+    headers = request.headers
+    allowed = state.cfg.auth.allowed_origins
+    if not origin_allowed(headers.get("origin"), allowed, headers.get("host")):
         state.metrics.auth_failures["origin"] += 1
         return 403, _FORBIDDEN
     if state.closing.is_set():

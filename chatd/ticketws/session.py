@@ -280,7 +280,8 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
     if state.closing.is_set():
         await refuse(CLOSE_GOING_AWAY, "server shutting down")
         return
-    if not origin_allowed(request.headers.get("origin"), cfg.auth.allowed_origins):
+    headers = request.headers
+    if not origin_allowed(headers.get("origin"), cfg.auth.allowed_origins, headers.get("host")):
         state.metrics.auth_failures["origin"] += 1
         origin = request.headers.get("origin")
         await refuse(CLOSE_TICKET_MISSING, "origin not allowed", f"origin {origin!r} not allowed")

@@ -198,8 +198,12 @@
     if (!window.StompJs) return; // typing and read marks are extras; chat works without them
     const ci = info.connectionInfo;
     const s = S;
+    // /ws on this page's own origin (chatd's HTTP listener serves it too, and a proxy in
+    // front routes it): a same-origin page needs no [auth] allowed_origins entry, while
+    // ci.stompUrl may name another port, which is another origin.
+    const ownWs = location.origin.replace(/^http/, 'ws') + '/ws';
     const client = new window.StompJs.Client({
-      brokerURL: ci.stompUrl,
+      brokerURL: ownWs,
       connectHeaders: { login: ci.username, passcode: ci.password, host: ci.vhost },
       reconnectDelay: 2000,
       heartbeatIncoming: 10000,
@@ -212,7 +216,6 @@
       if (first) { first = false; return; }
       try {
         const again = (await api('POST', '/chat-ws/connect')).connectionInfo;
-        client.brokerURL = again.stompUrl;
         client.connectHeaders = { login: again.username, passcode: again.password, host: again.vhost };
       } catch { /* the server is away: try again with what we have */ }
     };
