@@ -135,7 +135,15 @@ def pg_instance() -> Iterator[PgInstance]:
     assert bindir is not None
     instance = PgInstance(bindir)
     try:
-        instance.start()
+        for attempt in range(3):
+            try:
+                instance.start()
+                break
+            except RuntimeError:
+                # Another process of this busy machine took the free port meanwhile.
+                if attempt == 2:
+                    raise
+                instance.port = _free_port()
         yield instance
     finally:
         # Stopped already when a test that stops it failed before starting it again.
