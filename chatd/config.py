@@ -134,7 +134,7 @@ class StompConfig:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     shutdown_grace_seconds: float = _pos(10.0)
-    max_connections: int = _nonneg(10000)
+    max_connections: int = _nonneg(8192)
     max_connections_per_address: int = _nonneg(256)
 
 
