@@ -477,9 +477,10 @@ class RssSampler:
 # --- the orchestration -------------------------------------------------------------------------
 
 
-def run(args: Any, srv: Any, bench: Any) -> dict[str, Any]:
-    """Every attack in turn against the running chatd `srv`; returns the figures. `bench`
-    is run.py (its admin API, tokens and /proc readers)."""
+def run(args: Any, srv: Any, bench: Any, max_connections: int) -> dict[str, Any]:
+    """Every attack in turn against the running chatd `srv`, whose [server]
+    max_connections is `max_connections`; returns the figures. `bench` is run.py (its
+    admin API, tokens and /proc readers)."""
     create_rooms, mint, rss_kb, log = bench.create_rooms, bench.mint, bench.rss_kb, bench.log
     http = srv.http_url.removeprefix("http://")
     host, http_port = http.rsplit(":", 1)
@@ -492,7 +493,7 @@ def run(args: Any, srv: Any, bench: Any) -> dict[str, Any]:
     tokens = {u: mint(srv, u) for u in [HONEST_USER, *attackers, *HOARDERS]}
     ctx = Ctx(host=host, http_port=int(http_port), ws_port=ws_port, tcp_port=tcp,
               tokens=tokens, busy_room=busy, attacker_room=mine,
-              max_connections=args.abuse_max_connections)  # fmt: skip
+              max_connections=max_connections)  # fmt: skip
     log("abuse: filling the attacker's room with 200 messages of 4,000 characters")
     trio.run(prefill_history, ctx)
     status, page = trio.run(
