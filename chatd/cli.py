@@ -22,6 +22,7 @@ log = logging.getLogger("chatd")
 
 EXIT_CONFIG = 2
 EXIT_LISTEN = 1
+EXIT_STORE = 1
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -123,9 +124,30 @@ def _settle_gc() -> None:
     gc.set_threshold(20_000, 10, 10)
 
 
+def _store_failure(exc: BaseException) -> str | None:
+    """Why the store could not be opened, when that is all `exc` says; else None."""
+    from chatd.store.errors import StoreError
+
+    if isinstance(exc, BaseExceptionGroup):
+        found, rest = exc.split(StoreError)
+        if found is None or rest is not None:
+            return None
+        leaf: BaseException = found
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        exc = leaf
+    if not isinstance(exc, StoreError):
+        return None
+    cause = exc.__cause__
+    # The store's own words for clients say "try again"; the cause says why (it names
+    # the host and port, never the password of the dsn).
+    return " ".join(str(exc if cause is None else cause).split())
+
+
 async def _serve_main(cfg: config_mod.Config, config_path: str | None) -> int:
     from chatd.net.listeners import ListenError
     from chatd.server import serve
+    from chatd.store.errors import StoreError
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -137,6 +159,14 @@ async def _serve_main(cfg: config_mod.Config, config_path: str | None) -> int:
                 # for the operator, and nothing was opened yet (serve binds first).
                 print(f"chatd: {exc}", file=sys.stderr)
                 return EXIT_LISTEN
+            except (StoreError, BaseExceptionGroup) as exc:
+                # A store that cannot be opened (PostgreSQL unreachable, a newer schema):
+                # one line naming why, not a traceback. Anything else is re-raised.
+                why = _store_failure(exc)
+                if why is None:
+                    raise
+                print(f"chatd: cannot open the store ({cfg.store.backend}): {why}", file=sys.stderr)
+                return EXIT_STORE
             _settle_gc()
 
             async def watch() -> None:

@@ -296,3 +296,19 @@ async def test_a_taken_port_is_one_line_and_exit_1_before_ready(
             with pytest.raises(BlockingIOError):
                 os.read(ns.sock.fileno(), 65536)
         assert not (tmp_path / "chatd.db").exists()
+
+
+async def test_a_store_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="the cluster extra (psycopg) is not installed")
+    with trio.fail_after(60), socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        port = closed.getsockname()[1]
+        dsn = f"postgresql://chatd:s3cret@127.0.0.1:{port}/chatd?connect_timeout=5"
+        config = write_config(tmp_path / "chatd.toml", tmp_path,
+                              store={"backend": "postgresql", "dsn": dsn})
+        async with run_chatd(chatd_argv(config), child_env(), wait_ready=False) as proc:
+            assert await proc.wait_exit() == 1
+    (line,) = [x for x in proc.lines if x.startswith("chatd:")]
+    assert line.startswith("chatd: cannot open the store (postgresql): connection failed")
+    assert f"port {port} failed: Connection refused" in line
+    assert "s3cret" not in proc.stderr and "Traceback" not in proc.stderr
