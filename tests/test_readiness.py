@@ -16,6 +16,7 @@ import pytest
 import trio
 
 import chatd.store.engine
+import chatd.store.operations
 from chatd.model import Outgoing
 from chatd.store import Store, StoreUnavailable
 
@@ -105,11 +106,11 @@ async def test_a_probe_commits_at_most_once_an_interval(
         for _ in range(100):  # a probe every few ms: no commit more
             assert await store.writable() is None
         assert len(commits) == 1
-        clock.jump(chatd.store.engine._PROBE_EVERY)
+        clock.jump(chatd.store.operations.PROBE_EVERY)
         assert await store.writable() is None
         assert len(commits) == 2
         # Any write's outcome answers within the interval: under load, no probe commits.
-        clock.jump(chatd.store.engine._PROBE_EVERY)
+        clock.jump(chatd.store.operations.PROBE_EVERY)
         await store.append_messages(1, "u", None, [Outgoing(1, "m")], 600)
         assert await store.writable() is None
         assert len(commits) == 3
@@ -121,10 +122,10 @@ async def test_the_probe_itself_finds_a_store_that_cannot_commit(
     store, clock, _commits = clocked
     with trio.fail_after(10):
         read_only(store, True)
-        clock.jump(chatd.store.engine._PROBE_EVERY)
+        clock.jump(chatd.store.operations.PROBE_EVERY)
         assert await store.writable() == READ_ONLY
         read_only(store, False)
-        clock.jump(chatd.store.engine._PROBE_EVERY)
+        clock.jump(chatd.store.operations.PROBE_EVERY)
         assert await store.writable() is None
 
 
@@ -144,19 +145,19 @@ async def test_a_writer_that_does_not_answer_is_not_ready(
     clocked: tuple[Store, StoreClock, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, clock, _commits = clocked
-    monkeypatch.setattr(chatd.store.engine, "_PROBE_TIMEOUT", 0.05)
+    monkeypatch.setattr(chatd.store.operations, "PROBE_TIMEOUT", 0.05)
     gate = Gate()
     with trio.fail_after(10):
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(store.write, gate.job)
                 await gate.wait_entered()
-                clock.jump(chatd.store.engine._PROBE_EVERY)
+                clock.jump(chatd.store.operations.PROBE_EVERY)
                 assert await store.writable() == "no write was committed within 0.05 s"
                 gate.release.set()
         finally:
             gate.release.set()
-        clock.jump(chatd.store.engine._PROBE_EVERY)
+        clock.jump(chatd.store.operations.PROBE_EVERY)
         assert await store.writable() is None
 
 

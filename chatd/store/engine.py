@@ -36,16 +36,17 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
-from chatd.model import Outgoing, RoomRow, StoredMessage, utc_iso
+from chatd.model import Outgoing, StoredMessage, utc_iso
 from chatd.ops.logs import RateLimitedLog
 from chatd.store import queries, schema
 from chatd.store.errors import StoreClosed, StoreError, StoreUnavailable, unavailable
+from chatd.store.operations import Operations
 
 T = TypeVar("T")
 
@@ -66,8 +67,6 @@ _INLINE_IDLE = 0.005
 _BUSY_WAIT = 5.0  # how long the thread waits for another process's write lock
 # /readyz proves a write at most this often (store clock); in between, the outcome of the
 # last write anyone made answers. It gives up on a writer that has not answered in time.
-_PROBE_EVERY = 1.0
-_PROBE_TIMEOUT = 2.0
 # A failure that recurs (refused writes, failing checkpoints) is logged once this often.
 _LOG_EVERY = 60.0
 _MiB = 1024 * 1024
@@ -500,8 +499,11 @@ class _HandOver(trio.abc.Instrument):
             worker._flush()
 
 
-class Store:
-    """The async face of the database. Open it with `Store.open(path)` inside trio."""
+class Store(Operations):
+    """The async face of the database. Open it with `Store.open(path)` inside trio. Its
+    operations are chatd.store.operations' over this module's SQL (`queries`)."""
+
+    _queries = queries
 
     def __init__(
         self,
@@ -573,68 +575,12 @@ class Store:
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._reader.call(fn)
 
-    async def writable(self) -> str | None:
-        """None when the store can commit a write now, else why not (for /readyz). Proven
-        by committing the health row, at most once per `_PROBE_EVERY` seconds: within
-        that, the outcome of the last write anyone made answers, so a probe every second
-        under load costs no commit at all."""
-        writer = self._writer
-        if self._clock() - writer.outcome_at < _PROBE_EVERY:
-            return writer.unavailable
-        with trio.move_on_after(_PROBE_TIMEOUT):
-            try:
-                await self.write(functools.partial(queries.touch_health, at=time.time()))
-            except StoreUnavailable as exc:
-                return exc.reason
-            except StoreError as exc:  # closed, or a commit that failed otherwise
-                return str(exc)
-            return None
-        return f"no write was committed within {_PROBE_TIMEOUT:g} s"
-
-    # --- rooms -----------------------------------------------------------------
-
-    def load_rooms_sync(self) -> list[RoomRow]:
+    def _load_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = schema.connect(self.path)
         try:
-            return queries.load_rooms(conn)
+            return fn(conn)
         finally:
             conn.close()
-
-    async def create_room(self, name: str, public: bool, members: Iterable[int]) -> int:
-        now = utc_iso(time.time())
-        member_list = sorted(set(members))
-        return await self.write(
-            lambda conn: queries.create_room(conn, name, public, member_list, now)
-        )
-
-    async def add_member(self, room_id: int, user_id: int) -> bool:
-        now = utc_iso(time.time())
-        return await self.write(lambda conn: queries.add_member(conn, room_id, user_id, now))
-
-    async def remove_member(self, room_id: int, user_id: int) -> bool:
-        return await self.write(lambda conn: queries.remove_member(conn, room_id, user_id))
-
-    async def update_room(self, room_id: int, name: str | None, public: bool | None) -> None:
-        await self.write(lambda conn: queries.update_room(conn, room_id, name, public))
-
-    async def delete_room(self, room_id: int) -> int:
-        return await self.write(lambda conn: queries.delete_room(conn, room_id))
-
-    def load_revocations_sync(self) -> dict[int, tuple[float | None, float | None]]:
-        conn = schema.connect(self.path)
-        try:
-            return queries.load_revocations(conn)
-        finally:
-            conn.close()
-
-    async def revoke_logins(self, user_id: int, at: float) -> None:
-        await self.write(lambda conn: queries.revoke_logins(conn, user_id, at))
-
-    async def revoke_tokens(self, user_id: int, at: float) -> None:
-        await self.write(lambda conn: queries.revoke_tokens(conn, user_id, at))
-
-    async def add_invite(self, room_id: int, user_id: int) -> None:
-        await self.write(lambda conn: queries.add_invite(conn, room_id, user_id))
 
     # --- messages --------------------------------------------------------------
 
@@ -687,43 +633,3 @@ class Store:
         jobs = await self._writer.call_many(ops, quick=len(ops) <= _QUICK_OPS)
         return [job.result if job.error is None else job.error for job in jobs]
 
-    async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
-        """Newest first."""
-        return await self.read(lambda conn: queries.history(conn, room_id, before, limit))
-
-    async def messages_since(
-        self, room_ids: Iterable[int], since: int, limit: int
-    ) -> list[StoredMessage]:
-        """Oldest first, across the given rooms."""
-        ids = sorted(set(room_ids))
-        if not ids:
-            return []
-        return await self.read(lambda conn: queries.messages_since(conn, ids, since, limit))
-
-    async def last_message_id(self) -> int:
-        """The newest message id, 0 when there is none."""
-        return await self.read(queries.last_message_id)
-
-    async def get_message(self, message_id: int) -> StoredMessage | None:
-        return await self.read(lambda conn: queries.get_message(conn, message_id))
-
-    async def change_message(
-        self, room_id: int, message_id: int, user_id: int | None, content: str | None
-    ) -> tuple[str, StoredMessage | None]:
-        """Edit (`content`) or delete (None); see queries.change_message."""
-        now = utc_iso(time.time())
-        return await self.write(
-            lambda conn: queries.change_message(conn, room_id, message_id, user_id, content, now)
-        )
-
-    async def room_summaries(
-        self, user_id: int, room_ids: Sequence[int]
-    ) -> dict[int, tuple[int, StoredMessage | None]]:
-        ids = list(room_ids)
-        return await self.read(lambda conn: queries.room_summaries(conn, user_id, ids))
-
-    async def mark_read(self, room_id: int, user_id: int, message_id: int) -> str:
-        read_at = utc_iso(time.time())
-        return await self.write(
-            lambda conn: queries.mark_read(conn, room_id, user_id, message_id, read_at)
-        )

@@ -27,15 +27,16 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 import trio
 
-from chatd.model import Outgoing, RoomRow, StoredMessage, utc_iso
+from chatd.model import Outgoing, StoredMessage, utc_iso
 from chatd.ops.logs import RateLimitedLog
 from chatd.store.errors import StoreClosed, StoreError, StoreUnavailable
+from chatd.store.operations import Operations
 from chatd.store.postgres import queries, schema
 from chatd.store.postgres.schema import Connection
 
@@ -45,8 +46,6 @@ log = logging.getLogger("chatd.store")
 
 # As SQLite's engine: /readyz proves a write at most this often, and gives up on a writer
 # that has not answered in time; a recurring failure is logged once this often.
-_PROBE_EVERY = 1.0
-_PROBE_TIMEOUT = 2.0
 _LOG_EVERY = 60.0
 
 
@@ -295,9 +294,11 @@ def _load(dsn: str, fn: Callable[[Connection], T]) -> T:
         conn.close()
 
 
-class PgStore:
+class PgStore(Operations):
     """The store on PostgreSQL. Create it inside trio: it migrates the database first
     (raising StoreError when it cannot be reached or is newer than this chatd)."""
+
+    _queries = queries
 
     def __init__(
         self,
@@ -334,58 +335,8 @@ class PgStore:
     async def read(self, fn: Callable[[Connection], T]) -> T:
         return await self._reader.call(fn)
 
-    async def writable(self) -> str | None:
-        """None when a write can be committed now, else why not; as SQLite's store, the
-        last write's outcome answers within `_PROBE_EVERY`, else a probe write does."""
-        writer = self._writer
-        if self._clock() - writer.outcome_at < _PROBE_EVERY:
-            return writer.unavailable
-        with trio.move_on_after(_PROBE_TIMEOUT):
-            try:
-                await self.write(functools.partial(queries.touch_health, at=time.time()))
-            except StoreUnavailable as exc:
-                return exc.reason
-            except StoreError as exc:
-                return str(exc)
-            return None
-        return f"no write was committed within {_PROBE_TIMEOUT:g} s"
-
-    # --- rooms -----------------------------------------------------------------------
-
-    def load_rooms_sync(self) -> list[RoomRow]:
-        return _load(self._dsn, queries.load_rooms)
-
-    async def create_room(self, name: str, public: bool, members: Iterable[int]) -> int:
-        now = utc_iso(time.time())
-        member_list = sorted(set(members))
-        return await self.write(
-            lambda conn: queries.create_room(conn, name, public, member_list, now)
-        )
-
-    async def add_member(self, room_id: int, user_id: int) -> bool:
-        now = utc_iso(time.time())
-        return await self.write(lambda conn: queries.add_member(conn, room_id, user_id, now))
-
-    async def remove_member(self, room_id: int, user_id: int) -> bool:
-        return await self.write(lambda conn: queries.remove_member(conn, room_id, user_id))
-
-    async def update_room(self, room_id: int, name: str | None, public: bool | None) -> None:
-        await self.write(lambda conn: queries.update_room(conn, room_id, name, public))
-
-    async def delete_room(self, room_id: int) -> int:
-        return await self.write(lambda conn: queries.delete_room(conn, room_id))
-
-    async def add_invite(self, room_id: int, user_id: int) -> None:
-        await self.write(lambda conn: queries.add_invite(conn, room_id, user_id))
-
-    def load_revocations_sync(self) -> dict[int, tuple[float | None, float | None]]:
-        return _load(self._dsn, queries.load_revocations)
-
-    async def revoke_logins(self, user_id: int, at: float) -> None:
-        await self.write(lambda conn: queries.revoke_logins(conn, user_id, at))
-
-    async def revoke_tokens(self, user_id: int, at: float) -> None:
-        await self.write(lambda conn: queries.revoke_tokens(conn, user_id, at))
+    def _load_sync(self, fn: Callable[[Connection], T]) -> T:
+        return _load(self._dsn, fn)
 
     # --- messages --------------------------------------------------------------------
 
@@ -414,41 +365,3 @@ class PgStore:
         jobs = await self._writer.call_many(ops)
         return [job.result if job.error is None else job.error for job in jobs]
 
-    async def history(self, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:
-        return await self.read(lambda conn: queries.history(conn, room_id, before, limit))
-
-    async def messages_since(
-        self, room_ids: Iterable[int], since: int, limit: int
-    ) -> list[StoredMessage]:
-        ids = sorted(set(room_ids))
-        if not ids:
-            return []
-        return await self.read(lambda conn: queries.messages_since(conn, ids, since, limit))
-
-    async def last_message_id(self) -> int:
-        return await self.read(queries.last_message_id)
-
-    async def get_message(self, message_id: int) -> StoredMessage | None:
-        return await self.read(lambda conn: queries.get_message(conn, message_id))
-
-    async def change_message(
-        self, room_id: int, message_id: int, user_id: int | None, content: str | None
-    ) -> tuple[str, StoredMessage | None]:
-        now = utc_iso(time.time())
-        return await self.write(
-            lambda conn: queries.change_message(conn, room_id, message_id, user_id, content, now)
-        )
-
-    async def room_summaries(
-        self, user_id: int, room_ids: Sequence[int]
-    ) -> dict[int, tuple[int, StoredMessage | None]]:
-        ids = list(room_ids)
-        if not ids:
-            return {}
-        return await self.read(lambda conn: queries.room_summaries(conn, user_id, ids))
-
-    async def mark_read(self, room_id: int, user_id: int, message_id: int) -> str:
-        read_at = utc_iso(time.time())
-        return await self.write(
-            lambda conn: queries.mark_read(conn, room_id, user_id, message_id, read_at)
-        )
