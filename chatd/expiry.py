@@ -43,7 +43,7 @@ class Expiry(Generic[T]):
         # The wall clock. Public so a test can put a fake one in (then `wake` after
         # moving it: the task sleeps on trio's clock).
         self.clock = clock
-        self._live: dict[T, tuple[float, int]] = {}  # item -> its deadline and number
+        self._live: dict[T, int] = {}  # item -> the number of its heap entry
         self._items: dict[int, T] = {}  # number -> live item
         self._heap: list[tuple[float, int]] = []
         self._seq = itertools.count()
@@ -60,7 +60,7 @@ class Expiry(Generic[T]):
         earliest = self._heap[0][0] if self._heap else math.inf
         self.discard(item)
         seq = next(self._seq)
-        self._live[item] = (at, seq)
+        self._live[item] = seq
         self._items[seq] = item
         heapq.heappush(self._heap, (at, seq))
         if len(self._heap) > 2 * len(self._live) + _SLACK:
@@ -69,9 +69,9 @@ class Expiry(Generic[T]):
             self._changed.set()
 
     def discard(self, item: T) -> None:
-        entry = self._live.pop(item, None)
-        if entry is not None:
-            del self._items[entry[1]]
+        seq = self._live.pop(item, None)
+        if seq is not None:
+            del self._items[seq]
 
     def wake(self) -> None:
         """Look at the clock again now (a fake clock moved, or the wall clock jumped)."""
@@ -107,5 +107,6 @@ class Expiry(Generic[T]):
                 await self._changed.wait()
 
     def _rebuild(self) -> None:
-        self._heap = [(at, seq) for at, seq in self._live.values()]
+        live = self._items
+        self._heap = [(at, seq) for at, seq in self._heap if seq in live]
         heapq.heapify(self._heap)

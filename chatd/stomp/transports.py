@@ -128,9 +128,11 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     cfg = state.cfg.stomp
     parser = ws.FrameParser(min(cfg.max_connect_frame_bytes, cfg.max_frame_bytes) + _MESSAGE_SLACK)
     parser.receive_data(leftover)
-    del request, leftover
+    # This frame waits here for the connection's whole life: keep only what it needs.
+    del request, leftover, chain, status, body
     chat = state.cfg.chat
     transport = StompWebSocketTransport(stream, parser, chat.outbox_messages, chat.outbox_bytes)
+    del parser, cfg, chat
     await run_session(state, "websocket", transport, client)
 
 
