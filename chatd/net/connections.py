@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import trio
@@ -190,9 +191,10 @@ class Connections:
         the client the proxies forwarded (bounded: the header is the client's to write
         up to the first proxy)."""
         if not self.trusts(peer):
-            return peer
+            return sys.intern(peer)
         client = self._forwarded_client(chain)
-        return peer if client is None else client[:64]
+        # Interned: kept for each connection's whole life, and many come from one address.
+        return sys.intern(peer if client is None else client[:64])
 
     def leave(self, seat: Seat) -> None:
         if seat.refused:
