@@ -46,7 +46,7 @@ from chatd.model import Outgoing, StoredMessage, utc_iso
 from chatd.ops.logs import RateLimitedLog
 from chatd.store import queries, schema
 from chatd.store.errors import StoreClosed, StoreError, StoreUnavailable, unavailable
-from chatd.store.operations import Operations
+from chatd.store.operations import LOG_EVERY, Availability, Operations, next_batch
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ _BUSY_WAIT = 5.0  # how long the thread waits for another process's write lock
 # /readyz proves a write at most this often (store clock); in between, the outcome of the
 # last write anyone made answers. It gives up on a writer that has not answered in time.
 # A failure that recurs (refused writes, failing checkpoints) is logged once this often.
-_LOG_EVERY = 60.0
+_LOG_EVERY = LOG_EVERY
 _MiB = 1024 * 1024
 
 
@@ -162,12 +162,8 @@ class _Worker:
         # Set by the thread only: why writes are refused (the WAL is past its bound and
         # cannot be checkpointed), None when they are not.
         self.refusing: str | None = None
-        # In the trio thread: why the last batch could not be done (None: it was), and
-        # when (`clock`) that was learnt.
-        self.unavailable: str | None = None
-        self.outcome_at = -math.inf
-        self._failed_ops = 0
-        self._failure_log = RateLimitedLog(log, _LOG_EVERY, clock)
+        # In the trio thread: whether the last batch could be done, and since when.
+        self.availability = Availability(self.kind, clock)
         self._checkpoint_log = RateLimitedLog(log, _LOG_EVERY, clock)
 
     def start(self) -> None:
@@ -233,7 +229,7 @@ class _Worker:
             return await self._via_thread(ops)
         now = self._clock()
         took = now - started
-        self._outcome(jobs)
+        self.availability.record(job.error for job in jobs)
         self.inline_commits += 1
         self._inlined = True
         if took > _INLINE_SLOW:
@@ -281,19 +277,10 @@ class _Worker:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
-            if first is None:
+            got, stopping = next_batch(self._queue, self._batch_max)
+            if got is None:
                 break
-            batch = first
-            while len(batch) < self._batch_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch = batch + nxt
+            batch: list[_Job] = got
             work = [job for job in batch if not job.checkpoint]
             checkpoint = len(work) < len(batch)
             problem = None
@@ -413,28 +400,6 @@ class _Worker:
                     job.error = StoreError(f"commit failed: {exc}")
         return True
 
-    def _outcome(self, jobs: Sequence[_Job]) -> None:
-        """In the trio thread: whether a batch could be done. While operations fail for
-        the machine's reasons, one warning an interval says why; the first success after
-        them says how many failed."""
-        failed = [job.error for job in jobs if isinstance(job.error, StoreUnavailable)]
-        self.outcome_at = self._clock()
-        if not failed:
-            if self.unavailable is not None:
-                self._failure_log.reset()
-                log.warning(
-                    "store: %s succeed again, after %d refused", self.kind, self._failed_ops
-                )
-                self.unavailable = None
-                self._failed_ops = 0
-            return
-        reason = failed[0].reason
-        self.unavailable = reason
-        self._failed_ops += len(failed)
-        self._failure_log.warning(
-            "store: %s refused (answered store_unavailable): %s", self.kind, reason
-        )
-
     def _run_hooks(self, batch: list[_Job]) -> None:
         # In the trio thread in commit order, before any waiting task resumes, so
         # whatever the hooks publish goes out in commit order (trio resumes the woken
@@ -457,7 +422,7 @@ class _Worker:
             if self._transactional and work:
                 self._committed(work)
             if work:
-                self._outcome(work)
+                self.availability.record(job.error for job in work)
             self._run_hooks(batch)
             # A caller's jobs may span this batch and the next: only the batch holding
             # the last of them wakes it (the thread works in order, so the rest are done).

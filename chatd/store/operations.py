@@ -10,6 +10,9 @@ once at start; what an operation is, and the arguments it takes, is said here.
 from __future__ import annotations
 
 import functools
+import logging
+import math
+import queue
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -17,6 +20,7 @@ from typing import Any, TypeVar
 import trio
 
 from chatd.model import RoomRow, StoredMessage, utc_iso
+from chatd.ops.logs import RateLimitedLog
 from chatd.store.errors import StoreError, StoreUnavailable
 
 T = TypeVar("T")
@@ -27,10 +31,66 @@ PROBE_EVERY = 1.0
 PROBE_TIMEOUT = 2.0
 
 
+log = logging.getLogger("chatd.store")
+
+# While operations are refused, one warning this often says why.
+LOG_EVERY = 60.0
+
+
+def next_batch(jobs: queue.SimpleQueue[Any], batch_max: int) -> tuple[list[Any] | None, bool]:
+    """In a worker thread: the next batch of queued jobs (each queue item a list of them),
+    up to `batch_max`, waiting for the first; and whether the stop (a None item) came.
+    (None, True) when the stop came first."""
+    first = jobs.get()
+    if first is None:
+        return None, True
+    batch: list[Any] = first
+    while len(batch) < batch_max:
+        try:
+            more = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if more is None:
+            return batch, True
+        batch = batch + more
+    return batch, False
+
+
+class Availability:
+    """In the trio thread: whether a worker's last batch could be done, for /readyz and
+    the log. While operations fail for the machine's reasons (StoreUnavailable), one
+    warning an interval says why; the first success after them says how many failed."""
+
+    def __init__(self, kind: str, clock: Callable[[], float]) -> None:
+        self.kind = kind  # "writes" or "reads"
+        self._clock = clock
+        self.unavailable: str | None = None  # why the last batch could not be done
+        self.outcome_at = -math.inf  # when (`clock`) that was learnt
+        self._failed_ops = 0
+        self._failure_log = RateLimitedLog(log, LOG_EVERY, clock)
+
+    def record(self, errors: Iterable[BaseException | None]) -> None:
+        failed = [e for e in errors if isinstance(e, StoreUnavailable)]
+        self.outcome_at = self._clock()
+        if not failed:
+            if self.unavailable is not None:
+                self._failure_log.reset()
+                log.warning(
+                    "store: %s succeed again, after %d refused", self.kind, self._failed_ops
+                )
+                self.unavailable = None
+                self._failed_ops = 0
+            return
+        self.unavailable = failed[0].reason
+        self._failed_ops += len(failed)
+        self._failure_log.warning(
+            "store: %s refused (answered store_unavailable): %s", self.kind, self.unavailable
+        )
+
+
 class Operations:
     """What the service asks of a store. A subclass sets `_queries`, `_writer` (a worker
-    with `outcome_at` and `unavailable`), `_clock`, and implements `read`, `write` and
-    `_load_sync`."""
+    with an `availability`), `_clock`, and implements `read`, `write` and `_load_sync`."""
 
     _queries: Any
     _writer: Any
@@ -51,9 +111,9 @@ class Operations:
         by committing the health row, at most once per `PROBE_EVERY` seconds: within
         that, the outcome of the last write anyone made answers, so a probe every second
         under load costs no commit at all."""
-        writer = self._writer
-        if self._clock() - writer.outcome_at < PROBE_EVERY:
-            return writer.unavailable
+        known: Availability = self._writer.availability
+        if self._clock() - known.outcome_at < PROBE_EVERY:
+            return known.unavailable
         with trio.move_on_after(PROBE_TIMEOUT):
             try:
                 await self.write(functools.partial(self._queries.touch_health, at=time.time()))

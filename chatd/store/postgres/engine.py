@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import queue
 import threading
 import time
@@ -34,9 +33,8 @@ import psycopg
 import trio
 
 from chatd.model import Outgoing, StoredMessage, utc_iso
-from chatd.ops.logs import RateLimitedLog
 from chatd.store.errors import StoreClosed, StoreError, StoreUnavailable
-from chatd.store.operations import Operations
+from chatd.store.operations import Availability, Operations, next_batch
 from chatd.store.postgres import queries, schema
 from chatd.store.postgres.schema import Connection
 
@@ -46,7 +44,6 @@ log = logging.getLogger("chatd.store")
 
 # As SQLite's engine: /readyz proves a write at most this often, and gives up on a writer
 # that has not answered in time; a recurring failure is logged once this often.
-_LOG_EVERY = 60.0
 
 
 _UNAVAILABLE = (
@@ -114,12 +111,8 @@ class _Worker:
         self.hooks_scope: Callable[[], contextlib.AbstractContextManager[None]] = (
             contextlib.nullcontext
         )
-        # In the trio thread: why the last batch could not be done (None: it was), and
-        # when (`clock`) that was learnt.
-        self.unavailable: str | None = None
-        self.outcome_at = -math.inf
-        self._failed_ops = 0
-        self._failure_log = RateLimitedLog(log, _LOG_EVERY, clock)
+        # In the trio thread: whether the last batch could be done, and since when.
+        self.availability = Availability(self.kind, clock)
 
     def start(self) -> None:
         self._thread.start()
@@ -160,19 +153,10 @@ class _Worker:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
-            if first is None:
+            got, stopping = next_batch(self._queue, self._batch_max)
+            if got is None:
                 break
-            batch = first
-            while len(batch) < self._batch_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch = batch + nxt
+            batch: list[_Job] = got
             self._run_batch(batch)
             self._wake(batch)
         if self._conn is not None:
@@ -245,7 +229,7 @@ class _Worker:
 
     def _wake(self, batch: list[_Job]) -> None:
         def wake() -> None:
-            self._outcome(batch)
+            self.availability.record(job.error for job in batch)
             # Hooks in commit order, before any waiting task resumes, so whatever they
             # publish goes out in commit order.
             with self.hooks_scope():
@@ -261,27 +245,6 @@ class _Worker:
 
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(wake)
-
-    def _outcome(self, jobs: Sequence[_Job]) -> None:
-        """In the trio thread: one warning an interval while operations are refused, and
-        a line saying how many once they succeed again."""
-        failed = [job.error for job in jobs if isinstance(job.error, StoreUnavailable)]
-        self.outcome_at = self._clock()
-        if not failed:
-            if self.unavailable is not None:
-                self._failure_log.reset()
-                log.warning(
-                    "store: %s succeed again, after %d refused", self.kind, self._failed_ops
-                )
-                self.unavailable = None
-                self._failed_ops = 0
-            return
-        self.unavailable = failed[0].reason
-        self._failed_ops += len(failed)
-        self._failure_log.warning(
-            "store: %s refused (answered store_unavailable): %s", self.kind, self.unavailable
-        )
-
 
 def _load(dsn: str, fn: Callable[[Connection], T]) -> T:
     try:
