@@ -13,13 +13,14 @@ import contextlib
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .services import free_port, skip_or_fail
 
 # Debian's package puts them in /usr/lib/postgresql/VERSION/bin, off the PATH.
 _DEBIAN = sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)
@@ -36,12 +37,6 @@ def _bindir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def unavailable_reason() -> str | None:
     """Why PostgreSQL tests cannot run here, or None."""
     try:
@@ -53,12 +48,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def skip_or_fail(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL tests must run on CI: {reason}")
-    pytest.skip(reason)
-
-
 class PgInstance:
     USER = "chatd"
 
@@ -66,7 +55,7 @@ class PgInstance:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="chatd-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.root, "nobody")
@@ -130,7 +119,7 @@ class PgInstance:
 def pg_instance() -> Iterator[PgInstance]:
     reason = unavailable_reason()
     if reason is not None:
-        skip_or_fail(reason)
+        skip_or_fail("PostgreSQL", reason)
     bindir = _bindir()
     assert bindir is not None
     instance = PgInstance(bindir)
@@ -143,7 +132,7 @@ def pg_instance() -> Iterator[PgInstance]:
                 # Another process of this busy machine took the free port meanwhile.
                 if attempt == 2:
                     raise
-                instance.port = _free_port()
+                instance.port = free_port()
         yield instance
     finally:
         # Stopped already when a test that stops it failed before starting it again.
