@@ -11,8 +11,10 @@ import dataclasses
 import importlib.util
 import ipaddress
 import os
+import re
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +138,32 @@ class ServerConfig:
     shutdown_grace_seconds: float = _pos(10.0)
     max_connections: int = _nonneg(8192)
     max_connections_per_address: int = _nonneg(256)
+    # Connections from one address not yet logged in (no request head yet; STOMP: no
+    # login yet), every listener together (chatd.net.connections).
+    max_unauthenticated_per_address: int = _nonneg(16)
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    # "memory": this process alone (the default). "rabbitmq": the bus between the nodes of
+    # a cluster (chatd.cluster), reached with STOMP at `url`; needs store.backend
+    # "postgresql", which every node shares.
+    backend: str = _choice("memory", "memory", "rabbitmq")
+    # stomp://user:password@host:port/vhost (RabbitMQ's STOMP plugin). Never logged.
+    url: str = ""
+    # The routing-key prefix of this cluster's traffic on amq.topic: nodes with the same
+    # name form one cluster, so two clusters can share a RabbitMQ vhost.
+    name: str = "chatd"
+    # This node's name in logs and on the bus; empty: host name and process id.
+    node_name: str = ""
+    # Every node says it is alive this often; a node not heard from for node_timeout
+    # seconds is taken for dead, and its users' presence corrected.
+    heartbeat_seconds: float = _pos(2.0)
+    node_timeout_seconds: float = _pos(8.0)
+    # Bytes of publications queued for RabbitMQ (the broker slow or away) before the node
+    # stops queueing and lets the others catch up from the store when it is back.
+    max_pending_bytes: int = _pos(16 * 1024 * 1024)
+    reconnect_max_seconds: float = _pos(10.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +187,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     stomp: StompConfig = field(default_factory=StompConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="", metadata={"internal": True}, compare=False)
@@ -312,6 +341,70 @@ def _validate(cfg: Config) -> None:
             )
     if not cfg.http.listen:
         raise ConfigError("http.listen: expected at least one address")
+    _validate_bus(cfg)
+
+
+def _validate_bus(cfg: Config) -> None:
+    bus = cfg.bus
+    if bus.backend == "memory":
+        return
+    try:
+        parse_bus_url(bus.url)
+    except ValueError as exc:
+        raise ConfigError(f"bus.url: {exc}") from None
+    if cfg.store.backend != "postgresql":
+        raise ConfigError(
+            "bus.backend: \"rabbitmq\" joins a cluster, whose nodes share one store;"
+            " set store.backend = \"postgresql\""
+        )
+    auth = cfg.auth
+    if not (auth.jwt_secret or auth.jwt_public_key_file or auth.jwks_url):
+        raise ConfigError(
+            "auth.jwt_secret: every node of a cluster must check tokens alike; set the same"
+            " jwt_secret (or jwt_public_key_file, or jwks_url) on each"
+        )
+    if bus.node_timeout_seconds <= bus.heartbeat_seconds * 2:
+        raise ConfigError(
+            "bus.node_timeout_seconds: expected more than twice bus.heartbeat_seconds"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", bus.name):
+        raise ConfigError(f"bus.name: expected letters, digits, - or _, got {bus.name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BusAddress:
+    host: str
+    port: int
+    login: str
+    passcode: str
+    vhost: str
+
+
+def parse_bus_url(url: str) -> BusAddress:
+    """`stomp://user:password@host:port/vhost`; raises ValueError saying what is wrong
+    (never repeating the password)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme != "stomp":
+        raise ValueError("expected stomp://user:password@host:port/vhost")
+    try:
+        port = parts.port or 61613
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("expected a host, as in stomp://user:password@host:port/vhost")
+    path = urllib.parse.unquote(parts.path)
+    vhost = path[1:] if len(path) > 1 else "/"
+    return BusAddress(
+        parts.hostname,
+        port,
+        urllib.parse.unquote(parts.username or "guest"),
+        urllib.parse.unquote(parts.password or "guest"),
+        vhost,
+    )
+
+
+# Keys whose values may hold a secret, masked whole when the config is shown.
+_SECRET_KEYS = {("auth", "jwt_secret"), ("store", "dsn"), ("bus", "url")}
 
 
 def _build_section(name: str, cls: type, raw: Mapping[str, Any], env: Mapping[str, str]) -> Any:
@@ -390,7 +483,7 @@ def to_toml(cfg: Config) -> str:
             value = getattr(section, f.name)
             # A DSN may carry a password: masked whole, as parsing it to mask only that
             # would be one more libpq parser to keep right.
-            if f.name in ("jwt_secret", "dsn") and value:
+            if (name, f.name) in _SECRET_KEYS and value:
                 value = "********"
             values[f.name] = value
     return toml_writer.dumps(doc)

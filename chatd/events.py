@@ -63,7 +63,13 @@ def new_message(msg: StoredMessage) -> Event:
             "timestamp": now_iso(),
         }
     )
-    return Event("new_message", body, orjson.dumps(chat_shape(msg)).decode(), message_id=msg.id)
+    return Event(
+        "new_message",
+        body,
+        orjson.dumps(chat_shape(msg)).decode(),
+        message_id=msg.id,
+        prev_id=msg.prev_id,
+    )
 
 
 def message_updated(msg: StoredMessage) -> Event:

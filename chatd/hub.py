@@ -112,6 +112,17 @@ class Hub:
             if not subs:
                 del self._topics[topic]
 
+    def wants_room(self, room_id: int) -> bool:
+        """Whether anyone here hears of the room: a subscription to it, or a /chat
+        connection of a member (a cluster node decodes only what someone here wants)."""
+        if f"room.{room_id}" in self._topics:
+            return True
+        chat = self._chat
+        return bool(chat) and not chat.keys().isdisjoint(self.rooms.members_of(room_id))
+
+    def wants_topic(self, topic: str) -> bool:
+        return topic in self._topics
+
     # --- delivery -----------------------------------------------------------------
 
     def deliver_room(self, room_id: int, event: Event) -> None:

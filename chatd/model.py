@@ -9,7 +9,7 @@ types lives with the layer that owns it (validation, the store, events, auth).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -61,6 +61,10 @@ class StoredMessage:
     client_message_id: str | None = None
     edited_at: str | None = None  # when its author (or an admin) last changed it
     deleted_at: str | None = None  # deleted: the row stays, its content is gone
+    # In a cluster (PostgreSQL), the message committed just before this one, in any room:
+    # a node that has not seen that one has missed something (chatd.cluster.sequencer).
+    # None where it is not known (SQLite: one writer, so no node can miss one).
+    prev_id: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +86,7 @@ class Event:
     `cache` holds encodings a transport derives once per event, such as a STOMP MESSAGE
     frame template: a slot the transports fill, so every recipient shares them."""
 
-    __slots__ = ("kind", "body", "chat", "chat_opt_in", "cache", "message_id")
+    __slots__ = ("kind", "body", "chat", "chat_opt_in", "cache", "message_id", "prev_id")
 
     def __init__(
         self,
@@ -91,6 +95,7 @@ class Event:
         chat: str | None = None,
         message_id: int | None = None,
         chat_opt_in: str | None = None,
+        prev_id: int | None = None,
     ) -> None:
         self.kind = kind
         self.body = body
@@ -98,6 +103,9 @@ class Event:
         self.chat_opt_in = chat_opt_in
         self.cache: dict[Any, Any] = {}
         self.message_id = message_id
+        # A chat message's: the id committed before it, where the store knows it (see
+        # StoredMessage.prev_id).
+        self.prev_id = prev_id
 
 
 class ClientError(Exception):

@@ -357,6 +357,8 @@ async def serve(
             nursery.start_soon(state.heartbeats.run)
             nursery.start_soon(jwks.run)
             nursery.start_soon(sdnotify.watchdog_loop)
+            if state.cluster is not None:
+                await nursery.start(state.cluster.run)
             http_done = trio.Event()
             running.http = [address_of(lst) for lst in bound.http]
             running.stomp_ws = [address_of(lst) for lst in bound.stomp_websocket]
@@ -404,6 +406,8 @@ async def serve(
             metrics_stop.set()
             with trio.move_on_at(deadline):
                 await metrics_done.wait()
+            if state.cluster is not None:
+                await state.cluster.aclose()
             nursery.cancel_scope.cancel()
     finally:
         bound.close()

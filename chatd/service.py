@@ -15,11 +15,11 @@ import trio
 
 from chatd import events
 from chatd.auth import Revocations
-from chatd.broker import Broker
+from chatd.broker import Broker, Control
 from chatd.config import Config
 from chatd.expiry import Expiry
 from chatd.hub import Hub, Session
-from chatd.model import ClientError, Outgoing, StoredMessage, User
+from chatd.model import ClientError, Outgoing, RoomRow, StoredMessage, User
 from chatd.net.websocket import CLOSE_DISCONNECTED_BY_ADMIN, CLOSE_TOKEN_EXPIRED
 from chatd.ops.metrics import Metrics
 from chatd.ratelimit import RateLimiter
@@ -80,6 +80,8 @@ class ChatService:
         # Every session that has a deadline (its token's), on the wall clock: `run` it
         # for the server's life.
         self.expiry: Expiry[Session] = Expiry(self._expired, wall_clock)
+        broker.presence.on_change = self._presence_changed
+        broker.on_control = self.apply_control
 
     def reconfigure(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -207,6 +209,7 @@ class ChatService:
         room_id = await self.store.create_room(name, public, members)
         room = Room(room_id, name, public, set(members))
         self.rooms.add_room(room)
+        self.broker.publish_control({"op": "room_created", "room": _room_state(room)})
         for uid in room.members:
             self.broker.publish_user(
                 uid, events.room_membership("room_joined", room.describe(), uid)
@@ -223,6 +226,7 @@ class ChatService:
         room = self._room(room_id)
         if await self.store.add_member(room_id, user_id) or user_id not in room.members:
             self.rooms.add_member(room_id, user_id)
+            self.broker.publish_control({"op": "member_added", "room": room_id, "user": user_id})
             self.broker.publish_user(
                 user_id, events.room_membership("room_joined", room.describe(), user_id)
             )
@@ -232,9 +236,8 @@ class ChatService:
         room = self._room(room_id)
         await self.store.remove_member(room_id, user_id)
         was_member = user_id in room.members
-        self.rooms.remove_member(room_id, user_id)
-        for session in self.hub.sessions_of(user_id):
-            session.room_left(room_id)
+        self._member_removed(room_id, user_id)
+        self.broker.publish_control({"op": "member_removed", "room": room_id, "user": user_id})
         if was_member:
             self.broker.publish_user(
                 user_id, events.room_membership("room_removed", room.describe(), user_id)
@@ -246,10 +249,10 @@ class ChatService:
         destination (`room_updated`)."""
         room = self._room(room_id)
         await self.store.update_room(room_id, name, public)
-        if name is not None:
-            room.name = name
-        if public is not None:
-            room.public = public
+        _update(room, name, public)
+        self.broker.publish_control(
+            {"op": "room_updated", "room": room_id, "name": name, "public": public}
+        )
         for uid in sorted(room.members):
             self.broker.publish_user(
                 uid, events.room_membership("room_updated", room.describe(), uid)
@@ -269,19 +272,31 @@ class ChatService:
         except BaseException:
             self.rooms.add_room(room)
             raise
-        for key in [k for k in self._typing if k[0] == room_id]:
-            del self._typing[key]
+        self._room_gone(room)
+        self.broker.publish_control({"op": "room_deleted", "room": room_id})
         described = room.describe()
         for uid in sorted(room.members):
-            for session in self.hub.sessions_of(uid):
-                session.room_left(room_id)
             self.broker.publish_user(uid, events.room_membership("room_removed", described, uid))
         return room
+
+    def _room_gone(self, room: Room) -> None:
+        """A deleted room, out of memory already: its typing and its sessions end."""
+        for key in [k for k in self._typing if k[0] == room.id]:
+            del self._typing[key]
+        for uid in sorted(room.members):
+            for session in self.hub.sessions_of(uid):
+                session.room_left(room.id)
+
+    def _member_removed(self, room_id: int, user_id: int) -> None:
+        self.rooms.remove_member(room_id, user_id)
+        for session in self.hub.sessions_of(user_id):
+            session.room_left(room_id)
 
     async def invite(self, room_id: int, user_id: int) -> Room:
         room = self._room(room_id)
         await self.store.add_invite(room_id, user_id)
         self.rooms.invite(room_id, user_id)
+        self.broker.publish_control({"op": "invited", "room": room_id, "user": user_id})
         self.broker.publish_user(
             user_id, events.room_membership("room_invited", room.describe(), user_id)
         )
@@ -310,7 +325,7 @@ class ChatService:
         if valid_until is not None:
             self.expiry.add(session, valid_until)
         if self.hub.register(session):
-            self._announce(session.user_id, "online")
+            self.broker.presence.local_up(session.user_id)
 
     def session_closed(self, session: Session) -> None:
         self.expiry.discard(session)
@@ -320,15 +335,25 @@ class ChatService:
                     self.broker.publish_room(
                         room_id, events.user_typing(room_id, session.user_id, False)
                     )
-            self._announce(session.user_id, "offline")
+            self.broker.presence.local_down(session.user_id)
 
-    def _announce(self, user_id: int, status: str) -> None:
-        event = events.user_status_changed(user_id, status)
+    def _presence_changed(self, user_id: int, online: bool) -> None:
+        """From the broker's presence: the user came online or went offline, anywhere.
+        Every node works that out itself, so the news is delivered here only."""
+        event = events.user_status_changed(user_id, "online" if online else "offline")
         for room_id in list(self.rooms.rooms_of(user_id)):
-            self.broker.publish_room(room_id, event)
+            self.hub.deliver_room(room_id, event)
 
     def disconnect_user(self, user_id: int, protocol: str | None, code: int, reason: str) -> int:
-        """Close the user's sessions of `protocol` (None: of every protocol); how many."""
+        """Close the user's sessions of `protocol` (None: of every protocol), on every
+        node; how many were here."""
+        self.broker.publish_control(
+            {"op": "disconnect", "user": user_id, "protocol": protocol, "code": code,
+             "reason": reason}
+        )  # fmt: skip
+        return self._close_sessions(user_id, protocol, code, reason)
+
+    def _close_sessions(self, user_id: int, protocol: str | None, code: int, reason: str) -> int:
         n = 0
         for session in self.hub.sessions_of(user_id):
             if protocol is None or session.protocol == protocol:
@@ -345,12 +370,75 @@ class ChatService:
         if revoke_tokens:
             at = self.expiry.clock()
             self.revocations.revoke_tokens(user_id, at)
+            self.broker.publish_control({"op": "revoke_tokens", "user": user_id, "at": at})
         n = self.disconnect_user(
             user_id, None, CLOSE_DISCONNECTED_BY_ADMIN, "disconnected by an administrator"
         )
         if revoke_tokens:
             await self.store.revoke_tokens(user_id, at)
         return n
+
+    async def revoke_logins(self, user_id: int, at: float) -> None:
+        """`/chat-ws/disconnect`: the STOMP logins issued to the user before `at` are
+        refused from now on, on every node (the caller has counted it here)."""
+        self.broker.publish_control({"op": "revoke_logins", "user": user_id, "at": at})
+        await self.store.revoke_logins(user_id, at)
+
+    # --- other nodes ----------------------------------------------------------------
+
+    def apply_control(self, message: Control) -> None:
+        """What another node changed, applied to what this node holds in memory (the
+        store has it already). Its users hear of it from the publications that follow."""
+        op = message["op"]
+        room = self.rooms.get(message.get("room", 0)) if op != "room_created" else None
+        user = int(message.get("user") or 0)
+        if op == "room_created":
+            state = message["room"]
+            if self.rooms.get(state["id"]) is None:
+                self.rooms.add_room(
+                    Room(state["id"], state["name"], state["public"], set(state["members"]),
+                         set(state["invited"]))
+                )  # fmt: skip
+        elif op == "member_added" and room is not None:
+            self.rooms.add_member(room.id, user)
+        elif op == "member_removed" and room is not None:
+            self._member_removed(room.id, user)
+        elif op == "invited" and room is not None:
+            self.rooms.invite(room.id, user)
+        elif op == "room_updated" and room is not None:
+            _update(room, message.get("name"), message.get("public"))
+        elif op == "room_deleted" and room is not None:
+            self.rooms.remove_room(room.id)
+            self._room_gone(room)
+        elif op == "disconnect":
+            self._close_sessions(user, message.get("protocol"), message["code"], message["reason"])
+        elif op == "revoke_tokens":
+            self.revocations.revoke_tokens(user, float(message["at"]))
+        elif op == "revoke_logins":
+            self.revocations.revoke_logins(user, float(message["at"]))
+
+    async def resync(self) -> None:
+        """After this node missed control messages (the bus was away): rooms, members and
+        invites as the store has them; sessions leave the rooms their user left."""
+        rows: list[RoomRow] = await self.store.rooms()
+        known = {row.id for row in rows}
+        for room in self.rooms.all():
+            if room.id not in known:
+                self.rooms.remove_room(room.id)
+                self._room_gone(room)
+        for row in rows:
+            held = self.rooms.get(row.id)
+            if held is None:
+                self.rooms.add_room(
+                    Room(row.id, row.name, row.public, set(row.members), set(row.invited))
+                )
+                continue
+            _update(held, row.name, row.public)
+            for uid in held.members - row.members:
+                self._member_removed(held.id, uid)
+            for uid in row.members - held.members:
+                self.rooms.add_member(held.id, uid)
+            held.invited = set(row.invited)
 
     def _expired(self, session: Session) -> None:
         log.info(
@@ -390,3 +478,20 @@ class ChatService:
                     del self._typing[key]
                     room_id, user_id = key
                     self.broker.publish_room(room_id, events.user_typing(room_id, user_id, False))
+
+
+def _room_state(room: Room) -> dict[str, object]:
+    return {
+        "id": room.id,
+        "name": room.name,
+        "public": room.public,
+        "members": sorted(room.members),
+        "invited": sorted(room.invited),
+    }
+
+
+def _update(room: Room, name: str | None, public: bool | None) -> None:
+    if name is not None:
+        room.name = name
+    if public is not None:
+        room.public = public

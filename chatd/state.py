@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from chatd.auth import Authenticator, Revocations
-from chatd.broker import MemoryBroker
+from chatd.broker import Broker, MemoryBroker
 from chatd.config import Config
 from chatd.hub import Hub
 from chatd.net import wire
@@ -45,6 +45,9 @@ class ServerState:
     unconnected: set[Any] = field(default_factory=set)
     heartbeats: Heartbeats = field(default_factory=Heartbeats)
     ready: bool = False
+    # In a cluster ([bus] backend = "rabbitmq"): the broker to the other nodes, which
+    # `serve` runs; None on a single node.
+    cluster: Any = None
     # Open connections on every public listener, in total and per client address.
     connections: Connections = field(default_factory=Connections)
     # The bytes of large HTTP responses (history pages) held at once ([http] max_response_bytes).
@@ -56,7 +59,10 @@ class ServerState:
     def _limit_connections(self, cfg: Config) -> None:
         server = cfg.server
         self.connections.configure(
-            server.max_connections, server.max_connections_per_address, cfg.http.trusted_proxies
+            server.max_connections,
+            server.max_connections_per_address,
+            cfg.http.trusted_proxies,
+            server.max_unauthenticated_per_address,
         )
 
     def apply_config(self, cfg: Config, auth: Authenticator) -> None:
@@ -78,9 +84,19 @@ class ServerState:
         store.set_commit_observer(metrics.observe_commit)
         store.set_hooks_scope(wire.corked)
         revocations = auth.revocations = Revocations(store.load_revocations_sync())
-        service = ChatService(
-            cfg, store, rooms, hub, MemoryBroker(hub), metrics, revocations=revocations
-        )
+        broker: Broker
+        if cfg.bus.backend == "rabbitmq":
+            # Imported only then: a default server never loads the cluster's code.
+            from chatd.cluster.bus import RabbitBroker
+
+            cluster = RabbitBroker(cfg.bus, hub, store)
+            broker = cluster
+        else:
+            cluster = None
+            broker = MemoryBroker(hub)
+        service = ChatService(cfg, store, rooms, hub, broker, metrics, revocations=revocations)
+        if cluster is not None:
+            cluster.on_resync = service.resync
         general = (
             GeneralBroker(
                 cfg.stomp.broker_destinations,
@@ -107,4 +123,5 @@ class ServerState:
             metrics,
             stomp_broker=general,
             revocations=revocations,
+            cluster=cluster,
         )

@@ -34,21 +34,24 @@ ROOT = Path(__file__).resolve().parent.parent / "chatd"
 # layer, the shared piece belongs lower (types in chatd/model.py) or is passed in.
 LAYERS: list[tuple[int, str, str, tuple[str, ...]]] = [
     (0, "types", "plain data every layer shares; imports nothing from chatd",
-     ("chatd.model", "chatd", "chatd.http", "chatd.net", "chatd.ops", "chatd.ticketws")),
+     ("chatd.model", "chatd", "chatd.http", "chatd.net", "chatd.ops", "chatd.ticketws",
+      "chatd.cluster")),
     (1, "pure helpers", "sans-I/O codecs and leaf helpers: they know no chatd module but model",
      ("chatd.validation", "chatd.config", "chatd.toml_writer", "chatd.ops.logs",
       "chatd.ops.metrics", "chatd.ops.exposition", "chatd.ops.sdnotify", "chatd.stomp",
-      "chatd.stomp._*", "chatd.net.websocket")),
+      "chatd.stomp._*", "chatd.net.websocket", "chatd.cluster.wire")),
     (2, "state holders and byte plumbing", "each owns one resource (tokens, the database, "
      "membership, encoded events, a connection's bytes, a listener) and no chat rule",
      ("chatd.auth", "chatd.store", "chatd.store.*", "chatd.rooms", "chatd.events",
       "chatd.ratelimit", "chatd.expiry", "chatd.jwks", "chatd.net.outbox", "chatd.net.wire",
       "chatd.net.ws_transport", "chatd.net.handshake", "chatd.net.listeners",
       "chatd.net.connections", "chatd.net.budget",
-      "chatd.net.asgi_server", "chatd.stomp.heartbeats", "chatd.stomp.general_broker")),
+      "chatd.net.asgi_server", "chatd.stomp.heartbeats", "chatd.stomp.general_broker",
+      "chatd.cluster.link", "chatd.cluster.sequencer", "chatd.cluster.presence")),
     (3, "fan-out and credentials", "who is connected where, the broker seam over the hub, "
      "and the per-user tickets and STOMP logins the protocols redeem",
-     ("chatd.hub", "chatd.broker", "chatd.ticketws.tickets", "chatd.stomp.logins")),
+     ("chatd.hub", "chatd.broker", "chatd.ticketws.tickets", "chatd.stomp.logins",
+      "chatd.cluster.bus")),
     (4, "domain", "the chat rules every protocol shares, over store, rooms, hub and broker",
      ("chatd.service",)),
     (5, "wiring", "everything one running server shares, built once from the layers below",

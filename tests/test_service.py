@@ -46,6 +46,25 @@ class RecordingBroker:
         self._clock = clock
         self.published: list[tuple[str, int, Event]] = []
         self.times: list[float] = []
+        self.controls: list[dict[str, Any]] = []
+        self.presence = self._inner.presence
+        self.on_control: Callable[[dict[str, Any]], None] = lambda message: None
+        # Presence is announced by each node to its own sessions (never published):
+        # recorded from the hub, in the order it happens among the publications.
+        deliver = hub.deliver_room
+
+        def deliver_room(room_id: int, event: Event) -> None:
+            if event.kind == "user_status_changed":
+                self._record("room", room_id, event)
+            deliver(room_id, event)
+
+        hub.deliver_room = deliver_room  # type: ignore[method-assign]
+
+    def publish_control(self, message: dict[str, Any]) -> None:
+        self.controls.append(message)
+
+    def unavailable(self) -> str | None:
+        return None
 
     def publish_room(self, room_id: int, event: Event) -> None:
         self._record("room", room_id, event)

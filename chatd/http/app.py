@@ -225,7 +225,7 @@ def create_app(state: ServerState) -> QuartTrio:
         # A committed write proves the disk, the file and its WAL take one (`SELECT 1`
         # through the writer said 200 with the disk full); the store spaces the probes
         # and logs the failures itself.
-        reason = await state.store.writable()
+        reason = await state.store.writable() or state.service.broker.unavailable()
         if reason is not None:
             return {"status": "not_ready", "reason": reason}, 503
         return {"status": "ready"}, 200

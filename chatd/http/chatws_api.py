@@ -114,7 +114,7 @@ async def disconnect() -> Json:
     state = server_state()
     user = authenticate()
     assert state.stomp_logins is not None
-    await state.store.revoke_logins(user.id, state.stomp_logins.revoke(user.id))
+    await state.service.revoke_logins(user.id, state.stomp_logins.revoke(user.id))
     # Every session of the user ends, /chat ones too (with 1000): "disconnect" is the
     # app's logout, and a /chat socket left open would keep receiving after it. The JWT
     # itself stays good, so the app can connect again when it wants to.

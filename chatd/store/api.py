@@ -38,6 +38,9 @@ class StoreAPI(Protocol):
 
     def load_rooms_sync(self) -> list[RoomRow]: ...
 
+    async def rooms(self) -> list[RoomRow]:
+        """Every room as `load_rooms_sync` loads them, read while the server runs."""
+
     async def create_room(self, name: str, public: bool, members: Iterable[int]) -> int:
         """The new room's id."""
 

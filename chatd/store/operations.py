@@ -129,6 +129,9 @@ class Operations:
     def load_rooms_sync(self) -> list[RoomRow]:
         return self._load_sync(self._queries.load_rooms)
 
+    async def rooms(self) -> list[RoomRow]:
+        return await self.read(self._queries.load_rooms)
+
     async def create_room(self, name: str, public: bool, members: Iterable[int]) -> int:
         now = utc_iso(time.time())
         member_list = sorted(set(members))

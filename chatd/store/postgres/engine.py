@@ -69,7 +69,7 @@ def unavailable(exc: BaseException) -> StoreUnavailable | None:
 
 
 class _Job:
-    __slots__ = ("fn", "after", "result", "error", "done", "last")
+    __slots__ = ("fn", "after", "result", "error", "done", "last", "ordered")
 
     def __init__(
         self, fn: Callable[[Connection], Any], after: Callable[[Any], None] | None
@@ -80,6 +80,7 @@ class _Job:
         self.error: BaseException | None = None
         self.done: trio.Event | None = None
         self.last = True  # the last job of its caller's: its batch sets `done`
+        self.ordered = False  # stores a message: its transaction takes message_clock's lock
 
 
 _Op = tuple[Callable[[Connection], Any], Callable[[Any], None] | None]
@@ -132,10 +133,10 @@ class _Worker:
             raise job.error
         return job.result
 
-    async def call_many(self, ops: list[_Op]) -> list[_Job]:
+    async def call_many(self, ops: list[_Op], ordered: bool = False) -> list[_Job]:
         """Queue `ops` in order and wait until all of them ran; each job carries its
         result or error. The thread may end them in one batch or in consecutive ones;
-        the batch holding the last one wakes the caller."""
+        the batch holding the last one wakes the caller. `ordered`: they store messages."""
         if self._closed:
             raise StoreClosed("store is closed")
         done = trio.Event()
@@ -143,6 +144,7 @@ class _Worker:
         for job in jobs:
             job.done = done
             job.last = False
+            job.ordered = ordered
         jobs[-1].last = True
         self._queue.put(jobs)
         await done.wait()
@@ -211,6 +213,12 @@ class _Worker:
         were off."""
         failed = False
         with conn.transaction():
+            if any(job.ordered for job in batch):
+                # Before any message id is handed out: transactions that store messages
+                # then commit one at a time cluster-wide, in id order, so a message's
+                # `prev_id` is the one committed before it and a /chat `since` misses
+                # nothing (the same order a single SQLite writer gives).
+                queries.lock_message_clock(conn)
             for job in batch:
                 if savepoints:
                     try:
@@ -325,6 +333,6 @@ class PgStore(Operations):
             ops.append((op, after))
         if not ops:
             return []
-        jobs = await self._writer.call_many(ops)
+        jobs = await self._writer.call_many(ops, ordered=True)
         return [job.result if job.error is None else job.error for job in jobs]
 

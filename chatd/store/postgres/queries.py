@@ -155,14 +155,34 @@ def append_message(
         new.room_id, user_id, username, profile_image, new.content, new.message_type,
         created_at, now,
     )  # fmt: skip
+    # The engine holds message_clock's row lock (`lock_message_clock`): the id handed out
+    # here is above every committed one, and `prev` is the one committed just before.
     got = conn.execute(
-        "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
-        " message_type, created_at, created_unix, client_timestamp, client_message_id)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        "WITH ins AS (INSERT INTO messages(room_id, user_id, username, profile_image,"
+        " content, message_type, created_at, created_unix, client_timestamp,"
+        " client_message_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id),"
+        " old AS (SELECT last_id FROM message_clock WHERE id = 1),"
+        " upd AS (UPDATE message_clock SET last_id = (SELECT id FROM ins) WHERE id = 1)"
+        " SELECT (SELECT id FROM ins), (SELECT last_id FROM old)",
         (*fields, new.client_timestamp, new.client_message_id),
     ).fetchone()
     assert got is not None
-    return StoredMessage(int(got[0]), *fields, new.client_message_id), True
+    msg_id, prev = int(got[0]), int(got[1])
+    return StoredMessage(msg_id, *fields, new.client_message_id, prev_id=prev), True
+
+
+def lock_message_clock(conn: Connection) -> int:
+    """Taken first by a transaction that stores messages, held to its commit: such
+    transactions commit one at a time cluster-wide, in the order of their ids. Returns
+    the newest committed message id."""
+    row = conn.execute("SELECT last_id FROM message_clock WHERE id = 1 FOR UPDATE").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def message_clock(conn: Connection) -> int:
+    """The newest committed message id (in any room, deleted ones included)."""
+    row = conn.execute("SELECT last_id FROM message_clock WHERE id = 1").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def history(conn: Connection, room_id: int, before: int | None, limit: int) -> list[StoredMessage]:

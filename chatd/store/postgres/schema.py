@@ -11,7 +11,7 @@ import psycopg
 
 from chatd.store.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # How long a connection attempt may take before the operation is refused
 # (store_unavailable); a server that is down refuses at once, an unreachable host does not.
@@ -74,6 +74,29 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TABLE health (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         checked_at DOUBLE PRECISION NOT NULL
+    );
+    """,
+    # Cluster mode. message_clock: the newest committed message id, whose row lock every
+    # transaction that stores messages takes first, so that message ids are handed out
+    # and committed in one order cluster-wide (chatd.store.postgres.engine). tickets:
+    # /chat tickets any node can redeem, once. secrets: keys every node must share.
+    2: """
+    CREATE TABLE message_clock (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        last_id BIGINT NOT NULL
+    );
+    INSERT INTO message_clock(id, last_id) SELECT 1, coalesce(max(id), 0) FROM messages;
+    CREATE TABLE tickets (
+        digest BYTEA PRIMARY KEY,
+        user_id BIGINT NOT NULL,
+        identity TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        used BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE INDEX tickets_by_user ON tickets(user_id) WHERE NOT used;
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
     );
     """,
 }

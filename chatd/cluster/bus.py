@@ -1,0 +1,258 @@
+"""The cluster's broker: publications, control messages and presence between nodes over
+RabbitMQ (`[bus] backend = "rabbitmq"`).
+
+Every publication goes to the bus and is delivered here at once (chat messages through
+the sequencer, so in the one order the store committed them). Each node subscribes to
+all of its cluster's traffic with one queue (`NAME.#` on amq.topic, a queue RabbitMQ
+makes for the subscription and deletes with the connection) and decodes only what a
+session here wants: a frame's headers say its room or user, and `Hub.wants_room` /
+`wants_topic` say whether anyone here listens. One queue per node rather than one
+binding per room keeps RabbitMQ's work flat however many rooms there are, and a
+node's traffic in one order (a control message before the publications that follow it).
+
+When the connection to RabbitMQ ends, the node keeps serving its own sessions, says so
+on /readyz, and reconnects with backoff; once back it reloads rooms from the store
+(control messages it missed), asks the others for their users (presence), and reads from
+the store the messages committed meanwhile, in order. Publications that could not be
+sent are not queued past `max_pending_bytes`: the other nodes find the gap in the
+message chain, or hear our newest id in our heartbeat, and read the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from chatd import events
+from chatd.broker import Control
+from chatd.cluster import wire
+from chatd.cluster.link import Link
+from chatd.cluster.presence import ClusterPresence
+from chatd.cluster.sequencer import Sequencer
+from chatd.config import BusConfig, parse_bus_url
+from chatd.hub import Hub
+from chatd.model import Event
+from chatd.ops.logs import RateLimitedLog
+from chatd.stomp import Frame
+from chatd.store.api import StoreAPI
+
+log = logging.getLogger("chatd.cluster")
+
+_FILL_PAGE = 1000
+_RETRY = 1.0
+
+_Item = tuple[int, "Event | wire.Arrival"]
+
+
+async def _nothing() -> None:
+    pass
+
+
+class RabbitBroker:
+    def __init__(
+        self,
+        cfg: BusConfig,
+        hub: Hub,
+        store: StoreAPI,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._cfg = cfg
+        self._address = parse_bus_url(cfg.url)
+        self.node = cfg.node_name or f"{socket.gethostname()}-{os.getpid()}"
+        self._hub = hub
+        self._store = store
+        self._clock = clock
+        self._link: Link | None = None
+        self.presence = ClusterPresence(self.publish_control, clock, cfg.node_timeout_seconds)
+        self.on_control: Callable[[Control], None] = lambda message: None
+        # Reloads what control messages change (ChatService.resync), after missing some.
+        self.on_resync: Callable[[], Awaitable[None]] = _nothing
+        self.sequencer: Sequencer[_Item] = Sequencer(self._deliver_message, self._fill)
+        self._why_not: str | None = "not connected to RabbitMQ yet"
+        self._lost_log = RateLimitedLog(log, 60.0, clock)
+        self._bad_log = RateLimitedLog(log, 60.0, clock)
+        self._resync_wanted = trio.Event()
+        self.published = 0
+        self.received = 0
+        self.dropped = 0  # publications that could not be handed to RabbitMQ
+
+    def unavailable(self) -> str | None:
+        return self._why_not
+
+    # --- publishing -------------------------------------------------------------------
+
+    def publish_room(self, room_id: int, event: Event) -> None:
+        self._send(wire.event_frame(self._cfg.name, self.node, f"room.{room_id}", event))
+        if event.kind == "new_message" and event.message_id is not None:
+            self.sequencer.offer(event.message_id, event.prev_id, (room_id, event))
+        else:
+            self._hub.deliver_room(room_id, event)
+
+    def publish_user(self, user_id: int, event: Event) -> None:
+        self._send(wire.event_frame(self._cfg.name, self.node, f"user.{user_id}", event))
+        self._hub.deliver_user(user_id, event)
+
+    def publish_control(self, message: Control) -> None:
+        self._send(wire.control_frame(self._cfg.name, self.node, message))
+
+    def _send(self, frame: Frame) -> None:
+        link = self._link
+        if link is not None and link.send(frame):
+            self.published += 1
+        else:
+            self.dropped += 1
+
+    # --- arriving ---------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        try:
+            got = wire.arrival(frame)
+            if got.node == self.node:
+                return
+            self.received += 1
+            topic = got.topic
+            if topic == wire.CONTROL:
+                self._on_control(got.node, wire.control_of(got))
+            elif topic.startswith("room."):
+                room_id = int(topic[5:])
+                if got.kind == "new_message" and got.message_id is not None:
+                    self.sequencer.offer(got.message_id, got.prev_id, (room_id, got))
+                elif self._hub.wants_room(room_id):
+                    self._hub.deliver_room(room_id, wire.event_of(got))
+            elif topic.startswith("user.") and self._hub.wants_topic(topic):
+                self._hub.deliver_user(int(topic[5:]), wire.event_of(got))
+        except (wire.BadFrame, ValueError, KeyError, TypeError) as exc:
+            self._bad_log.warning("cluster: dropped a frame from the bus: %s", exc)
+
+    def _on_control(self, sender: str, message: dict[str, Any]) -> None:
+        if self.presence.received(sender, message):
+            last = message.get("last")
+            if isinstance(last, int):
+                self.sequencer.catch_up(last)
+            return
+        if message["op"] == "resync":
+            self._resync_wanted.set()
+            return
+        try:
+            self.on_control(message)
+        except Exception:
+            log.exception("cluster: control message %r from %s failed", message["op"], sender)
+
+    def _deliver_message(self, item: _Item) -> None:
+        room_id, payload = item
+        if isinstance(payload, wire.Arrival):
+            if not self._hub.wants_room(room_id):
+                return
+            payload = wire.event_of(payload)
+        self._hub.deliver_room(room_id, payload)
+
+    async def _fill(self, after: int, upto: int) -> list[tuple[int, _Item]]:
+        """The messages committed with `after < id <= upto` in rooms someone here hears."""
+        rooms = [r.id for r in self._hub.rooms.all() if self._hub.wants_room(r.id)]
+        got: list[tuple[int, _Item]] = []
+        since = after
+        while rooms and since < upto:
+            page = await self._store.messages_since(rooms, since, _FILL_PAGE)
+            for msg in page:
+                if msg.id > upto:
+                    return got
+                if msg.deleted_at is None:
+                    got.append((msg.id, (msg.room_id, events.new_message(msg))))
+            if len(page) < _FILL_PAGE:
+                break
+            since = page[-1].id
+        return got
+
+    # --- running ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """For the node's life: keeps the connection to RabbitMQ, the heartbeat, the
+        sequencer's gap filling and resyncs."""
+        self.sequencer.start_at(await self._store.last_message_id())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.sequencer.run)
+            nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self._resyncs)
+            task_status.started()
+            await self._connect_forever()
+
+    async def _connect_forever(self) -> None:
+        where = f"{self._address.host}:{self._address.port} (vhost {self._address.vhost})"
+        backoff = 0.1
+        while True:
+            try:
+                link = await Link.open(self._address, self._cfg.max_pending_bytes)
+            except Exception as exc:
+                self._why_not = f"RabbitMQ at {where}: {exc}"
+                self._lost_log.warning("cluster: %s; retrying", self._why_not)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, self._cfg.reconnect_max_seconds)
+                continue
+            try:
+                why = await self._connected(link, where)
+            finally:
+                self._link = None
+                await link.aclose()
+            self._why_not = f"RabbitMQ at {where}: {why}"
+            self._lost_log.warning("cluster: lost the bus: %s; reconnecting", why)
+            backoff = 0.1
+            await trio.sleep(backoff)
+
+    async def _connected(self, link: Link, where: str) -> str:
+        why = "closed"
+        async with trio.open_nursery() as nursery:
+
+            async def running() -> None:
+                nonlocal why
+                why = await link.run(self._on_frame)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(running)
+            try:
+                await link.subscribe(wire.subscription(self._cfg.name), "chatd")
+            except trio.TooSlowError:
+                why = "no receipt for the subscription"
+                nursery.cancel_scope.cancel()
+                return why
+            self._link = link
+            self._why_not = None
+            self._lost_log.reset()
+            log.info("cluster: node %s joined the bus at %s", self.node, where)
+            self.presence.joined()
+            # What this node missed while away: control messages (the rooms, reloaded)
+            # and messages (read from the store, in order); the others reload too, for
+            # what they may have missed of ours.
+            self.publish_control({"op": "resync"})
+            self._resync_wanted.set()
+        return why
+
+    async def _resyncs(self) -> None:
+        while True:
+            await self._resync_wanted.wait()
+            self._resync_wanted = trio.Event()
+            try:
+                await self.on_resync()
+                self.sequencer.catch_up(await self._store.last_message_id())
+            except Exception as exc:
+                log.warning("cluster: cannot reload from the store yet: %s", exc)
+                self._resync_wanted.set()
+                await trio.sleep(_RETRY)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self._cfg.heartbeat_seconds)
+            self.presence.tick({"last": self.sequencer.last})
+
+    async def aclose(self) -> None:
+        """Tell the others this node is going, so they forget its users at once."""
+        link = self._link
+        if link is None:
+            return
+        self.presence.leaving()
+        with trio.move_on_after(1.0):
+            await link.flushed()

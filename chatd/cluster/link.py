@@ -1,0 +1,225 @@
+"""One STOMP connection from this node to RabbitMQ's STOMP plugin, over TCP.
+
+chatd's own sans-I/O codec (`chatd.stomp`) speaks it, as a client this time (the way
+Spring's broker relay talks to RabbitMQ): no AMQP library, nothing that needs asyncio.
+A `Link` is connected by `Link.open`, then `run` reads frames and writes what `send`
+queued until the connection ends, which it does by raising `LinkLost`. Heart-beats both
+ways find a dead peer. What `send` queues is bounded in bytes: past the bound a frame is
+dropped and counted, never held (the other nodes catch up from the store).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from chatd.config import BusAddress
+from chatd.stomp import CLOSED, NEED_DATA, Frame, FrameReader, FrameWriter
+
+log = logging.getLogger("chatd.cluster")
+
+CONNECT_TIMEOUT = 10.0
+# Heart-beats asked of RabbitMQ and promised to it (ms); a peer silent for
+# HEARTBEAT_TOLERANCE times its interval is taken for dead.
+HEARTBEAT_MS = 5000
+HEARTBEAT_TOLERANCE = 2.5
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+_READ = 65536
+
+
+class LinkLost(Exception):
+    """The connection to RabbitMQ ended or could not be made; the message says why
+    (never with the password)."""
+
+
+class Link:
+    def __init__(self, stream: trio.SocketStream, max_pending: int) -> None:
+        self._stream = stream
+        self._reader = FrameReader(max_frame_size=MAX_FRAME_BYTES, max_headers=1000)
+        self._writer = FrameWriter()
+        self._pending = bytearray()
+        self._has_pending = trio.Event()
+        self.max_pending = max_pending
+        self.dropped = 0  # frames not queued: the bound was reached
+        self._send_every: float | None = None
+        self._silent_for: float | None = None
+        self._receipts = 0
+        self._receipt_waits: dict[str, trio.Event] = {}
+        self._closed = False
+        self._flushed = trio.Event()
+
+    @classmethod
+    async def open(cls, address: BusAddress, max_pending: int) -> Link:
+        """Connect and log in; LinkLost when RabbitMQ cannot be reached or refuses."""
+        where = f"{address.host}:{address.port}"
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(address.host, address.port)
+        except (OSError, trio.TooSlowError) as exc:
+            raise LinkLost(f"cannot connect to {where}: {exc or 'timed out'}") from None
+        link = cls(stream, max_pending)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await link._login(address)
+        except trio.TooSlowError:
+            await link.aclose()
+            raise LinkLost(f"{where} did not answer CONNECT in time") from None
+        except BaseException:
+            await link.aclose()
+            raise
+        return link
+
+    async def _login(self, address: BusAddress) -> None:
+        connect = Frame(
+            "CONNECT",
+            (
+                ("accept-version", "1.2"),
+                ("host", address.vhost),
+                ("login", address.login),
+                ("passcode", address.passcode),
+                ("heart-beat", f"{HEARTBEAT_MS},{HEARTBEAT_MS}"),
+            ),
+        )
+        await self._send_now(self._writer.send(connect))
+        frame = await self._next_frame()
+        if frame.command == "ERROR":
+            # RabbitMQ's own words ("Bad CONNECT", "Access refused"); it never repeats
+            # the passcode.
+            raise LinkLost(f"RabbitMQ refused the login: {frame.get('message', '')}")
+        if frame.command != "CONNECTED":
+            raise LinkLost(f"RabbitMQ answered CONNECT with {frame.command}")
+        sx, _, sy = (frame.get("heart-beat") or "0,0").partition(",")
+        server_sends = int(sx) if sx.isdigit() else 0
+        server_wants = int(sy) if sy.isdigit() else 0
+        if server_wants:
+            self._send_every = max(server_wants, HEARTBEAT_MS) / 1000 / 2
+        if server_sends:
+            self._silent_for = max(server_sends, HEARTBEAT_MS) / 1000 * HEARTBEAT_TOLERANCE
+
+    async def _send_now(self, data: bytes) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise LinkLost(f"connection lost while writing: {exc}") from None
+
+    async def _next_frame(self) -> Frame:
+        while True:
+            event = self._reader.next_event()
+            if isinstance(event, Frame):
+                return event
+            if event is CLOSED:
+                raise LinkLost("RabbitMQ closed the connection")
+            if event is NEED_DATA:
+                await self._receive()
+            # a HeartBeat: nothing to do but keep reading
+
+    async def _receive(self) -> None:
+        try:
+            if self._silent_for is None:
+                data = await self._stream.receive_some(_READ)
+            else:
+                with trio.fail_after(self._silent_for):
+                    data = await self._stream.receive_some(_READ)
+        except trio.TooSlowError:
+            raise LinkLost(f"RabbitMQ silent for {self._silent_for:g} s") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise LinkLost(f"connection lost while reading: {exc}") from None
+        try:
+            self._reader.receive_data(data)
+        except RuntimeError:
+            raise LinkLost("RabbitMQ closed the connection") from None
+
+    # --- sending ------------------------------------------------------------------
+
+    def send(self, frame: Frame) -> bool:
+        """Queue `frame`; False (and counted) when the queue is over its bound."""
+        data = self._writer.send(frame)
+        if self._closed or len(self._pending) + len(data) > self.max_pending:
+            self.dropped += 1
+            return False
+        self._pending += data
+        self._has_pending.set()
+        return True
+
+    async def subscribe(self, destination: str, sub_id: str) -> None:
+        """Subscribe, and return once RabbitMQ has bound it (its RECEIPT)."""
+        self._receipts += 1
+        receipt = f"r{self._receipts}"
+        done = self._receipt_waits[receipt] = trio.Event()
+        self.send(
+            Frame(
+                "SUBSCRIBE",
+                (
+                    ("destination", destination),
+                    ("id", sub_id),
+                    ("ack", "auto"),
+                    ("receipt", receipt),
+                ),
+            )
+        )
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await done.wait()
+
+    # --- running --------------------------------------------------------------------
+
+    async def run(self, on_frame: Callable[[Frame], None]) -> str:
+        """Read and write until the connection ends; returns why it ended."""
+        why = "closed"
+
+        async def guarded(loop: Callable[[], Awaitable[None]]) -> None:
+            nonlocal why
+            try:
+                await loop()
+            except LinkLost as exc:
+                why = str(exc)
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guarded, self._write_loop)
+            nursery.start_soon(guarded, functools.partial(self._read_loop, on_frame))
+        return why
+
+    async def _read_loop(self, on_frame: Callable[[Frame], None]) -> None:
+        while True:
+            frame = await self._next_frame()
+            if frame.command == "RECEIPT":
+                waiter = self._receipt_waits.pop(frame.get("receipt-id") or "", None)
+                if waiter is not None:
+                    waiter.set()
+            elif frame.command == "ERROR":
+                raise LinkLost(f"RabbitMQ sent an ERROR frame: {frame.get('message', '')}")
+            elif frame.command == "MESSAGE":
+                on_frame(frame)
+
+    async def flushed(self) -> None:
+        """Returns once everything queued so far has been written."""
+        while self._pending:
+            self._flushed = trio.Event()
+            await self._flushed.wait()
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._pending:
+                self._has_pending = trio.Event()
+                if self._send_every is None:
+                    await self._has_pending.wait()
+                else:
+                    with trio.move_on_after(self._send_every):
+                        await self._has_pending.wait()
+                if not self._pending:
+                    await self._send_now(self._writer.heartbeat())
+                    continue
+            data = bytes(self._pending)
+            self._pending.clear()
+            await self._send_now(data)
+            if not self._pending:
+                self._flushed.set()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self._stream.aclose()

@@ -1,0 +1,152 @@
+"""The sequencer: chat messages from the bus and from this node delivered in commit order,
+once each, gaps closed by the bus within `gap_wait` or else from the store. Time is
+trio's MockClock: the waits are exact and nothing sleeps."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from chatd.cluster.sequencer import Sequencer
+
+
+class Store:
+    """The committed messages, as the store would return them; can be made to fail."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        self.reads: list[tuple[int, int]] = []
+        self.fail = 0
+
+    async def fill(self, after: int, upto: int) -> list[tuple[int, str]]:
+        self.reads.append((after, upto))
+        await trio.sleep(0.001)
+        if self.fail:
+            self.fail -= 1
+            raise OSError("store away")
+        return [(i, f"m{i}") for i in self.ids if after < i <= upto]
+
+
+async def test_in_order_messages_pass_at_once_and_duplicates_are_dropped() -> None:
+    got: list[str] = []
+    seq: Sequencer[str] = Sequencer(got.append, Store([]).fill)
+    seq.start_at(10)
+    seq.offer(9, 8, "old")  # committed before this node started
+    seq.offer(11, 10, "a")
+    seq.offer(12, 11, "b")
+    seq.offer(12, 11, "b again")
+    seq.offer(15, 12, "c")  # ids 13 and 14 were rolled back: the chain has no gap
+    assert got == ["a", "b", "c"]
+    assert seq.last == 15 and seq.held == 0
+
+
+async def test_a_message_waits_for_the_one_before_it_and_the_bus_brings_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: list[str] = []
+    store = Store([11, 12, 13])
+    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(13, 12, "c")
+        seq.offer(12, 11, "b")
+        assert got == [] and seq.held == 2
+        await trio.sleep(0.01)
+        seq.offer(11, 10, "a")
+        assert got == ["a", "b", "c"] and seq.held == 0
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert store.reads == []  # closed by the bus: no store read
+
+
+async def test_a_gap_the_bus_does_not_close_is_read_from_the_store_after_gap_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: list[str] = []
+    store = Store([11, 12, 14, 15])  # 13 rolled back; 11, 12 published by a node that died
+    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(14, 12, "bus 14")
+        seq.offer(15, 14, "bus 15")
+        await trio.sleep(0.049)
+        assert got == []
+        await trio.sleep(0.01)
+        assert got == ["m11", "m12", "bus 14", "bus 15"]
+        assert store.reads == [(10, 12)]
+        # Late copies of what the store gave are dropped.
+        seq.offer(12, 11, "late 12")
+        assert got[-1] == "bus 15"
+        nursery.cancel_scope.cancel()
+    assert seq.filled == 2 and seq.gaps == 1
+
+
+async def test_catch_up_reads_what_was_committed_while_the_bus_was_away(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: list[str] = []
+    store = Store([11, 12, 13])
+    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.catch_up(13)
+        await trio.sleep(0.1)
+        assert got == ["m11", "m12", "m13"]
+        # A heartbeat saying what we have: nothing to read.
+        seq.catch_up(13)
+        await trio.sleep(0.1)
+        assert store.reads == [(10, 13)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_catch_up_needs_no_read_when_the_bus_brings_them_in_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: list[str] = []
+    store = Store([11])
+    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.catch_up(11)  # another node's heartbeat, ahead of its publication
+        await trio.sleep(0.01)
+        seq.offer(11, 10, "bus 11")
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert got == ["bus 11"] and store.reads == []
+
+
+async def test_a_store_that_fails_is_read_again_and_nothing_passes_the_gap_meanwhile(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: list[str] = []
+    store = Store([11, 12])
+    store.fail = 2
+    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05, retry_wait=1.0)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(12, 11, "bus 12")
+        await trio.sleep(1.5)
+        assert got == []  # 11 unknown yet: 12 must not pass it
+        await trio.sleep(2)
+        assert got == ["m11", "bus 12"]
+        nursery.cancel_scope.cancel()
+    assert len(store.reads) == 3
+
+
+async def test_a_failing_delivery_does_not_stop_the_order() -> None:
+    got: list[str] = []
+
+    def deliver(item: str) -> None:
+        if item == "bad":
+            raise RuntimeError("a session's bug")
+        got.append(item)
+
+    seq: Sequencer[str] = Sequencer(deliver, Store([]).fill)
+    seq.offer(1, 0, "bad")
+    seq.offer(2, 1, "good")
+    assert got == ["good"] and seq.last == 2
