@@ -147,6 +147,10 @@ class RawStomp:
         return headers
 
 
+class _Exited(RuntimeError):
+    """The node exited while starting."""
+
+
 def _end(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
     """Signals the process group `proc` leads; SIGKILL if it has not ended after `timeout`."""
     with contextlib.suppress(ProcessLookupError):
@@ -303,12 +307,29 @@ class RabbitInstance:
             return repr(exc)
         return None
 
-    def start(self, timeout: float | None = None) -> None:
+    def start(self, timeout: float | None = None, attempts: int = 3) -> None:
         """Starts the node on its ports and data; returns once STOMP answers CONNECT.
-        RuntimeError (with the logs' tails) if it exits or does not answer in time."""
+        A node that exits while starting is started again, up to `attempts` times: on this
+        busy machine another process's connection may hold one of its ports for a moment
+        (seen once with the distribution port, right after kill()). RuntimeError (with the
+        logs' tails) when it keeps exiting or does not answer in time."""
         if self.running:
             raise RuntimeError("already running")
         deadline = time.monotonic() + (timeout or self.START_TIMEOUT)
+        for attempt in range(attempts):
+            # Nobody else needs the distribution port (the CLI asks epmd for it): a new one
+            # each time.
+            self.dist_port = free_port()
+            while self.dist_port in (self.amqp_port, self.stomp_port, self.epmd_port):
+                self.dist_port = free_port()
+            try:
+                self._start_once(deadline)
+                return
+            except _Exited:
+                if attempt == attempts - 1 or time.monotonic() > deadline:
+                    raise
+
+    def _start_once(self, deadline: float) -> None:
         self._write_config()
         self._start_epmd(deadline)
         with open(self.root / "server.out", "ab") as out:
@@ -320,7 +341,7 @@ class RabbitInstance:
         server = self._server
         while (why := self._answers()) is not None:
             try:
-                code = server.wait(timeout=0.1)
+                code = server.wait(timeout=0.2)
             except subprocess.TimeoutExpired:
                 if time.monotonic() > deadline:
                     self.kill()
@@ -329,7 +350,8 @@ class RabbitInstance:
                     ) from None
             else:
                 self._server = None
-                raise RuntimeError(f"rabbitmq-server exited with {code}\n{self.log_tail()}")
+                self._wait_gone(keep_epmd=True)
+                raise _Exited(f"rabbitmq-server exited with {code}\n{self.log_tail()}")
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stops the node (SIGTERM: RabbitMQ's orderly shutdown) and its epmd, and waits
