@@ -327,6 +327,7 @@ def chatd_command(
 BENCH_LIMITS: list[tuple[str, str, Any]] = [
     ("server", "max_connections", 0),
     ("server", "max_connections_per_address", 0),
+    ("server", "max_unauthenticated_per_address", 0),
     ("chat", "outbox_bytes", 256 * 1024 * 1024),
 ]
 

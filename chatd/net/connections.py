@@ -6,6 +6,16 @@ WebSocket and TCP listeners; not the private metrics listener), and
 which is what one host or home network is given: counting single IPv6 addresses would
 let one host take as many as it likes.
 
+`max_unauthenticated_per_address` bounds, per client address, the connections that have
+not yet said who they are: from accept until the request head is read (HTTP, /chat) and,
+on STOMP (/ws, the STOMP WebSocket and TCP listeners), until the login is accepted. Such a
+connection costs nothing to open and can be held idle for the whole head or CONNECT
+timeout; without this bound a few dozen addresses fill `max_connections` (and STOMP's
+`max_unauthenticated_connections`) with idle sockets, and nobody else can log in. Each
+phase counts its own wait: the seat until the head (`arrived`), then a STOMP transport's
+`LoginWait` until the login; the hand-over is synchronous, so the count never drops in
+between.
+
 Behind a reverse proxy every connection comes from the proxy. A connection from an
 address in `[http] trusted_proxies` is counted against the client address the proxies
 forwarded (`X-Forwarded-For`, the right-most address that is not itself a trusted proxy),
@@ -37,6 +47,7 @@ MAX_DRAIN_BYTES = 1 << 20
 # Why a connection was refused, as the client is told.
 SERVER_FULL = "the server has too many connections; try again later"
 ADDRESS_FULL = "too many connections from your address; try again later"
+WAITING_FULL = "too many connections from your address not yet logged in; try again later"
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -95,12 +106,30 @@ def peer_address(stream: trio.SocketStream) -> str:
 class Seat:
     """One connection's place in the counts, from accept to close."""
 
-    __slots__ = ("key", "trusted", "refused")
+    __slots__ = ("key", "trusted", "refused", "waiting")
 
     def __init__(self, key: str | None, trusted: bool, refused: str | None) -> None:
         self.key = key  # the address it counts against; None: the total only
         self.trusted = trusted  # it comes from a trusted proxy
         self.refused = refused  # why it is refused (what the client is told), or None
+        self.waiting = False  # counted among its address's connections not yet logged in
+
+
+class LoginWait:
+    """A STOMP connection counted among its address's connections not yet logged in,
+    until `done` (the login is accepted, or the connection ends)."""
+
+    __slots__ = ("_connections", "_key")
+
+    def __init__(self, connections: Connections, key: str) -> None:
+        self._connections = connections
+        self._key = key
+
+    def done(self) -> None:
+        """Idempotent."""
+        if self._key:
+            self._connections._unwait(self._key)
+            self._key = ""
 
 
 class Connections:
@@ -112,16 +141,23 @@ class Connections:
         self.refused = 0  # connections refused since start
         self.max_total = 0
         self.max_per_address = 0
+        self.max_waiting = 0  # per address, not yet logged in
         self._per_address: dict[str, int] = {}
+        self._waiting: dict[str, int] = {}
         self._trusted_exact: frozenset[str] = frozenset()
         self._trusted_networks: tuple[_Network, ...] = ()
 
     def configure(
-        self, max_total: int, max_per_address: int, trusted_proxies: Sequence[str]
+        self,
+        max_total: int,
+        max_per_address: int,
+        trusted_proxies: Sequence[str],
+        max_unauthenticated_per_address: int = 0,
     ) -> None:
         """Set the limits (at start and on reload; connections already open stay)."""
         self.max_total = max_total
         self.max_per_address = max_per_address
+        self.max_waiting = max_unauthenticated_per_address
         networks = parse_networks(trusted_proxies)
         # Single addresses are looked up as the kernel writes them, without parsing.
         self._trusted_exact = frozenset(
@@ -148,19 +184,59 @@ class Connections:
         if self.max_total and self.open >= self.max_total:
             return self._refuse(SERVER_FULL)
         trusted = self.trusts(peer)
-        key = None if trusted or not self.max_per_address else address_key(peer)
-        if key is not None:
-            count = self._per_address.get(key, 0)
-            if count >= self.max_per_address:
-                return self._refuse(ADDRESS_FULL)
-            self._per_address[key] = count + 1
+        if trusted or not (self.max_per_address or self.max_waiting):
+            self.open += 1
+            return Seat(None, trusted, None)
+        key = address_key(peer)
+        count = self._per_address.get(key, 0)
+        if self.max_per_address and count >= self.max_per_address:
+            return self._refuse(ADDRESS_FULL)
+        waiting = self._waiting.get(key, 0)
+        if self.max_waiting and waiting >= self.max_waiting:
+            return self._refuse(WAITING_FULL)
+        self._per_address[key] = count + 1
         self.open += 1
-        return Seat(key, trusted, None)
+        seat = Seat(key, False, None)
+        if self.max_waiting:
+            self._waiting[key] = waiting + 1
+            seat.waiting = True
+        return seat
+
+    def arrived(self, seat: Seat) -> None:
+        """The connection sent its request head (or, on STOMP over TCP, its session
+        starts): it no longer counts as waiting on its seat."""
+        if seat.waiting:
+            seat.waiting = False
+            self._unwait(seat.key)  # type: ignore[arg-type]
+
+    def login_wait(self, peer: str, client: str) -> LoginWait | None | str:
+        """Count a STOMP connection from `peer` (for the logs `client`, see
+        client_address) among its address's connections not yet logged in. Returns the
+        wait to end at login; None when it is not counted (no limit, or a trusted proxy's
+        own connection with no client named); the refusal when the address is full."""
+        if not self.max_waiting or (client == peer and self.trusts(peer)):
+            return None
+        key = address_key(client)
+        waiting = self._waiting.get(key, 0)
+        if waiting >= self.max_waiting:
+            self.refused += 1
+            return WAITING_FULL
+        self._waiting[key] = waiting + 1
+        return LoginWait(self, key)
+
+    def _unwait(self, key: str) -> None:
+        count = self._waiting[key] - 1
+        if count:
+            self._waiting[key] = count
+        else:
+            del self._waiting[key]
 
     def forwarded(self, seat: Seat, chain: Sequence[str]) -> str | None:
         """For a connection from a trusted proxy: count it against the client address
         `chain` (the X-Forwarded-For entries, oldest first) names. Returns why it is
-        refused when that address is at its limit (the seat is then a refused one)."""
+        refused when that address is at its limit (the seat is then a refused one). Its
+        head is read: it does not count as waiting (a STOMP login wait is counted by
+        `login_wait`, against the same client)."""
         if not seat.trusted or seat.key is not None or seat.refused or not self.max_per_address:
             return None
         client = self._forwarded_client(chain)
@@ -202,6 +278,9 @@ class Connections:
             return
         self.open -= 1
         key = seat.key
+        if seat.waiting:
+            seat.waiting = False
+            self._unwait(key)  # type: ignore[arg-type]
         if key is not None:
             count = self._per_address[key] - 1
             if count:
@@ -212,6 +291,10 @@ class Connections:
     def count_of(self, address: str) -> int:
         """Connections open from `address` (by its key)."""
         return self._per_address.get(address_key(address), 0)
+
+    def waiting_of(self, address: str) -> int:
+        """Connections from `address` (by its key) not yet logged in."""
+        return self._waiting.get(address_key(address), 0)
 
     def _refuse(self, why: str) -> Seat | None:
         self.refused += 1
@@ -283,6 +366,9 @@ async def serve_counted(
         if seat.refused:
             await close_with(stream, refusal(seat.refused))
         else:
+            # A handler whose protocol has a login counts its own wait for it
+            # (Connections.login_wait), taking over from the seat before any await.
+            connections.arrived(seat)
             await handler(stream)
     finally:
         connections.leave(seat)

@@ -89,6 +89,11 @@ def busy_answer(head: bytes, why: str) -> bytes:
     if is_upgrade(head):
         with contextlib.suppress(ws.HandshakeError):
             request = ws.parse_request(head)
+    return busy_close(request, why)
+
+
+def busy_close(request: ws.Request | None, why: str) -> bytes:
+    """busy_answer for a request already parsed (None: not a good WebSocket handshake)."""
     if request is None:
         return ws.reject_response(503, error_body("too_many_connections", why))
     # A browser that offered subprotocols fails a handshake that picks none before it
@@ -120,6 +125,10 @@ async def serve_connection(
         if not head:
             await stream.aclose()
             return
+        if seat is not None and connections is not None:
+            # It said what it wants: no longer waiting; a STOMP route counts its own wait
+            # for the login from here (chatd.stomp.transports), with no await between.
+            connections.arrived(seat)
         if seat is not None and seat.trusted and connections and connections.max_per_address:
             refused = connections.forwarded(seat, forwarded_for(head))
         if refused:

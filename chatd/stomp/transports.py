@@ -10,15 +10,15 @@ import trio
 
 from chatd.auth import origin_allowed
 from chatd.net import websocket as ws
-from chatd.net.connections import close_with, peer_address, serve_counted
-from chatd.net.handshake import WsRoutes, refuse, serve_connection
+from chatd.net.connections import LoginWait, close_with, peer_address, serve_counted
+from chatd.net.handshake import WsRoutes, busy_close, refuse, serve_connection
 from chatd.net.wire import Disconnected as WireClosed
 from chatd.net.wire import WireWriter
 from chatd.net.ws_transport import Upgrade, WebSocketTransport
 from chatd.ops import logs
 from chatd.state import ServerState
 from chatd.stomp import SUBPROTOCOLS, V10, Frame, FrameWriter
-from chatd.stomp.session import StompSession, StompTransport
+from chatd.stomp.session import StompSession
 
 log = logging.getLogger("chatd.stomp")
 
@@ -36,12 +36,14 @@ def choose_subprotocol(offered: list[str]) -> str | None:
 
 
 class TcpTransport:
-    __slots__ = ("stream", "out")
+    __slots__ = ("stream", "out", "wait")
     framing = "raw"
 
     def __init__(self, stream: trio.SocketStream, limit: int, max_bytes: int | None = None) -> None:
         self.stream = stream
         self.out = WireWriter(limit, stream, stream.socket.fileno(), max_bytes)
+        # Counted among its address's connections not yet logged in, until the login.
+        self.wait: LoginWait | None = None
 
     def wire(self, frame: bytes, utf8: bool = False) -> bytes:
         return frame
@@ -58,7 +60,8 @@ class TcpTransport:
         await close_with(self.stream, drain=drain)
 
     def logged_in(self, max_frame_bytes: int) -> None:
-        pass  # the frame reader alone bounds what a TCP peer sends
+        # The frame reader alone bounds what a TCP peer sends.
+        _end_wait(self)
 
 
 class StompWebSocketTransport(WebSocketTransport):
@@ -69,10 +72,18 @@ class StompWebSocketTransport(WebSocketTransport):
     The WebSocket parser buffers a whole message before STOMP sees any of it, so until
     the login is accepted its limit is the small pre-login one too."""
 
-    __slots__ = ()
+    __slots__ = ("wait",)
+
+    def __init__(
+        self, stream: trio.SocketStream, parser: ws.FrameParser, limit: int, max_bytes: int
+    ) -> None:
+        super().__init__(stream, parser, limit, max_bytes)
+        # Counted among its address's connections not yet logged in, until the login.
+        self.wait: LoginWait | None = None
 
     def logged_in(self, max_frame_bytes: int) -> None:
         self.parser.max_message = max_frame_bytes + _MESSAGE_SLACK
+        _end_wait(self)
 
     async def receive(self) -> bytes | None:
         data = await super().receive()
@@ -82,8 +93,14 @@ class StompWebSocketTransport(WebSocketTransport):
         return b"".join([data, *more]) if more else data
 
 
+def _end_wait(transport: TcpTransport | StompWebSocketTransport) -> None:
+    if transport.wait is not None:
+        transport.wait.done()
+        transport.wait = None
+
+
 async def run_session(
-    state: ServerState, kind: str, transport: StompTransport, client: str
+    state: ServerState, kind: str, transport: TcpTransport | StompWebSocketTransport, client: str
 ) -> None:
     """Never raises: one connection's failure stays with that connection. `client`: who
     it is for the logs (chatd.net.connections.Connections.client_address)."""
@@ -96,6 +113,7 @@ async def run_session(
     except Exception:
         log.exception("stomp %s session failed", kind)
     finally:
+        _end_wait(transport)
         logs.connection_closed(
             "STOMP",
             kind,
@@ -111,29 +129,43 @@ async def serve_stomp_ws(state: ServerState, stream: trio.SocketStream, upgrade:
     chatd.net.handshake)."""
     request, leftover = upgrade.take()
     chain = request.headers.get("x-forwarded-for", "").split(",")
-    client = state.connections.client_address(peer_address(stream), chain)
-    status, body = _check_request(state, request)
-    if status:
-        if status == 403:
-            why = f"origin {request.headers.get('origin')!r} not allowed"
-            logs.refused("/ws", why, client)
-        await refuse(stream, status, body)
+    peer = peer_address(stream)
+    client = state.connections.client_address(peer, chain)
+    # Taken over from the connection's seat before any await (chatd.net.connections).
+    wait = state.connections.login_wait(peer, client)
+    if isinstance(wait, str):
+        logs.refused("/ws", wait, client)
+        await close_with(stream, busy_close(request, wait))
         return
     try:
-        proto = choose_subprotocol(list(request.subprotocols))
-        await stream.send_all(ws.accept_response(request.key, proto))
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.aclose()
-        return
-    cfg = state.cfg.stomp
-    parser = ws.FrameParser(min(cfg.max_connect_frame_bytes, cfg.max_frame_bytes) + _MESSAGE_SLACK)
-    parser.receive_data(leftover)
-    # This frame waits here for the connection's whole life: keep only what it needs.
-    del request, leftover, chain, status, body
-    chat = state.cfg.chat
-    transport = StompWebSocketTransport(stream, parser, chat.outbox_messages, chat.outbox_bytes)
-    del parser, cfg, chat
-    await run_session(state, "websocket", transport, client)
+        status, body = _check_request(state, request)
+        if status:
+            if status == 403:
+                why = f"origin {request.headers.get('origin')!r} not allowed"
+                logs.refused("/ws", why, client)
+            await refuse(stream, status, body)
+            return
+        try:
+            proto = choose_subprotocol(list(request.subprotocols))
+            await stream.send_all(ws.accept_response(request.key, proto))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.aclose()
+            return
+        cfg = state.cfg.stomp
+        parser = ws.FrameParser(
+            min(cfg.max_connect_frame_bytes, cfg.max_frame_bytes) + _MESSAGE_SLACK
+        )
+        parser.receive_data(leftover)
+        # This frame waits here for the connection's whole life: keep only what it needs.
+        del request, leftover, chain, status, body
+        chat = state.cfg.chat
+        transport = StompWebSocketTransport(stream, parser, chat.outbox_messages, chat.outbox_bytes)
+        transport.wait, wait = wait, None  # the transport ends it at login
+        del parser, cfg, chat
+        await run_session(state, "websocket", transport, client)
+    finally:
+        if wait is not None:
+            wait.done()
 
 
 def _check_request(state: ServerState, request: ws.Request) -> tuple[int, bytes]:
@@ -151,9 +183,16 @@ async def _handle_tcp(state: ServerState, stream: trio.SocketStream) -> None:
     if state.closing.is_set():
         await stream.aclose()
         return
+    peer = peer_address(stream)
+    # Taken over from the connection's seat (serve_counted) before any await.
+    wait = state.connections.login_wait(peer, peer)
+    if isinstance(wait, str):
+        await close_with(stream, _refused_tcp(wait))
+        return
     chat = state.cfg.chat
     transport = TcpTransport(stream, chat.outbox_messages, chat.outbox_bytes)
-    await run_session(state, "tcp", transport, peer_address(stream))
+    transport.wait = wait
+    await run_session(state, "tcp", transport, peer)
 
 
 def _refused_tcp(why: str) -> bytes:
