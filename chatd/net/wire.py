@@ -77,26 +77,39 @@ def _unfinished(frames: list[bytes], rest: int) -> int:
     return count
 
 
+class _Block:
+    """A busy socket's corked block: its frames, what they weigh, and what the queue could
+    still take when the block began (nothing in a block awaits, so the queue does not
+    change until it ends). Made per block for busy sockets only: an idle one's block is a
+    plain list (`WireWriter._cork`), and most are idle."""
+
+    __slots__ = ("frames", "size", "room", "room_bytes")
+
+    def __init__(self, frames: list[bytes], size: int, room: int, room_bytes: int) -> None:
+        self.frames = frames
+        self.size = size
+        self.room = room
+        self.room_bytes = room_bytes
+
+
 class WireWriter:
     """One connection's way out, bounded in frames (`limit`) and in bytes (`max_bytes`:
-    what is queued plus the batch being sent), however the frames are batched."""
+    what is queued plus the batch being sent), however the frames are batched.
+
+    Ten thousand of these are alive at once, so the state is lean: the bounds are the
+    outbox's, a corked block is a list (idle socket) or a `_Block` (busy one), and `run`
+    cancels through the scope it is run in rather than a scope of its own."""
 
     __slots__ = (
         "_outbox",
-        "_limit",
-        "_max_bytes",
         "_stream",
         "_fd",
         "_sending",
         "_head_partial",
         "_scope",
         "_cork",
-        "_cork_bytes",
         "_check_at",
-        "_room",
-        "_room_bytes",
-        "_direct",
-        "writes",
+        "_block",
         "written",
         "broken",
     )
@@ -109,28 +122,27 @@ class WireWriter:
         max_bytes: int | None = None,
     ) -> None:
         self._outbox: Outbox[bytes] = Outbox(limit, max_bytes)
-        self._limit = limit
-        self._max_bytes = 1 << 62 if max_bytes is None else max_bytes
         self._stream = stream
         self._fd = fd
         self._sending = False
         self._head_partial = False  # the first queued item is the rest of a begun frame
-        self._scope = trio.CancelScope()
-        self._cork: list[bytes] | None = None  # frames held by `corked()`
-        self._cork_bytes = 0  # what the held frames weigh (kept for a busy socket only)
-        self._check_at = 0  # an idle socket's held frames are weighed at this many
-        self._room = self._room_bytes = 0  # what a busy socket's block may still take
-        self._direct = False  # the held frames go straight to an idle socket
-        self.writes = 0  # bumped on every write; heart-beats watch it
+        # What `run` runs in (or, before it runs, what an `abort` left for it to take on).
+        self._scope: trio.CancelScope | None = None
+        # An idle socket's frames held by `corked()`: they go straight to the socket at
+        # the end of the block. Weighed when there are `_check_at` of them (`_check_held`).
+        self._cork: list[bytes] | None = None
+        self._check_at = min(limit, _CHECK_EVERY)
+        self._block: _Block | None = None  # a busy socket's frames held by `corked()`
         # Bytes the socket has taken, ever: with `unwritten`, a producer can tell when a
-        # frame it offered has left (the general broker settles auto-ack deliveries so).
+        # frame it offered has left (the general broker settles auto-ack deliveries so),
+        # and heart-beats see whether anything was written.
         self.written = 0
         self.broken = False
 
     def offer(self, data: bytes) -> bool:
         """Queue (or write at once) `data`; False when the queue is full."""
         cork = self._cork
-        if cork is not None and self._direct:
+        if cork is not None:
             # The fan-out path (a corked block to an idle socket), without a call: most
             # deliveries take it. A block is set only inside `corked()`, and dropped when
             # the writer closes or breaks.
@@ -161,7 +173,6 @@ class WireWriter:
         except OSError:
             self._broke()
             return
-        self.writes += 1
         self.written += n
         if n == len(data):
             return
@@ -170,55 +181,56 @@ class WireWriter:
         self._outbox.add(rest, len(rest), 1 if frames is None else _unfinished(frames, len(rest)))
 
     def _broke(self) -> None:
-        # Reset or broken pipe: the reader will see the end; stop writing.
+        # Reset or broken pipe: the reader will see the end; stop writing. Only an idle
+        # socket is written directly, so nothing is queued, and closing the outbox wakes
+        # the writer, which then returns.
         self.broken = True
-        self._cork = None
+        self._drop_held()
         self._outbox.close()
-        self._scope.cancel()
+
+    def _drop_held(self) -> None:
+        self._cork = None
+        self._block = None
+        self._check_at = min(self._outbox.limit, _CHECK_EVERY)
 
     def _hold(self, data: bytes) -> bool:
-        cork = self._cork
-        if cork is None:
-            # Frames for an idle socket would have been written at once: only a busy
-            # one's queue counts against the bounds, as it would have without the cork.
-            # Nothing in a corked block awaits, so a socket idle now stays idle until the
-            # block ends, or until the held frames reach a bound and are written early.
-            outbox = self._outbox
-            direct = not outbox.items and not self._sending and self._fd is not None
-            size = len(data)
-            if not direct:
-                if not outbox.fits(1, size):
-                    return False
-                # What the rest of the block may take, read once: nothing in a corked
-                # block awaits, so the queue does not change until it ends.
-                self._room = outbox.slots
-                self._room_bytes = outbox.room
-            self._cork = [data]
-            self._cork_bytes = size
-            self._direct = direct
-            self._check_at = min(self._limit, _CHECK_EVERY)
-            assert _held is not None
-            _held.append(self)
+        block = self._block
+        if block is not None:
+            # A busy socket (an idle one's frames are taken in `offer`): what is queued
+            # and what is held together stay within the bounds, frame by frame, though
+            # the block goes into the queue as one item.
+            frames = block.frames
+            size = block.size + len(data)
+            if len(frames) >= block.room or size > block.room_bytes:
+                return False
+            frames.append(data)
+            block.size = size
             return True
-        cork.append(data)
-        # A busy socket (an idle one's frames are taken in `offer`): what is queued and
-        # what is held together stay within the bounds, frame by frame, though the block
-        # goes into the queue as one item.
-        size = self._cork_bytes + len(data)
-        if len(cork) > self._room or size > self._room_bytes:
-            cork.pop()
+        # The block's first frame for this connection. Frames for an idle socket would
+        # have been written at once: only a busy one's queue counts against the bounds,
+        # as it would have without the cork. Nothing in a corked block awaits, so a socket
+        # idle now stays idle until the block ends, or until the held frames reach a
+        # bound and are written early.
+        outbox = self._outbox
+        if not outbox.items and not self._sending and self._fd is not None:
+            self._cork = [data]
+        elif outbox.fits(1, len(data)):
+            self._block = _Block([data], len(data), outbox.slots, outbox.room)
+        else:
             return False
-        self._cork_bytes = size
+        assert _held is not None
+        _held.append(self)
         return True
 
     def _check_held(self) -> None:
         """An idle socket's block has grown: written early once it reaches a bound."""
         cork = self._cork
         assert cork is not None
-        if len(cork) >= self._limit or sum(map(len, cork)) >= self._max_bytes:
+        outbox = self._outbox
+        if len(cork) >= outbox.limit or sum(map(len, cork)) >= outbox.max_bytes:
             self._flush_held()
         else:
-            self._check_at = min(self._limit, len(cork) + _CHECK_EVERY)
+            self._check_at = min(outbox.limit, len(cork) + _CHECK_EVERY)
 
     def _flush_held(self) -> None:
         """Write what an idle socket's block holds now: a block's frames never pile up
@@ -226,38 +238,44 @@ class WireWriter:
         of the block counts against the bounds as any busy socket's would."""
         cork = self._cork
         assert cork is not None
-        self._cork = []
-        self._cork_bytes = 0
-        self._check_at = min(self._limit, _CHECK_EVERY)
-        self._write(b"".join(cork), cork)
         outbox = self._outbox
-        if outbox.items:
-            self._direct = False
-            self._room = outbox.slots
-            self._room_bytes = outbox.room
+        self._cork = []
+        self._check_at = min(outbox.limit, _CHECK_EVERY)
+        self._write(b"".join(cork), cork)
+        if outbox.items and self._cork is not None:
+            # Busy now: the rest of the block is checked frame by frame. (`_cork` is
+            # None when the write broke the connection.)
+            self._cork = None
+            self._block = _Block([], 0, outbox.slots, outbox.room)
 
     def _uncork(self) -> None:
         cork = self._cork
-        if cork is None:
-            return
-        self._cork = None
-        if not cork:
-            return
-        data = cork[0] if len(cork) == 1 else b"".join(cork)
-        if self._direct:
+        if cork is not None:
             # Idle when the block began, and nothing in a block awaits: no need to look
             # at the outbox again (per connection, on the fan-out path).
-            self._write(data, cork)
-        else:
-            # One item however many frames; they were counted against the bounds one by
-            # one in `_hold`.
-            self._outbox.add(data, self._cork_bytes, len(cork))
+            self._cork = None
+            n = len(cork)
+            if n >= _CHECK_EVERY:
+                self._check_at = min(self._outbox.limit, _CHECK_EVERY)
+            if n:
+                self._write(cork[0] if n == 1 else b"".join(cork), cork)
+            return
+        block = self._block
+        if block is not None:
+            self._block = None
+            frames = block.frames
+            if frames:
+                # One item however many frames; they were counted against the bounds one
+                # by one in `_hold`.
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+                self._outbox.add(data, block.size, len(frames))
 
     def _space_bounds(self, size: int) -> tuple[int, int]:
         # Below half the queue in frames and in bytes, and room beside what is held for
         # `size` more bytes (a frame over the byte bound only into an empty queue).
-        max_bytes = self._max_bytes
-        return max(1, self._limit // 2), min(max_bytes // 2, max(1, max_bytes - size + 1))
+        outbox = self._outbox
+        max_bytes = outbox.max_bytes
+        return max(1, outbox.limit // 2), min(max_bytes // 2, max(1, max_bytes - size + 1))
 
     async def wait_space(self, size: int = 0) -> None:
         """For producers that can wait (a replay of history, a queue's backlog): keep half
@@ -276,8 +294,9 @@ class WireWriter:
         """Bytes offered and not yet taken by the socket: queued, being sent, or held by
         `corked()`. A frame offered now has left once `written` reaches `written +
         unwritten` read just after the offer."""
-        cork = self._cork
-        return self._outbox.weight + (sum(map(len, cork)) if cork else 0)
+        cork, block = self._cork, self._block
+        held = sum(map(len, cork)) if cork else 0 if block is None else block.size
+        return self._outbox.weight + held
 
     def close_soon(self) -> None:
         """Write what is queued, then let `run` return."""
@@ -287,28 +306,49 @@ class WireWriter:
     def abort(self, final: bytes = b"", grace: float = 5.0) -> None:
         """Drop the queued frames (but not the rest of one already begun), queue `final`,
         and give the writer `grace` seconds to get it out before it stops regardless."""
-        self._cork = None
+        self._drop_held()
+        scope = self._scope
+        if scope is None:
+            # `run` has not started: it takes this deadline (or cancel) on.
+            scope = self._scope = trio.CancelScope()
         if self._outbox.closed and not final:
-            self._scope.cancel()
+            scope.cancel()
             return
         self._outbox.drop_queued(keep_first=self._head_partial)
         if final:
             # Past the bounds if need be: the close frame or ERROR is what the peer reads.
             self._outbox.add(final, len(final), 1)
         self._outbox.close()
-        self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace)
+        scope.deadline = min(scope.deadline, trio.current_time() + grace)
 
     @property
     def closing(self) -> bool:
         return self._outbox.closed
 
-    async def run(self) -> None:
+    async def run(self, scope: trio.CancelScope | None = None) -> None:
+        """Send what is queued until the outbox is closed and empty. `scope`: the cancel
+        scope this is awaited in, directly; `abort` cancels it, or gives it a deadline,
+        to stop the writer (and so whatever else the scope holds: a session's nursery
+        ends with its writer anyway). Without one, the writer runs in a scope of its own."""
+        if scope is None:
+            with trio.CancelScope() as own:
+                await self.run(own)
+            return
+        pending = self._scope
+        self._scope = scope
+        if pending is not None:  # an abort came before
+            scope.deadline = min(scope.deadline, pending.deadline)
+            if pending.cancel_called:
+                scope.cancel()
         outbox = self._outbox
-        with self._scope:
+        try:
             while True:
-                batch = await outbox.get_batch()
-                if not batch:
-                    return
+                if not outbox.items:
+                    if outbox.closed:
+                        return
+                    await outbox.wait_items()
+                    continue
+                batch = outbox.take()
                 data = batch[0] if len(batch) == 1 else b"".join(batch)
                 # Only the joined bytes stay alive while the socket takes them, and they
                 # count against the byte bound until it has.
@@ -325,4 +365,5 @@ class WireWriter:
                     self._sending = False
                     outbox.sent(len(data))
                 del data
-                self.writes += 1
+        finally:
+            self._scope = None  # a later abort is for a later `run`

@@ -132,7 +132,8 @@ class ChatConnection:
             if since is not None:
                 self._held = []
                 nursery.start_soon(self._replay_then_live, since)
-            await self.ws.out.run()
+            # The writer stops through the nursery's scope: the connection ends with it.
+            await self.ws.out.run(nursery.cancel_scope)
             nursery.cancel_scope.cancel()
 
     async def _replay_then_live(self, since: int) -> None:
@@ -303,7 +304,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
             await refuse(CLOSE_TICKET_MISSING, "since must be a non-negative integer")
             return
     try:
-        identity = state.tickets.claim(ticket)
+        identity = await state.tickets.claim_async(ticket)
     except TicketError as exc:
         state.metrics.tickets_rejected[exc.reason] += 1
         await refuse(CLOSE_TICKET_INVALID, f"ticket {exc.reason}")
