@@ -1,5 +1,5 @@
-"""`chatd serve | token | check-config`, `chatd --version`, and the operator's commands
-(`rooms`, `users`, `history`, `backup`: chatd.admin_cli)."""
+"""`chatd serve | token | check-config | migrate-store`, `chatd --version`, and the
+operator's commands (`rooms`, `users`, `history`, `backup`: chatd.admin_cli)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from chatd import admin_cli
 from chatd import config as config_mod
 from chatd.ops import logs, sdnotify
+
+if TYPE_CHECKING:
+    from chatd.store.migrate import MigrateResult
 
 log = logging.getLogger("chatd")
 
@@ -64,7 +70,45 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate and print the effective config")
     _config_arg(check)
     admin_cli.add_commands(sub, _config_arg)
+    _add_migrate_store(sub)
     return parser
+
+
+_MIGRATE_HELP = """\
+Copy this node's SQLite database (the config's [store] path, or --from) into an empty
+PostgreSQL database, for cluster mode: rooms, members, invites, messages with their
+ids, edits and deletions, read marks and revocations. New ids continue after the old
+ones. All in one transaction: on any error nothing is written. A database that holds
+chatd data already is refused.
+
+Stop the node first. The copy reads one consistent snapshot, so a running node does
+no harm (a rehearsal, or --dry-run, may run beside it), but what it accepts after the
+snapshot is not copied: the command warns when the file changed meanwhile.
+
+Keep the password out of --to (other users of the machine see a command line): give it
+in $PGPASSWORD or ~/.pgpass. It is never printed."""
+
+
+def _add_migrate_store(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "migrate-store",
+        help="copy this node's SQLite data into PostgreSQL (stop the node first)",
+        description=_MIGRATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--from", dest="source", type=Path, metavar="PATH",
+        help="the SQLite database (default: the config's [store] path)",
+    )  # fmt: skip
+    p.add_argument(
+        "--to", dest="dsn", required=True, metavar="DSN",
+        help="the PostgreSQL database: a libpq connection string or postgresql:// URI",
+    )  # fmt: skip
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="copy everything, then roll back: checks and times the move, writes nothing",
+    )  # fmt: skip
 
 
 def _load(path: str | None) -> config_mod.Config:
@@ -86,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(cfg, args)
     if args.command in admin_cli.COMMANDS:
         return admin_cli.run(cfg, args)
+    if args.command == "migrate-store":
+        return _migrate_store(cfg, args)
     logs.setup(cfg.log.level, cfg.log.format)
     return trio.run(_serve_main, cfg, args.config)
 
@@ -112,6 +158,84 @@ def _token(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         return 1
     print(token)
     return 0
+
+
+def _migrate_store(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    try:
+        from chatd.store import migrate
+    except ImportError as exc:
+        print(f"chatd: migrate-store needs psycopg ({exc}): pip install 'chatd[cluster]'",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    from chatd.auth import secret_path_for
+    from chatd.stomp.logins import stomp_key_path
+
+    source = args.source or config_mod.resolve_store_path(cfg)
+    # The node's STOMP login key, kept under this name in a cluster's database
+    # (chatd.server), so that logins the node issued stay valid.
+    key_file = stomp_key_path(source)
+    try:
+        shared = {"stomp-login-key": key_file.read_text(encoding="ascii").strip()}
+    except FileNotFoundError:
+        shared = {}
+    shown = [0.0]
+
+    def progress(table: str, done: int, total: int) -> None:
+        # Only on a terminal, at most every 2 s: a large file takes minutes.
+        now = time.monotonic()
+        if sys.stderr.isatty() and now - shown[0] >= 2:
+            shown[0] = now
+            print(f"chatd: {table}: {done:,} of {total:,}", file=sys.stderr)
+
+    try:
+        result = migrate.migrate_store(
+            source, args.dsn, secrets=shared, dry_run=args.dry_run, progress=progress
+        )
+    except migrate.MigrateError as exc:
+        print(f"chatd: migrate-store: {exc}", file=sys.stderr)
+        return 1
+    print(_migrate_summary(result))
+    if result.secrets_copied is not None and not shared:
+        print(f"no STOMP login key at {key_file}: logins the node issued will be refused"
+              " (clients fetch new ones from /chat-ws/connect)")  # fmt: skip
+    jwt_secret = secret_path_for(source)
+    if jwt_secret.is_file():
+        # The path, never the value.
+        print(
+            f"the node signed tokens with the secret in {jwt_secret}: give every node"
+            " [auth] jwt_secret with its content, or the tokens it issued are refused"
+        )
+    if result.source_changed:
+        print(
+            f"chatd: warning: {source} changed during the copy (is its node still "
+            "running?): what it wrote after the snapshot is not in PostgreSQL. Stop the "
+            "node, empty the target database and migrate again.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _migrate_summary(result: MigrateResult) -> str:
+    verb = "dry run, rolled back: would copy" if result.dry_run else "copied"
+    lines = [f"{verb} {result.source} into PostgreSQL {result.target} "
+             f"in {result.seconds:.2f} s"]  # fmt: skip
+    width = max(len(f"{n:,}") for n in result.counts.values())
+    for table, n in result.counts.items():
+        rate = f"  ({n / result.seconds:,.0f}/s)" if table == "messages" and n else ""
+        lines.append(f"  {table:<12} {n:>{width},}{rate}")
+    lines.append("next ids: " + ", ".join(f"{t} {i:,}" for t, i in result.next_ids.items()))
+    if result.last_message_ids_set is not None:
+        lines.append(f"rooms.last_message_id set for {result.last_message_ids_set} room(s)")
+    if result.message_clock is not None:
+        lines.append(f"message_clock at {result.message_clock:,}")
+    for name in result.secrets_copied or ():
+        lines.append(f"secret {name} copied")
+    for name in result.secrets_kept:
+        lines.append(f"secret {name}: the target's own kept (it had one already)")
+    if result.nul_replaced:
+        lines.append(f"{result.nul_replaced} row(s) had U+0000 in a text, which PostgreSQL "
+                     "cannot store: written as U+FFFD")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _settle_gc() -> None:
