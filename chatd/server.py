@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ from chatd.state import ServerState
 from chatd.stomp.logins import StompLogins, stomp_key_path
 from chatd.stomp.transports import serve_stomp_tcp, serve_stomp_websocket, serve_stomp_ws
 from chatd.store import Store, StoreAPI
+from chatd.store.errors import StoreError
 from chatd.ticketws.session import serve_chat
 
 log = logging.getLogger("chatd.server")
@@ -163,6 +165,18 @@ def make_authenticator(
     return Authenticator(cfg.auth, secret, jwks=jwks)
 
 
+def _stomp_login_key(cfg: Config, store: StoreAPI) -> str:
+    """The key that signs issued STOMP logins. On PostgreSQL it is kept in the database,
+    so every node of a cluster accepts the logins any of them issued; on SQLite in a
+    file beside the database."""
+    if cfg.store.backend == "postgresql":
+        from chatd.store.postgres import PgStore
+
+        assert isinstance(store, PgStore)
+        return store.shared_secret_sync("stomp-login-key", secrets.token_urlsafe(32))
+    return _server_secret(stomp_key_path(resolve_store_path(cfg)), "the STOMP login key")
+
+
 def _server_secret(path: Path, what: str) -> str:
     existed = path.exists()
     value = load_or_create_secret(path)
@@ -216,7 +230,10 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
 async def _sweep_tickets(state: ServerState) -> None:
     while True:
         await trio.sleep(TICKET_SWEEP_SECONDS)
-        state.tickets.sweep()
+        try:
+            await state.tickets.sweep_async()
+        except StoreError as exc:  # a cluster's tickets are in the store
+            log.warning("tickets: cannot sweep expired tickets: %s", exc)
 
 
 async def _keepalive(state: ServerState) -> None:
@@ -342,7 +359,7 @@ async def serve(
     try:
         state = ServerState.build(cfg, auth, store)
         state.stomp_logins = StompLogins(
-            _server_secret(stomp_key_path(resolve_store_path(cfg)), "the STOMP login key").encode(),
+            _stomp_login_key(cfg, store).encode(),
             cfg.stomp.login_ttl_seconds,
             revocations=state.revocations,
         )

@@ -21,7 +21,7 @@ from chatd.stomp.general_broker import GeneralBroker
 from chatd.stomp.heartbeats import Heartbeats
 from chatd.stomp.logins import StompLogins
 from chatd.store.api import StoreAPI
-from chatd.ticketws.tickets import TicketBook
+from chatd.ticketws.tickets import SharedTicketBook, TicketBook, TicketStore
 
 
 @dataclass(eq=False)
@@ -32,7 +32,7 @@ class ServerState:
     rooms: Rooms
     hub: Hub
     service: ChatService
-    tickets: TicketBook
+    tickets: TicketBook | SharedTicketBook
     metrics: Metrics
     stomp_logins: StompLogins | None = None
     # The one list of revoked credentials, shared by the Authenticator, the STOMP logins
@@ -109,9 +109,18 @@ class ServerState:
             if cfg.stomp.broker_enabled
             else None
         )
-        tickets = TicketBook(
-            cfg.auth.ticket_ttl_seconds, trio.current_time, cfg.auth.max_tickets_per_user
-        )
+        tickets: TicketBook | SharedTicketBook
+        if cluster is not None:
+            # A ticket bought from one node is redeemed at whichever the load balancer
+            # picks: the nodes share them through the store.
+            shared: TicketStore = store  # type: ignore[assignment]
+            tickets = SharedTicketBook(
+                shared, cfg.auth.ticket_ttl_seconds, cfg.auth.max_tickets_per_user
+            )
+        else:
+            tickets = TicketBook(
+                cfg.auth.ticket_ttl_seconds, trio.current_time, cfg.auth.max_tickets_per_user
+            )
         return cls(
             cfg,
             auth,

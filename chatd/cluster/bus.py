@@ -77,12 +77,18 @@ class RabbitBroker:
         self._lost_log = RateLimitedLog(log, 60.0, clock)
         self._bad_log = RateLimitedLog(log, 60.0, clock)
         self._resync_wanted = trio.Event()
+        self._joined = trio.Event()
         self.published = 0
         self.received = 0
         self.dropped = 0  # publications that could not be handed to RabbitMQ
 
     def unavailable(self) -> str | None:
         return self._why_not
+
+    async def wait_joined(self) -> None:
+        """Returns once this node is on the bus (subscribed: it hears every publication
+        made from then on)."""
+        await self._joined.wait()
 
     # --- publishing -------------------------------------------------------------------
 
@@ -197,6 +203,7 @@ class RabbitBroker:
                 why = await self._connected(link, where)
             finally:
                 self._link = None
+                self._joined = trio.Event()
                 await link.aclose()
             self._why_not = f"RabbitMQ at {where}: {why}"
             self._lost_log.warning("cluster: lost the bus: %s; reconnecting", why)
@@ -221,6 +228,7 @@ class RabbitBroker:
                 return why
             self._link = link
             self._why_not = None
+            self._joined.set()
             self._lost_log.reset()
             log.info("cluster: node %s joined the bus at %s", self.node, where)
             self.presence.joined()

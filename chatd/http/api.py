@@ -37,7 +37,7 @@ async def issue_ticket() -> Json:
     # The ticket carries the token's expiry: the /chat session ends when the token would.
     identity = identify()
     try:
-        ticket = state.tickets.issue(identity)
+        ticket = await state.tickets.issue_async(identity)
     except TooManyTickets:  # a 429 `too_many_tickets` once the app's handler has it
         state.metrics.tickets_rejected["too_many"] += 1
         raise

@@ -1,4 +1,6 @@
-"""Single-use WebSocket tickets: short-lived, bound to a user, kept in memory only.
+"""Single-use WebSocket tickets: short-lived, bound to a user. `TicketBook` keeps them in
+memory (one node); `SharedTicketBook` in the store every node of a cluster shares, so a
+ticket bought from one node is good once, at any node.
 
 A ticket carries the identity of the token it was traded for, with that token's `iat` and
 expiry: the `/chat` session it opens ends when the token would have, and an admin's
@@ -6,10 +8,16 @@ revocation of the user's tokens refuses the tickets they bought too."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
 
 from chatd.auth import Identity
 from chatd.model import ClientError, User
@@ -62,6 +70,15 @@ class TicketBook:
         self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         return ticket
 
+    async def issue_async(self, user: User | Identity) -> str:
+        return self.issue(user)
+
+    async def claim_async(self, ticket: str) -> Identity:
+        return self.claim(ticket)
+
+    async def sweep_async(self) -> int:
+        return self.sweep()
+
     def redeem(self, ticket: str) -> User:
         return self.claim(ticket).user
 
@@ -97,3 +114,80 @@ class TicketBook:
             self._per_user[user_id] = left
         else:
             del self._per_user[user_id]
+
+
+class TicketStore(Protocol):
+    """What SharedTicketBook asks of the store (PostgreSQL's PgStore). Tickets are kept by
+    a digest, never as themselves; times are Unix seconds."""
+
+    async def issue_ticket(
+        self, digest: bytes, user_id: int, identity: str, expires_at: float, max_unused: int
+    ) -> bool:
+        """False (nothing stored) when the user has `max_unused` unused tickets."""
+
+    async def claim_ticket(self, digest: bytes, now: float) -> tuple[str, str | None]:
+        """("ok", identity) once; then ("used", None); ("expired", None) or
+        ("unknown", None)."""
+
+    async def sweep_tickets(self, before: float) -> int: ...
+
+
+def _identity_json(identity: Identity) -> str:
+    valid = None if math.isinf(identity.valid_until) else identity.valid_until
+    return orjson.dumps(
+        {"user": dataclasses.asdict(identity.user), "iat": identity.issued_at, "until": valid}
+    ).decode()
+
+
+def _identity_of(text: str) -> Identity:
+    raw: dict[str, Any] = orjson.loads(text)
+    until = raw["until"]
+    return Identity(User(**raw["user"]), raw["iat"], math.inf if until is None else until)
+
+
+class SharedTicketBook:
+    """Tickets in the store: issued by any node, redeemed once by any node (the store's
+    update of one row decides). Expiry is by the wall clock, which the nodes share."""
+
+    # Redeemed and expired tickets are kept this long past their expiry, so a late replay
+    # is told "used" or "expired" rather than "unknown".
+    KEEP = 60.0
+
+    def __init__(
+        self,
+        store: TicketStore,
+        ttl: float,
+        max_per_user: int = 32,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self.ttl = ttl
+        self.max_per_user = max_per_user
+        self._clock = clock
+
+    @staticmethod
+    def _digest(ticket: str) -> bytes:
+        return hashlib.sha256(ticket.encode()).digest()
+
+    async def issue_async(self, user: User | Identity) -> str:
+        identity = user if isinstance(user, Identity) else Identity(user, None, math.inf)
+        ticket = str(uuid.uuid4())
+        stored = await self._store.issue_ticket(
+            self._digest(ticket),
+            identity.user.id,
+            _identity_json(identity),
+            self._clock() + self.ttl,
+            self.max_per_user,
+        )
+        if not stored:
+            raise TooManyTickets(identity.user.id)
+        return ticket
+
+    async def claim_async(self, ticket: str) -> Identity:
+        outcome, identity = await self._store.claim_ticket(self._digest(ticket), self._clock())
+        if identity is None:
+            raise TicketError(outcome)
+        return _identity_of(identity)
+
+    async def sweep_async(self) -> int:
+        return await self._store.sweep_tickets(self._clock() - self.KEEP)

@@ -336,3 +336,29 @@ class PgStore(Operations):
         jobs = await self._writer.call_many(ops, ordered=True)
         return [job.result if job.error is None else job.error for job in jobs]
 
+
+    # --- what the nodes of a cluster share ---------------------------------------------
+
+    async def issue_ticket(
+        self, digest: bytes, user_id: int, identity: str, expires_at: float, max_unused: int
+    ) -> bool:
+        now = time.time()
+        return await self.write(
+            lambda conn: queries.issue_ticket(
+                conn, digest, user_id, identity, expires_at, max_unused, now
+            )
+        )
+
+    async def claim_ticket(self, digest: bytes, now: float) -> tuple[str, str | None]:
+        return await self.write(lambda conn: queries.claim_ticket(conn, digest, now))
+
+    async def sweep_tickets(self, before: float) -> int:
+        return await self.write(lambda conn: queries.sweep_tickets(conn, before))
+
+    def shared_secret_sync(self, name: str, candidate: str) -> str:
+        """The secret every node uses (the STOMP login key): the first node's."""
+        def keep(conn: Connection) -> str:
+            with conn.transaction():
+                return queries.shared_secret(conn, name, candidate)
+
+        return _load(self._dsn, keep)

@@ -290,3 +290,54 @@ def touch_health(conn: Connection, at: float) -> None:
         " ON CONFLICT(id) DO UPDATE SET checked_at = excluded.checked_at",
         (at,),
     )
+
+
+# --- tickets (cluster mode: chatd.ticketws.tickets.SharedTicketBook) ------------------------
+
+
+def issue_ticket(
+    conn: Connection, digest: bytes, user_id: int, identity: str, expires_at: float,
+    max_unused: int, now: float,
+) -> bool:  # fmt: skip
+    row = conn.execute(
+        "SELECT count(*) FROM tickets WHERE user_id = %s AND NOT used AND expires_at > %s",
+        (user_id, now),
+    ).fetchone()
+    if row is not None and int(row[0]) >= max_unused:
+        return False
+    conn.execute(
+        "INSERT INTO tickets(digest, user_id, identity, expires_at) VALUES (%s, %s, %s, %s)",
+        (digest, user_id, identity, expires_at),
+    )
+    return True
+
+
+def claim_ticket(conn: Connection, digest: bytes, now: float) -> tuple[str, str | None]:
+    # One UPDATE decides: of two nodes redeeming the same ticket at once, the second
+    # waits for the first's row lock and then finds it used.
+    row = conn.execute(
+        "UPDATE tickets SET used = true WHERE digest = %s AND NOT used AND expires_at > %s"
+        " RETURNING identity",
+        (digest, now),
+    ).fetchone()
+    if row is not None:
+        return "ok", str(row[0])
+    row = conn.execute("SELECT used FROM tickets WHERE digest = %s", (digest,)).fetchone()
+    if row is None:
+        return "unknown", None
+    return ("used" if row[0] else "expired"), None
+
+
+def sweep_tickets(conn: Connection, before: float) -> int:
+    return conn.execute("DELETE FROM tickets WHERE expires_at < %s", (before,)).rowcount
+
+
+def shared_secret(conn: Connection, name: str, candidate: str) -> str:
+    """The secret called `name` every node shares: `candidate` if none was kept yet."""
+    conn.execute(
+        "INSERT INTO secrets(name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+        (name, candidate),
+    )
+    row = conn.execute("SELECT value FROM secrets WHERE name = %s", (name,)).fetchone()
+    assert row is not None
+    return str(row[0])
