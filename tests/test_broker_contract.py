@@ -2,24 +2,23 @@
 
 A broker carries publications to the sessions of a node (`chatd.hub.Hub`); the hub
 decides who, here, hears what. Each test builds nodes through a `Backend` and checks
-what the fake sessions and subscriptions were offered. Today the only backend is the
-in-memory one; a multi-node one (RabbitMQ) adds a `Backend` class below and one entry
-in BACKENDS, nothing else:
+what the fake sessions and subscriptions were offered. The backends are the in-memory
+one and the cluster's (RabbitMQ); each is a `Backend` class below and one entry in
+BACKENDS:
 
 - `node(rooms)` makes a node: its own Rooms, Hub, and a Broker connected to the backend.
 - `settle()` returns once everything published before it has reached every node, so
   "nobody else got it" can be checked without waiting for a timeout.
 - `aclose()` releases whatever the backend holds (connections, queues).
 
-With today's one-way seam (publish only) a node cannot yet tell a remote broker what
-its sessions need, so a multi-node backend's `node` has to subscribe its hub to every
-room and user; see the two-way interface that a later issue brings.
+The RabbitMQ backend (chatd.cluster.bus) runs the same tests with the listeners on
+another node than the publisher, over a private RabbitMQ.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,11 +26,14 @@ import pytest
 import trio
 
 from chatd.broker import Broker, MemoryBroker
+from chatd.cluster.bus import RabbitBroker
+from chatd.config import BusConfig
 from chatd.hub import Hub
 from chatd.model import Event
 from chatd.rooms import Room, Rooms
 
 from ._fakes import FakeSession, FakeSubscription
+from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
 
 # --- backends ---------------------------------------------------------------------------
 
@@ -63,16 +65,77 @@ class MemoryBackend:
         pass
 
 
-BACKENDS: list[Callable[[], Backend]] = [MemoryBackend]
+class _NoStore:
+    """What a RabbitBroker reads from the store, for events that carry no message chain
+    (no prev_id): nothing."""
+
+    async def last_message_id(self) -> int:
+        return 0
+
+    async def messages_since(self, room_ids: object, since: int, limit: int) -> list[object]:
+        return []
 
 
-@pytest.fixture(params=BACKENDS, ids=lambda factory: factory.__name__)
+class RabbitBackend:
+    """RabbitMQ (a fresh vhost on a private node): each `node` is two chatd nodes, one
+    that publishes and one whose hub the test listens on, so every publication crosses
+    the bus. `settle` sends a control message after everything else and waits for it."""
+
+    def __init__(self, nursery: trio.Nursery, url: str) -> None:
+        self._nursery = nursery
+        self._url = url
+        self._pairs: list[tuple[RabbitBroker, RabbitBroker]] = []
+        self._settled: dict[str, trio.Event] = {}
+
+    def _broker(self, name: str, hub: Hub) -> RabbitBroker:
+        cfg = BusConfig(backend="rabbitmq", url=self._url, node_name=name)
+        broker = RabbitBroker(cfg, hub, _NoStore())  # type: ignore[arg-type]
+        broker.on_control = self._control
+        return broker
+
+    def _control(self, message: dict[str, object]) -> None:
+        if message.get("op") == "settle":
+            self._settled[str(message["token"])].set()
+
+    async def node(self, rooms: Rooms) -> Node:
+        n = len(self._pairs)
+        publisher = self._broker(f"pub{n}", Hub(Rooms()))
+        hub = Hub(rooms)
+        receiver = self._broker(f"sub{n}", hub)
+        for broker in (publisher, receiver):
+            await self._nursery.start(broker.run)
+            with trio.fail_after(30):
+                await broker.wait_joined()
+        self._pairs.append((publisher, receiver))
+        return Node(rooms, hub, publisher)
+
+    async def settle(self) -> None:
+        for publisher, _ in self._pairs:
+            token = f"t{len(self._settled)}"
+            done = self._settled[token] = trio.Event()
+            publisher.publish_control({"op": "settle", "token": token})
+            with trio.fail_after(30):
+                await done.wait()
+
+    async def aclose(self) -> None:
+        self._nursery.cancel_scope.cancel()
+
+
+BACKENDS = ["memory", "rabbitmq"]
+
+
+@pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    made: Backend = request.param()
-    try:
-        yield made
-    finally:
-        await made.aclose()
+    if request.param == "memory":
+        yield MemoryBackend()
+        return
+    url = request.getfixturevalue("rabbit_url")
+    async with trio.open_nursery() as nursery:
+        made = RabbitBackend(nursery, url)
+        try:
+            yield made
+        finally:
+            await made.aclose()
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -94,7 +94,8 @@ class RabbitBroker:
 
     def publish_room(self, room_id: int, event: Event) -> None:
         self._send(wire.event_frame(self._cfg.name, self.node, f"room.{room_id}", event))
-        if event.kind == "new_message" and event.message_id is not None:
+        if event.prev_id is not None and event.message_id is not None:
+            # A chat message from PostgreSQL: in commit order (see the sequencer).
             self.sequencer.offer(event.message_id, event.prev_id, (room_id, event))
         else:
             self._hub.deliver_room(room_id, event)
@@ -126,7 +127,7 @@ class RabbitBroker:
                 self._on_control(got.node, wire.control_of(got))
             elif topic.startswith("room."):
                 room_id = int(topic[5:])
-                if got.kind == "new_message" and got.message_id is not None:
+                if got.prev_id is not None and got.message_id is not None:
                     self.sequencer.offer(got.message_id, got.prev_id, (room_id, got))
                 elif self._hub.wants_room(room_id):
                     self._hub.deliver_room(room_id, wire.event_of(got))
