@@ -85,8 +85,9 @@ Stop the node first. The copy reads one consistent snapshot, so a running node d
 no harm (a rehearsal, or --dry-run, may run beside it), but what it accepts after the
 snapshot is not copied: the command warns when the file changed meanwhile.
 
-Keep the password out of --to (other users of the machine see a command line): give it
-in $PGPASSWORD or ~/.pgpass. It is never printed."""
+Keep the password off the command line, where other users of the machine see it: leave
+--to out to use the config's [store] dsn (the cluster's config, with --from naming the
+node's file), or give the password in $PGPASSWORD or ~/.pgpass. It is never printed."""
 
 
 def _add_migrate_store(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,8 +103,9 @@ def _add_migrate_store(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="the SQLite database (default: the config's [store] path)",
     )  # fmt: skip
     p.add_argument(
-        "--to", dest="dsn", required=True, metavar="DSN",
-        help="the PostgreSQL database: a libpq connection string or postgresql:// URI",
+        "--to", dest="dsn", metavar="DSN",
+        help="the PostgreSQL database: a libpq connection string or postgresql:// URI"
+        " (default: the config's [store] dsn)",
     )  # fmt: skip
     p.add_argument(
         "--dry-run", action="store_true",
@@ -167,6 +169,11 @@ def _migrate_store(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         print(f"chatd: migrate-store needs psycopg ({exc}): pip install 'chatd[cluster]'",
               file=sys.stderr)  # fmt: skip
         return 1
+    dsn = args.dsn or cfg.store.dsn
+    if not dsn:
+        print("chatd: migrate-store: give --to DSN, or a config with [store] dsn",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
     from chatd.auth import secret_path_for
     from chatd.stomp.logins import stomp_key_path
 
@@ -189,7 +196,7 @@ def _migrate_store(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
     try:
         result = migrate.migrate_store(
-            source, args.dsn, secrets=shared, dry_run=args.dry_run, progress=progress
+            source, dsn, secrets=shared, dry_run=args.dry_run, progress=progress
         )
     except migrate.MigrateError as exc:
         print(f"chatd: migrate-store: {exc}", file=sys.stderr)

@@ -42,12 +42,13 @@ def with_password(dsn: str) -> str:
     return f"{dsn} password={PASSWORD}"
 
 
-async def run_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    """`python -m chatd migrate-store ARGS` with a config naming the node's store path;
-    (exit status, stdout, stderr)."""
+async def run_cli(tmp_path: Path, *args: str, store: str = "") -> tuple[int, str, str]:
+    """`python -m chatd migrate-store ARGS` with a config naming the node's store path
+    (and `store`, more of its [store] section); (exit status, stdout, stderr)."""
     config = tmp_path / "node.toml"
     config.write_text(
-        f'[store]\npath = "{tmp_path / "chatd.db"}"\n[auth]\njwt_secret = "{SECRET}"\n'
+        f'[store]\npath = "{tmp_path / "chatd.db"}"\n{store}\n'
+        f'[auth]\njwt_secret = "{SECRET}"\n'
     )
     env = {k: v for k, v in os.environ.items() if k != "CHATD_CONFIG"}
     with trio.fail_after(60):
@@ -250,6 +251,23 @@ async def test_a_dry_run_writes_nothing(tmp_path: Path, pg_dsn: str) -> None:  #
     status, out, err = await run_cli(tmp_path, "--to", pg_dsn)
     assert (status, err) == (0, ""), err
     assert count_rows(pg_dsn, "messages") == 5
+
+
+async def test_the_cluster_config_names_the_target(
+    tmp_path: Path, pg_dsn: str  # noqa: F811 (fixture)
+) -> None:
+    """Without --to, the config's [store] dsn: the password stays off the command line."""
+    small_store(tmp_path / "node.db")
+    node = ("--from", str(tmp_path / "node.db"))
+    status, out, err = await run_cli(tmp_path, *node)
+    assert (status, out) == (2, "")
+    assert err == "chatd: migrate-store: give --to DSN, or a config with [store] dsn\n"
+    cluster = f'backend = "postgresql"\ndsn = "{with_password(pg_dsn)}"'
+    status, out, err = await run_cli(tmp_path, *node, store=cluster)
+    assert (status, err) == (0, ""), err
+    assert out.startswith(f"copied {tmp_path / 'node.db'} into PostgreSQL chatd@127.0.0.1:")
+    assert PASSWORD not in out
+    assert count_rows(pg_dsn, "messages") == 3
 
 
 @pytest.mark.parametrize(
