@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
 from ._chat import (
@@ -98,6 +100,17 @@ async def test_a_message_sent_to_any_node_reaches_every_subscriber_on_both_proto
         # Resume with `since` against another node.
         async with chat(n3, 2, since=sent["id"]) as resumed:
             assert [await recv_message(resumed) for _ in range(2)] == stored[0][1:]
+        # Each node's view of the bus, for the operator.
+        await barrier(n2, n1)
+        await barrier(n3, n1)
+        host, port = n1.running.metrics[0]
+        async with httpx.AsyncClient(timeout=10) as http:
+            text = (await http.get(f"http://{host}:{port}/metrics")).text
+        got = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        assert got["chatd_bus_connected"] == 1
+        assert got["chatd_bus_nodes"] == 2
+        assert got["chatd_bus_received_total"] > 0 and got["chatd_bus_published_total"] > 0
+        assert got["chatd_bus_dropped_total"] == 0
 
 
 async def test_concurrent_senders_on_every_node_every_client_sees_one_gapless_order(

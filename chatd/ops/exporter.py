@@ -102,6 +102,36 @@ def chatd_families(state: ServerState) -> list[Family]:
             "Store operations committed (many share one transaction)",
             m.commit_ops,
         ),
+        *_cluster_families(state),
+    ]
+
+
+def _cluster_families(state: ServerState) -> list[Family]:
+    """A cluster node's view of the bus; nothing on a single node."""
+    bus = state.cluster
+    if bus is None:
+        return []
+    seq = bus.sequencer
+    return [
+        gauge("chatd_bus_connected", "1 while this node is on the bus", bus.unavailable() is None),
+        gauge("chatd_bus_nodes", "Other nodes heard from and alive", len(bus.presence.nodes())),
+        counter("chatd_bus_published", "Frames handed to RabbitMQ", bus.published),
+        counter("chatd_bus_received", "Frames from other nodes", bus.received),
+        counter(
+            "chatd_bus_dropped",
+            "Publications not handed to RabbitMQ (away, or past bus.max_pending_bytes)",
+            bus.dropped,
+        ),
+        counter(
+            "chatd_bus_gaps",
+            "Chat messages that came before the one committed ahead of them",
+            seq.gaps,
+        ),
+        counter(
+            "chatd_bus_filled",
+            "Chat messages read from the store because the bus did not bring them",
+            seq.filled,
+        ),
     ]
 
 
