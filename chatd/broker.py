@@ -37,14 +37,19 @@ class Broker(Protocol):
     @property
     def presence(self) -> Presence: ...
 
-    # Set by the service: applies a control message another node published.
-    on_control: Callable[[Control], None]
+    # Set by the service: applies a control message another node published; what it
+    # returns is the answer to one sent with `ask`.
+    on_control: Callable[[Control], Any]
 
     def publish_room(self, room_id: int, event: Event) -> None: ...
     def publish_user(self, user_id: int, event: Event) -> None: ...
 
     def publish_control(self, message: Control) -> None:
         """To every other node (the publishing node has applied it already)."""
+
+    async def ask(self, message: Control) -> list[Any]:
+        """`publish_control`, then the other nodes' answers: those of every node known
+        alive, or what came within a short wait (a node may have died unseen)."""
 
     def unavailable(self) -> str | None:
         """None while this node hears the others, else why not (for /readyz)."""
@@ -67,7 +72,7 @@ class MemoryBroker:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self.presence = LocalPresence()
-        self.on_control: Callable[[Control], None] = lambda message: None
+        self.on_control: Callable[[Control], Any] = lambda message: None
 
     def publish_room(self, room_id: int, event: Event) -> None:
         self._hub.deliver_room(room_id, event)
@@ -77,6 +82,9 @@ class MemoryBroker:
 
     def publish_control(self, message: Control) -> None:
         pass  # no other node
+
+    async def ask(self, message: Control) -> list[Any]:
+        return []
 
     def unavailable(self) -> str | None:
         return None

@@ -344,14 +344,17 @@ class ChatService:
         for room_id in list(self.rooms.rooms_of(user_id)):
             self.hub.deliver_room(room_id, event)
 
-    def disconnect_user(self, user_id: int, protocol: str | None, code: int, reason: str) -> int:
+    async def disconnect_user(
+        self, user_id: int, protocol: str | None, code: int, reason: str
+    ) -> int:
         """Close the user's sessions of `protocol` (None: of every protocol), on every
-        node; how many were here."""
-        self.broker.publish_control(
+        node; how many were closed (in a cluster, as the other nodes answer)."""
+        here = self._close_sessions(user_id, protocol, code, reason)
+        answers = await self.broker.ask(
             {"op": "disconnect", "user": user_id, "protocol": protocol, "code": code,
              "reason": reason}
         )  # fmt: skip
-        return self._close_sessions(user_id, protocol, code, reason)
+        return here + sum(n for n in answers if isinstance(n, int))
 
     def _close_sessions(self, user_id: int, protocol: str | None, code: int, reason: str) -> int:
         n = 0
@@ -371,7 +374,7 @@ class ChatService:
             at = self.expiry.clock()
             self.revocations.revoke_tokens(user_id, at)
             self.broker.publish_control({"op": "revoke_tokens", "user": user_id, "at": at})
-        n = self.disconnect_user(
+        n = await self.disconnect_user(
             user_id, None, CLOSE_DISCONNECTED_BY_ADMIN, "disconnected by an administrator"
         )
         if revoke_tokens:
@@ -386,7 +389,7 @@ class ChatService:
 
     # --- other nodes ----------------------------------------------------------------
 
-    def apply_control(self, message: Control) -> None:
+    def apply_control(self, message: Control) -> int | None:
         """What another node changed, applied to what this node holds in memory (the
         store has it already). Its users hear of it from the publications that follow."""
         op = message["op"]
@@ -411,11 +414,14 @@ class ChatService:
             self.rooms.remove_room(room.id)
             self._room_gone(room)
         elif op == "disconnect":
-            self._close_sessions(user, message.get("protocol"), message["code"], message["reason"])
+            return self._close_sessions(
+                user, message.get("protocol"), message["code"], message["reason"]
+            )
         elif op == "revoke_tokens":
             self.revocations.revoke_tokens(user, float(message["at"]))
         elif op == "revoke_logins":
             self.revocations.revoke_logins(user, float(message["at"]))
+        return None
 
     async def resync(self) -> None:
         """After this node missed control messages (the bus was away): rooms, members and

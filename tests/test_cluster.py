@@ -219,9 +219,11 @@ async def test_stomp_logins_revocations_and_disconnects_hold_cluster_wide(
         async with open_stomp(n2) as c:
             await c.connect(login, passcode)  # issued by n1, accepted by n2
             async with chat(n3, 1) as chat_session:
-                # The user's own logout at n3: the /chat session on n3 and STOMP on n2 end.
+                # The user's own logout at n3: the /chat session on n3 and STOMP on n2 end,
+                # and the answer counts both.
                 out = await post_json(n3, "/chat-ws/disconnect", 1)
                 assert out.status_code == 200
+                assert out.json()["closedSessions"] == 2
                 assert (await expect_close(chat_session)).code == 1000
             await c.expect_error("Disconnected by request", "disconnected by request")
         async with open_stomp(n1) as c:
@@ -237,6 +239,7 @@ async def test_stomp_logins_revocations_and_disconnects_hold_cluster_wide(
                     headers=bearer(n1.admin_token()),
                 )  # fmt: skip
                 assert resp.status_code == 200, resp.text
+                assert resp.json()["closed"] == 2
             assert (await expect_close(on_n2)).code == 4003
             await on_n3.expect_error(
                 "Disconnected by an administrator", "disconnected by an administrator"

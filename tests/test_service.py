@@ -63,6 +63,10 @@ class RecordingBroker:
     def publish_control(self, message: dict[str, Any]) -> None:
         self.controls.append(message)
 
+    async def ask(self, message: dict[str, Any]) -> list[Any]:
+        self.controls.append(message)
+        return []
+
     def unavailable(self) -> str | None:
         return None
 
@@ -436,9 +440,9 @@ async def test_disconnect_user_closes_only_that_protocol(w: World) -> None:
     sessions = [FakeSession(1), FakeSession(1, "stomp"), FakeSession(1), FakeSession(2)]
     for s in sessions:
         w.service.session_opened(s)
-    assert w.service.disconnect_user(1, "chat", 4000, "revoked") == 2
+    assert await w.service.disconnect_user(1, "chat", 4000, "revoked") == 2
     assert [s.closed for s in sessions] == [[(4000, "revoked")], [], [(4000, "revoked")], []]
-    assert w.service.disconnect_user(3, "chat", 4000, "revoked") == 0
+    assert await w.service.disconnect_user(3, "chat", 4000, "revoked") == 0
 
 
 # --- typing -------------------------------------------------------------------------------

@@ -43,6 +43,10 @@ from typing import Any
 import pytest
 import trio
 
+from .cluster import start_cluster  # noqa: F401 (fixture)
+from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
+from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
+
 NODE_DIR = Path(__file__).resolve().parent / "node"
 PUBLIC_URL = "wss://chat.example.test/ws"
 ALLOWED_ORIGIN = "http://allowed.example"
@@ -81,7 +85,9 @@ async def _npm_ci() -> None:
     )
 
 
-async def test_stompjs_suite(start_server: Any) -> None:
+async def _run_suite(http: Any, stomp: Any, chat: Any) -> None:
+    """The suite with its HTTP API at `http`, its STOMP endpoints at `stomp` and /chat at
+    `chat` (one server, or three nodes of a cluster)."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not on PATH")
@@ -90,31 +96,25 @@ async def test_stompjs_suite(start_server: Any) -> None:
     files = sorted(str(p) for p in NODE_DIR.glob("*.test.mjs"))
     assert files, f"no *.test.mjs files in {NODE_DIR}"
 
-    server = await start_server(
-        stomp={"public_url": PUBLIC_URL},
-        chat={"typing_timeout_seconds": TYPING_TIMEOUT},
-        auth={"allowed_origins": [ALLOWED_ORIGIN]},
-    )
-    service = server.state.service
+    service = http.state.service
     shared = await service.create_room("shared room", False, [1, 2])
     public = await service.create_room("public room", True, [1])
     private = await service.create_room("private room", False, [1])
 
     tokens = {
-        str(uid): server.token(uid, f"user{uid}", email=f"user{uid}@example.com", user_type="user")
+        str(uid): http.token(uid, f"user{uid}", email=f"user{uid}@example.com", user_type="user")
         for uid in POOL
     }
-    running = server.running
     env = {
         **os.environ,
-        "CHATD_HTTP": f"http://127.0.0.1:{running.http_port}",
-        "CHATD_STOMP_WS": f"ws://127.0.0.1:{running.stomp_ws_port}/ws",
-        "CHATD_WS_ON_HTTP": f"ws://127.0.0.1:{running.http_port}/ws",
-        "CHATD_CHAT_WS": f"ws://127.0.0.1:{running.http_port}/chat",
-        "CHATD_STOMP_TCP": f"127.0.0.1:{running.stomp_tcp_port}",
+        "CHATD_HTTP": f"http://127.0.0.1:{http.running.http_port}",
+        "CHATD_STOMP_WS": f"ws://127.0.0.1:{stomp.running.stomp_ws_port}/ws",
+        "CHATD_WS_ON_HTTP": f"ws://127.0.0.1:{stomp.running.http_port}/ws",
+        "CHATD_CHAT_WS": f"ws://127.0.0.1:{chat.running.http_port}/chat",
+        "CHATD_STOMP_TCP": f"127.0.0.1:{stomp.running.stomp_tcp_port}",
         "CHATD_STOMP_PUBLIC_URL": PUBLIC_URL,
         "CHATD_ALLOWED_ORIGIN": ALLOWED_ORIGIN,
-        "CHATD_ADMIN_TOKEN": server.admin_token(),
+        "CHATD_ADMIN_TOKEN": http.admin_token(),
         "CHATD_TOKENS": json.dumps(tokens),
         "CHATD_TOKEN_1": tokens["1"],
         "CHATD_TOKEN_2": tokens["2"],
@@ -127,7 +127,7 @@ async def test_stompjs_suite(start_server: Any) -> None:
     }
     # For local debugging, e.g. CHATD_NODE_ARGS="--test-name-pattern=heart".
     extra = os.environ.get("CHATD_NODE_ARGS", "").split()
-    with trio.fail_after(120):
+    with trio.fail_after(180):
         proc = await trio.run_process(
             [node, "--test", "--test-reporter=spec", *extra, *files],
             cwd=NODE_DIR,
@@ -140,3 +140,25 @@ async def test_stompjs_suite(start_server: Any) -> None:
     if os.environ.get("CHATD_NODE_VERBOSE"):
         print(out)
     assert proc.returncode == 0, f"node --test failed ({proc.returncode}):\n{out}"
+
+
+SECTIONS: dict[str, dict[str, Any]] = {
+    "stomp": {"public_url": PUBLIC_URL},
+    "chat": {"typing_timeout_seconds": TYPING_TIMEOUT},
+    "auth": {"allowed_origins": [ALLOWED_ORIGIN]},
+}
+
+
+async def test_stompjs_suite(start_server: Any) -> None:
+    server = await start_server(**SECTIONS)
+    await _run_suite(server, server, server)
+
+
+async def test_stompjs_suite_on_a_cluster_each_endpoint_on_another_node(
+    start_cluster: Any,  # noqa: F811 (fixture)
+) -> None:
+    """The same suite, unmodified, against three nodes: the HTTP API (sends, rooms,
+    tickets, logins) on one, STOMP on another, /chat on the third, so every event it
+    waits for crosses the bus and every credential is redeemed elsewhere."""
+    n1, n2, n3 = await start_cluster(3, **SECTIONS)
+    await _run_suite(n1, n2, n3)

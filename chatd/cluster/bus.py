@@ -45,6 +45,8 @@ log = logging.getLogger("chatd.cluster")
 
 _FILL_PAGE = 1000
 _RETRY = 1.0
+# How long `ask` waits for the answers of nodes that are alive but slow (or just died).
+ASK_WAIT = 2.0
 
 _Item = tuple[int, "Event | wire.Arrival"]
 
@@ -69,7 +71,7 @@ class RabbitBroker:
         self._clock = clock
         self._link: Link | None = None
         self.presence = ClusterPresence(self.publish_control, clock, cfg.node_timeout_seconds)
-        self.on_control: Callable[[Control], None] = lambda message: None
+        self.on_control: Callable[[Control], Any] = lambda message: None
         # Reloads what control messages change (ChatService.resync), after missing some.
         self.on_resync: Callable[[], Awaitable[None]] = _nothing
         self.sequencer: Sequencer[_Item] = Sequencer(self._deliver_message, self._fill)
@@ -78,6 +80,8 @@ class RabbitBroker:
         self._bad_log = RateLimitedLog(log, 60.0, clock)
         self._resync_wanted = trio.Event()
         self._joined = trio.Event()
+        self._asked: dict[str, tuple[set[str], list[Any], trio.Event]] = {}
+        self._asks = 0
         self.published = 0
         self.received = 0
         self.dropped = 0  # publications that could not be handed to RabbitMQ
@@ -106,6 +110,32 @@ class RabbitBroker:
 
     def publish_control(self, message: Control) -> None:
         self._send(wire.control_frame(self._cfg.name, self.node, message))
+
+    async def ask(self, message: Control) -> list[Any]:
+        self._asks += 1
+        request = f"{self.node}/{self._asks}"
+        waiting = set(self.presence.nodes())
+        answers: list[Any] = []
+        done = trio.Event()
+        self._asked[request] = (waiting, answers, done)
+        try:
+            self.publish_control({**message, "ask": request})
+            if waiting:
+                with trio.move_on_after(ASK_WAIT):
+                    await done.wait()
+        finally:
+            del self._asked[request]
+        return answers
+
+    def _answered(self, sender: str, message: dict[str, Any]) -> None:
+        asked = self._asked.get(str(message.get("ask")))
+        if asked is None:
+            return  # too late, or for another node
+        waiting, answers, done = asked
+        answers.append(message.get("answer"))
+        waiting.discard(sender)
+        if not waiting:
+            done.set()
 
     def _send(self, frame: Frame) -> None:
         link = self._link
@@ -145,10 +175,16 @@ class RabbitBroker:
         if message["op"] == "resync":
             self._resync_wanted.set()
             return
+        if message["op"] == "answer":
+            self._answered(sender, message)
+            return
         try:
-            self.on_control(message)
+            answer = self.on_control(message)
         except Exception:
             log.exception("cluster: control message %r from %s failed", message["op"], sender)
+            answer = None
+        if "ask" in message:
+            self.publish_control({"op": "answer", "ask": message["ask"], "answer": answer})
 
     def _deliver_message(self, item: _Item) -> None:
         room_id, payload = item

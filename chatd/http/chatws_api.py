@@ -118,5 +118,5 @@ async def disconnect() -> Json:
     # Every session of the user ends, /chat ones too (with 1000): "disconnect" is the
     # app's logout, and a /chat socket left open would keep receiving after it. The JWT
     # itself stays good, so the app can connect again when it wants to.
-    n = state.service.disconnect_user(user.id, None, CLOSE_NORMAL, "disconnected by request")
+    n = await state.service.disconnect_user(user.id, None, CLOSE_NORMAL, "disconnected by request")
     return {"status": "disconnected", "closedSessions": n}
