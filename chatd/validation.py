@@ -51,6 +51,10 @@ def check_content(content: Any, max_chars: int) -> str:
         raise InvalidMessage("empty_content", "content must not be empty")
     if len(content) > max_chars:
         raise InvalidMessage("content_too_long", f"content is longer than {max_chars} characters")
+    if "\x00" in content:
+        # Valid JSON, but no text column of PostgreSQL's can hold it: refused on every
+        # store, so a message is never accepted by one backend and lost on another.
+        raise InvalidMessage("bad_content", "content must not contain U+0000")
     return content
 
 
@@ -58,8 +62,10 @@ def _opt_str(obj: dict[str, Any], key: str, limit: int) -> str | None:
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > limit:
-        raise InvalidMessage(f"bad_{key}", f"{key} must be a string of at most {limit} characters")
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        raise InvalidMessage(
+            f"bad_{key}", f"{key} must be a string of at most {limit} characters, without U+0000"
+        )
     return value
 
 

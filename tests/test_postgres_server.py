@@ -86,3 +86,20 @@ async def test_postgresql_stopped_refuses_sends_and_readiness_then_recovers(
                 ready = await http.get("/readyz")
             assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
         assert [m["content"] for m in await history(server, 2, room)] == ["before", "back"]
+
+
+async def test_a_message_with_u0000_is_refused_and_the_session_carries_on(
+    start_server: StartServer, pg_dsn: str  # noqa: F811 (fixture)
+) -> None:
+    """PostgreSQL's text cannot hold U+0000: once a DataError that closed the sender's
+    socket with 1011. It is refused as bad content on every store now."""
+    with trio.fail_after(30):
+        server = await start_server(store=on_postgres(pg_dsn))
+        room = await create_room(server, [1, 2])
+        async with chat(server, 1) as alice, chat(server, 2) as bob:
+            await send(alice, room, "nul \u0000 inside")
+            reply = await recv(alice)
+            assert (reply["type"], reply["code"]) == ("error", "bad_content"), reply
+            after = await roundtrip(alice, room, "and then")
+            assert await recv_message(bob) == after
+        assert [m["content"] for m in await history(server, 1, room)] == ["and then"]

@@ -80,6 +80,10 @@ def test_valid_chat_messages(obj: dict[str, Any], expected: Outgoing) -> None:
         ({"roomId": 1, "content": ""}, "empty_content"),
         ({"roomId": 1, "content": " \t\n"}, "empty_content"),
         ({"roomId": 1, "content": "x" * (LIMIT + 1)}, "content_too_long"),
+        # U+0000: valid JSON, but PostgreSQL's text cannot hold it (refused on both stores).
+        ({"roomId": 1, "content": "a\x00b"}, "bad_content"),
+        ({"roomId": 1, "content": "x", "timestamp": "t\x00"}, "bad_timestamp"),
+        ({"roomId": 1, "content": "x", "clientMessageId": "c\x00"}, "bad_clientMessageId"),
         ({"roomId": 1, "content": "x", "timestamp": 5}, "bad_timestamp"),
         ({"roomId": 1, "content": "x", "timestamp": "t" * 65}, "bad_timestamp"),
         ({"roomId": 1, "content": "x", "clientMessageId": 5}, "bad_clientMessageId"),

@@ -156,8 +156,10 @@ async def create_room() -> tuple[Json, int]:
 
 def _room_name(body: Json) -> str:
     name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise ApiError(400, "bad_name", "name must be a non-empty string of at most 200")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name:
+        raise ApiError(
+            400, "bad_name", "name must be a non-empty string of at most 200, without U+0000"
+        )
     return name.strip()
 
 
