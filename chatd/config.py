@@ -467,6 +467,9 @@ def load(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = No
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {p} does not exist") from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            # An empty CHATD_CONFIG names "."; a file of the wrong owner or bytes.
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
         source = str(p)

@@ -270,6 +270,12 @@ def test_parse_listen_refuses(text: str) -> None:
 def test_missing_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "nope.toml", env={})
+    # An empty CHATD_CONFIG is "" → ".", a directory: one line, not a traceback.
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load("", env={})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        (tmp_path / "latin1.toml").write_bytes(b"# \xe9\n")
+        load(tmp_path / "latin1.toml", env={})
     bad = tmp_path / "bad.toml"
     bad.write_text("[http\nlisten = 1\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -299,3 +305,73 @@ def test_relative_store_path_uses_state_directory(tmp_path: Path) -> None:
     assert config_mod.resolve_store_path(absolute, env={"STATE_DIRECTORY": "/x"}) == (
         tmp_path / "a.db"
     )
+
+
+# --- [bus]: cluster mode ---------------------------------------------------------------------
+
+_PG = {"backend": "postgresql", "dsn": "host=db dbname=chatd"}
+_SECRET32 = "s" * 32
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"bus": {"backend": "kafka"}}, "bus.backend: expected one of memory, rabbitmq"),
+        (
+            {"bus": {"backend": "rabbitmq", "url": "amqp://h/"}, "store": _PG},
+            "bus.url: expected stomp://user:password@host:port/vhost",
+        ),
+        (
+            {"bus": {"backend": "rabbitmq", "url": "stomp://u:p@h:99999/"}, "store": _PG},
+            "bus.url: the port is not a number",
+        ),
+        (
+            {"bus": {"backend": "rabbitmq", "url": "stomp://u:p@h/"}},
+            'set store.backend = "postgresql"',
+        ),
+        (
+            {"bus": {"backend": "rabbitmq", "url": "stomp://u:p@h/"}, "store": _PG},
+            "auth.jwt_secret: every node of a cluster must check tokens alike",
+        ),
+        (
+            {
+                "bus": {"backend": "rabbitmq", "url": "stomp://u:p@h/", "heartbeat_seconds": 5},
+                "store": _PG,
+                "auth": {"jwt_secret": _SECRET32},
+            },
+            "bus.node_timeout_seconds: expected more than twice bus.heartbeat_seconds",
+        ),
+        (
+            {
+                "bus": {"backend": "rabbitmq", "url": "stomp://u:p@h/", "name": "a.b"},
+                "store": _PG,
+                "auth": {"jwt_secret": _SECRET32},
+            },
+            "bus.name: expected letters, digits, - or _",
+        ),
+    ],
+)
+def test_bus_settings_are_checked(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_mapping(raw, env={})
+    assert message in str(info.value)
+    assert "p@h" not in str(info.value)  # the password is never repeated
+
+
+def test_a_cluster_node_config_and_its_url_masked() -> None:
+    cfg = from_mapping(
+        {
+            "bus": {"backend": "rabbitmq", "url": "stomp://chatd:hunter2@mq:61613/chat"},
+            "store": _PG,
+            "auth": {"jwt_secret": _SECRET32},
+        },
+        env={},
+    )
+    address = config_mod.parse_bus_url(cfg.bus.url)
+    assert (address.host, address.port, address.login, address.vhost) == (
+        "mq", 61613, "chatd", "chat",
+    )  # fmt: skip
+    assert address.passcode == "hunter2"
+    assert "hunter2" not in to_toml(cfg)
+    assert config_mod.parse_bus_url("stomp://mq").vhost == "/"
+    assert config_mod.parse_bus_url("stomp://mq/%2F").vhost == "/"
