@@ -176,13 +176,14 @@ def _migrate_store(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from chatd.auth import secret_path_for
     from chatd.stomp.logins import stomp_key_path
+    from chatd.store.postgres.queries import STOMP_LOGIN_KEY
 
     source = args.source or config_mod.resolve_store_path(cfg)
     # The node's STOMP login key, kept under this name in a cluster's database
     # (chatd.server), so that logins the node issued stay valid.
     key_file = stomp_key_path(source)
     try:
-        shared = {"stomp-login-key": key_file.read_text(encoding="ascii").strip()}
+        shared = {STOMP_LOGIN_KEY: key_file.read_text(encoding="ascii").strip()}
     except FileNotFoundError:
         shared = {}
     shown = [0.0]

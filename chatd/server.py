@@ -171,9 +171,10 @@ def _stomp_login_key(cfg: Config, store: StoreAPI) -> str:
     file beside the database."""
     if cfg.store.backend == "postgresql":
         from chatd.store.postgres import PgStore
+        from chatd.store.postgres.queries import STOMP_LOGIN_KEY
 
         assert isinstance(store, PgStore)
-        return store.shared_secret_sync("stomp-login-key", secrets.token_urlsafe(32))
+        return store.shared_secret_sync(STOMP_LOGIN_KEY, secrets.token_urlsafe(32))
     return _server_secret(stomp_key_path(resolve_store_path(cfg)), "the STOMP login key")
 
 

@@ -105,8 +105,13 @@ async def fill_a_node(server: Server) -> tuple[list[int], Json]:
         await recv_message(bob)
         oops = await roundtrip(bob, talk, "oops")
         await recv_message(alice)
-        await roundtrip(bob, talk, "nul\x00here")
+        nul = await roundtrip(bob, talk, "nul-here")
         await recv_message(alice)
+        # chatd refuses U+0000 now, but an older one stored it: put one in as it would have.
+        with sqlite3.connect(server.cfg.store.path) as db:
+            db.execute(
+                "UPDATE messages SET content = ? WHERE id = ?", ("nul\x00here", nul["id"])
+            )
         await roundtrip(alice, talk, "last")
         await recv_message(bob)
         await roundtrip(alice, lobby, "in the lobby")

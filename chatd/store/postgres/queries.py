@@ -332,6 +332,11 @@ def sweep_tickets(conn: Connection, before: float) -> int:
     return conn.execute("DELETE FROM tickets WHERE expires_at < %s", (before,)).rowcount
 
 
+# The secrets table's names. The STOMP login key signs issued logins (chatd.stomp.logins);
+# `chatd migrate-store` carries a node's key file into it.
+STOMP_LOGIN_KEY = "stomp-login-key"
+
+
 def shared_secret(conn: Connection, name: str, candidate: str) -> str:
     """The secret called `name` every node shares: `candidate` if none was kept yet."""
     conn.execute(
