@@ -253,11 +253,12 @@ class StompSession:
                     await transport.aclose(drain=not self.state.closing.is_set())
 
     async def _read_loop(self, scope: trio.CancelScope) -> None:
-        receive = self.transport.receive
+        # `self.transport.receive()` each time, not a bound method kept in a local: this
+        # frame waits for the connection's whole life, and what it holds is per connection.
         try:
             with trio.move_on_after(CONNECT_TIMEOUT):
                 while not self._finished and not self.registered:
-                    data = await receive()
+                    data = await self.transport.receive()
                     if data is None:
                         break
                     await self.receive_data(data)
@@ -267,13 +268,13 @@ class StompSession:
             while not self._finished:
                 deadline = conv.transaction_deadline
                 if deadline == math.inf:
-                    data = await receive()
+                    data = await self.transport.receive()
                 else:
                     # Only a connection with a transaction open pays for a timer, and only
                     # while it is open: an idle one costs nothing.
                     data = None
                     with trio.move_on_at(deadline) as timer:
-                        data = await receive()
+                        data = await self.transport.receive()
                     if timer.cancelled_caught:
                         error = conv.expired()
                         if error is not None:
