@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
@@ -277,3 +278,17 @@ async def test_presence_typing_and_read_marks_hold_cluster_wide(
                 assert marked["readerId"] == 1
             _, offline = await next_event_of(watcher, "user_status_changed", skip=("user_typing",))
             assert (offline["userId"], offline["status"]) == (1, "offline")
+
+
+async def test_two_nodes_given_one_name_are_reported_and_still_hear_each_other(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(60):
+        (first,) = await start_cluster(1)
+        second = await start_cluster.node("n1")  # the operator copied the config as is
+        room = await create_room(first, [1, 2])
+        async with chat(first, 1) as alice, chat(second, 2) as bob:
+            sent = await roundtrip(alice, room, "still delivered")
+            assert await recv_message(bob) == sent
+    assert any("also named n1" in r.getMessage() for r in caplog.records)

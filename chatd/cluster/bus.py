@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -65,7 +66,11 @@ class RabbitBroker:
     ) -> None:
         self._cfg = cfg
         self._address = parse_bus_url(cfg.url)
-        self.node = cfg.node_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.name = cfg.node_name or f"{socket.gethostname()}-{os.getpid()}"
+        # On the bus, the name and this run's own mark: a node that restarts is a new
+        # node to the others (what they knew of the old one expires with it), and two
+        # nodes given the same name are told apart and reported.
+        self.node = f"{self.name}#{secrets.token_hex(3)}"
         self._hub = hub
         self._store = store
         self._clock = clock
@@ -151,6 +156,12 @@ class RabbitBroker:
             got = wire.arrival(frame)
             if got.node == self.node:
                 return
+            if got.node.rpartition("#")[0] == self.name:
+                self._bad_log.warning(
+                    "cluster: another node on the bus is also named %s; give each its own"
+                    " [bus] node_name",
+                    self.name,
+                )
             self.received += 1
             topic = got.topic
             if topic == wire.CONTROL:
@@ -267,7 +278,7 @@ class RabbitBroker:
             self._why_not = None
             self._joined.set()
             self._lost_log.reset()
-            log.info("cluster: node %s joined the bus at %s", self.node, where)
+            log.info("cluster: node %s joined the bus at %s", self.name, where)
             self.presence.joined()
             # What this node missed while away: control messages (the rooms, reloaded)
             # and messages (read from the store, in order); the others reload too, for
