@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from chatd.server import Running, serve
-
-from .conftest import Server, make_config
+from .conftest import Server, make_config, serve_in
 
 # Short enough that a dead node's users go offline within a test's patience.
 HEARTBEAT = 0.25
@@ -48,25 +46,17 @@ async def start_cluster(
     its own machine), all on the bus when it returns. `await start_node(name)` on the
     returned list's `.add` starts one more."""
     async with trio.open_nursery() as nursery:
-        started: list[Running] = []
+        started: list[Server] = []
 
         async def start_node(name: str, **sections: dict[str, Any]) -> Server:
             home = tmp_path / name
             home.mkdir(exist_ok=True)
             cfg = make_config(home, **cluster_sections(pg_dsn, rabbit_url, name, **sections))
-            stopped = trio.Event()
-
-            async def run(*, task_status: trio.TaskStatus[Running]) -> None:
-                try:
-                    await serve(cfg, task_status=task_status)
-                finally:
-                    stopped.set()
-
-            running: Running = await nursery.start(run)
-            started.append(running)
+            server = await serve_in(nursery, cfg)
+            started.append(server)
             with trio.fail_after(30):
-                await running.state.cluster.wait_joined()
-            return Server(running, cfg, stopped)
+                await server.state.cluster.wait_joined()
+            return server
 
         async def start(n: int, **sections: dict[str, Any]) -> list[Server]:
             return [await start_node(f"n{i + 1}", **sections) for i in range(n)]
@@ -75,5 +65,5 @@ async def start_cluster(
         start.dsn = pg_dsn  # type: ignore[attr-defined]
         start.url = rabbit_url  # type: ignore[attr-defined]
         yield start
-        for r in started:
-            r.shutdown()
+        for server in started:
+            server.running.shutdown()

@@ -67,30 +67,35 @@ class Server:
 StartServer = Callable[..., Any]
 
 
+async def serve_in(nursery: trio.Nursery, cfg: config_mod.Config) -> Server:
+    """`serve(cfg)` in `nursery`, once it is ready."""
+    stopped = trio.Event()
+
+    async def run(*, task_status: trio.TaskStatus[Running]) -> None:
+        try:
+            await serve(cfg, task_status=task_status)
+        finally:
+            stopped.set()
+
+    running: Running = await nursery.start(run)
+    return Server(running, cfg, stopped)
+
+
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     """`await start_server(**sections)` starts a server; it is shut down after the test.
     Several may be started (restart tests) on the same tmp_path."""
     async with trio.open_nursery() as nursery:
-        started: list[Running] = []
+        started: list[Server] = []
 
         async def start(**sections: dict[str, Any]) -> Server:
-            cfg = make_config(tmp_path, **sections)
-            stopped = trio.Event()
-
-            async def run(*, task_status: trio.TaskStatus[Running]) -> None:
-                try:
-                    await serve(cfg, task_status=task_status)
-                finally:
-                    stopped.set()
-
-            running: Running = await nursery.start(run)
-            started.append(running)
-            return Server(running, cfg, stopped)
+            server = await serve_in(nursery, make_config(tmp_path, **sections))
+            started.append(server)
+            return server
 
         yield start
-        for r in started:
-            r.shutdown()
+        for server in started:
+            server.running.shutdown()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .services import free_port, skip_or_fail
+from .services import free_port, skip_or_fail, start_on_free_ports
 
 # Debian's package puts them in /usr/lib/postgresql/VERSION/bin, off the PATH.
 _DEBIAN = sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)
@@ -124,15 +124,11 @@ def pg_instance() -> Iterator[PgInstance]:
     assert bindir is not None
     instance = PgInstance(bindir)
     try:
-        for attempt in range(3):
-            try:
-                instance.start()
-                break
-            except RuntimeError:
-                # Another process of this busy machine took the free port meanwhile.
-                if attempt == 2:
-                    raise
-                instance.port = free_port()
+
+        def choose_port() -> None:
+            instance.port = free_port()
+
+        start_on_free_ports(instance.start, choose_port)
         yield instance
     finally:
         # Stopped already when a test that stops it failed before starting it again.

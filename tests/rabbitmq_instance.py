@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import pytest
 
-from .services import free_port, skip_or_fail
+from .services import free_port, skip_or_fail, start_on_free_ports
 
 _SEARCH = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
 
@@ -447,16 +447,12 @@ def _started() -> Iterator[RabbitInstance]:
     assert bindir is not None
     instance = RabbitInstance(bindir)
     try:
-        for attempt in range(3):
-            try:
-                instance.start()
-                break
-            except RuntimeError:
-                # Another process of this busy machine took a free port meanwhile.
-                instance.stop()
-                if attempt == 2:
-                    raise
-                instance.choose_ports()
+
+        def choose_ports() -> None:
+            instance.stop()
+            instance.choose_ports()
+
+        start_on_free_ports(instance.start, choose_ports)
         yield instance
     finally:
         instance.stop()

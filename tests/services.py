@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import NoReturn
 
 import pytest
@@ -22,3 +23,18 @@ def skip_or_fail(service: str, reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{service} tests must run on CI: {reason}")
     pytest.skip(reason)
+
+
+def start_on_free_ports(
+    start: Callable[[], None], choose_ports: Callable[[], None], attempts: int = 3
+) -> None:
+    """`start()`, choosing other ports and starting again when it fails (RuntimeError):
+    another process of a busy machine may take a free port before the service binds it."""
+    for attempt in range(attempts):
+        try:
+            start()
+            return
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            choose_ports()
