@@ -16,7 +16,14 @@ import trio.testing
 import trio_websocket
 
 from chatd import config as config_mod
-from chatd.net.connections import WAITING_FULL, Connections, LoginWait
+from chatd.net.connections import (
+    ACCEPT_BURST,
+    MAX_REFUSING,
+    WAITING_FULL,
+    Connections,
+    LoginWait,
+    counting,
+)
 
 from .conftest import Server, StartServer
 from .stomp_client import issue_login, open_stomp
@@ -89,6 +96,38 @@ def test_the_limit_is_validated_and_zero_means_none() -> None:
     assert cfg.server.max_unauthenticated_per_address == 0
     c = counts(0, 0)
     assert all(s is not None and not s.refused for s in [c.enter("192.0.2.1") for _ in range(100)])
+
+
+# --- the accept loop ---------------------------------------------------------------------
+
+
+async def test_the_accept_loop_closes_what_it_will_not_answer_before_any_handler() -> None:
+    c = counts(0, 1)
+    handled: list[trio.SocketStream] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        seat = c.accepted(stream)  # the one counted at accept: not counted again
+        assert seat is not None and not seat.refused
+        handled.append(stream)
+        await trio.sleep_forever()
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            await nursery.start(trio.serve_listeners, handler, counting(listeners, c))
+            first = await trio.open_tcp_stream("127.0.0.1", port)
+            await until(lambda: len(handled) == 1)
+            assert (c.open, c.waiting_of("127.0.0.1")) == (1, 1)
+            c.refusing = MAX_REFUSING  # as many refusals being answered as there may be
+            # More than one burst of connections over the limit: each is closed at accept
+            # (EOF, no answer), none reaches the handler, nothing stays counted.
+            for _ in range(ACCEPT_BURST + 4):
+                async with await trio.open_tcp_stream("127.0.0.1", port) as refused:
+                    assert await refused.receive_some(100) == b""
+            assert len(handled) == 1 and c.open == 1 and c.refused == ACCEPT_BURST + 4
+            nursery.cancel_scope.cancel()
+        await first.aclose()
 
 
 # --- through the real server -------------------------------------------------------------

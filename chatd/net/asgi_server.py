@@ -134,7 +134,7 @@ def _one_framing(app: Any) -> Any:
 async def serve_asgi(
     app: Any,
     hc: HypercornConfig,
-    listeners: Sequence[trio.SocketListener],
+    listeners: Sequence[trio.abc.Listener[trio.SocketStream]],
     stop: trio.Event,
     *,
     on_connection: ConnectionHook = _plain,

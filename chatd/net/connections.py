@@ -25,13 +25,18 @@ header is believed from trusted proxies only: anyone else could write any addres
 
 A refused connection is answered (HTTP 503, WebSocket close 1013, a STOMP ERROR frame)
 and closed; answering takes a moment, so at most `MAX_REFUSING` are answered at once and
-any more are closed without an answer.
+any more are closed without an answer. Counting happens in the accept loop
+(`CountingListener`): a connection closed without an answer costs an accept and a close,
+no task, stream or buffer; during a flood that is most of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
@@ -39,6 +44,9 @@ import trio
 
 # Refused connections answered at once; beyond this a flood is closed without a word.
 MAX_REFUSING = 64
+# Connections a listener takes from the kernel's queue in one go before letting the
+# other tasks run.
+ACCEPT_BURST = 16
 # How long a refused connection (or any answered with an error and closed) is given to
 # send its request head and to read the answer, and how much it may send meanwhile.
 ANSWER_SECONDS = 2.0
@@ -144,6 +152,8 @@ class Connections:
         self.max_waiting = 0  # per address, not yet logged in
         self._per_address: dict[str, int] = {}
         self._waiting: dict[str, int] = {}
+        # Seats counted by a CountingListener, until the connection's handler takes its own.
+        self._accepted: dict[trio.SocketStream, Seat] = {}
         self._trusted_exact: frozenset[str] = frozenset()
         self._trusted_networks: tuple[_Network, ...] = ()
 
@@ -201,6 +211,13 @@ class Connections:
             self._waiting[key] = waiting + 1
             seat.waiting = True
         return seat
+
+    def accepted(self, stream: trio.SocketStream) -> Seat | None:
+        """The seat of a connection its handler starts with: the one a CountingListener
+        counted it in, or one counted now (a listener that does not count). None: refused
+        and not to be answered (close it)."""
+        seat = self._accepted.pop(stream, None)
+        return seat if seat is not None else self.enter(peer_address(stream))
 
     def arrived(self, seat: Seat) -> None:
         """The connection sent its request head (or, on STOMP over TCP, its session
@@ -304,6 +321,72 @@ class Connections:
         return Seat(None, False, why)
 
 
+# What accept(2) may fail with for one connection, the listener being fine (as trio's).
+_IGNORABLE_ACCEPT = {errno.EPERM, errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN,
+                     errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+                     errno.EOPNOTSUPP, errno.ENETUNREACH}  # fmt: skip
+_CLOSED = {errno.EBADF, errno.ENOTSOCK, errno.EINVAL}
+
+
+class CountingListener(trio.abc.Listener[trio.SocketStream]):
+    """A listener that takes what the kernel has queued in bursts (one wake-up for many
+    connections, not one each), counts each connection as it accepts it
+    (Connections.enter), and closes one refused without an answer there and then: no
+    handler task, no stream, no buffer is made for it. The handler takes the seat with
+    `Connections.accepted`. It accepts on a duplicate of the listener's descriptor (the
+    same listening socket), so the trio listener stays its owner's as it was."""
+
+    def __init__(self, listener: trio.SocketListener, connections: Connections) -> None:
+        self.listener = listener
+        self._connections = connections
+        self._sock = socket.socket(fileno=os.dup(listener.socket.fileno()))
+        self._sock.setblocking(False)
+        self._burst = 0
+
+    async def accept(self) -> trio.SocketStream:
+        listening = self._sock
+        connections = self._connections
+        while True:
+            if self._burst >= ACCEPT_BURST:
+                self._burst = 0
+                await trio.lowlevel.checkpoint()
+            try:
+                sock, address = listening.accept()
+            except BlockingIOError:
+                self._burst = 0
+                await trio.lowlevel.wait_readable(listening)
+                continue
+            except OSError as exc:
+                if exc.errno in _CLOSED:
+                    raise trio.ClosedResourceError from None
+                if exc.errno not in _IGNORABLE_ACCEPT:
+                    raise  # serve_listeners waits out EMFILE and the like
+                continue
+            self._burst += 1
+            # The peer as accept(2) gave it: no getpeername. A Unix socket's is "".
+            seat = connections.enter(str(address[0]) if isinstance(address, tuple) else "")
+            if seat is None:
+                sock.close()
+                continue
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            connections._accepted[stream] = seat
+            return stream
+
+    async def aclose(self) -> None:
+        trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+        await self.listener.aclose()
+
+
+def counting(
+    listeners: Sequence[trio.SocketListener], connections: Connections | None
+) -> list[trio.abc.Listener[trio.SocketStream]]:
+    """`listeners`, each counting in `connections` (as they are, when None)."""
+    if connections is None:
+        return list(listeners)
+    return [CountingListener(listener, connections) for listener in listeners]
+
+
 def forwarded_for(head: bytes) -> list[str]:
     """The X-Forwarded-For entries of a request head, oldest first, every such field in
     order (a proxy may add its own line instead of extending the last)."""
@@ -358,7 +441,7 @@ async def serve_counted(
 ) -> None:
     """Run `handler` for a connection that has no request head (STOMP over TCP), counted
     while it runs; a refused one is sent `refusal(why)` and closed."""
-    seat = connections.enter(peer_address(stream))
+    seat = connections.accepted(stream)
     if seat is None:
         await stream.aclose()
         return

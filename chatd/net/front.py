@@ -21,7 +21,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from chatd.net import websocket as ws
 from chatd.net.asgi_server import TWO_FRAMINGS, ServeHttp, serve_asgi
-from chatd.net.connections import Connections, close_with
+from chatd.net.connections import Connections, close_with, counting
 from chatd.net.handshake import WsHandler, WsRoutes, serve_connection
 
 
@@ -82,7 +82,7 @@ async def serve_front(
     await serve_asgi(
         asgi_app,
         hc,
-        listeners,
+        counting(listeners, connections),
         stop,
         on_connection=front_door,
         write_timeout=write_timeout,

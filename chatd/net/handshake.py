@@ -27,7 +27,6 @@ from chatd.net.connections import (
     Connections,
     close_with,
     forwarded_for,
-    peer_address,
 )
 from chatd.net.ws_transport import Upgrade
 
@@ -114,7 +113,7 @@ async def serve_connection(
     seat = None
     try:
         if connections is not None:
-            seat = connections.enter(peer_address(stream))
+            seat = connections.accepted(stream)
             if seat is None:  # a flood of refusals: no answer for this one
                 await stream.aclose()
                 return

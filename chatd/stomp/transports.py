@@ -10,7 +10,7 @@ import trio
 
 from chatd.auth import origin_allowed
 from chatd.net import websocket as ws
-from chatd.net.connections import LoginWait, close_with, peer_address, serve_counted
+from chatd.net.connections import LoginWait, close_with, counting, peer_address, serve_counted
 from chatd.net.handshake import WsRoutes, busy_close, refuse, serve_connection
 from chatd.net.wire import Disconnected as WireClosed
 from chatd.net.wire import WireWriter
@@ -208,7 +208,9 @@ async def serve_stomp_websocket(
     listeners: Sequence[trio.SocketListener],
     handler_nursery: trio.Nursery,
     *,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[trio.abc.Listener[trio.SocketStream]]] = (
+        trio.TASK_STATUS_IGNORED
+    ),
 ) -> None:
     """The dedicated STOMP WebSocket listener: `/ws` only, until cancelled."""
     routes = WsRoutes(
@@ -218,7 +220,10 @@ async def serve_stomp_websocket(
     )
     handler = partial(serve_connection, routes=routes)
     await trio.serve_listeners(
-        handler, list(listeners), handler_nursery=handler_nursery, task_status=task_status
+        handler,
+        counting(listeners, state.connections),
+        handler_nursery=handler_nursery,
+        task_status=task_status,
     )
 
 
@@ -227,7 +232,9 @@ async def serve_stomp_tcp(
     listeners: Sequence[trio.SocketListener],
     handler_nursery: trio.Nursery,
     *,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[trio.abc.Listener[trio.SocketStream]]] = (
+        trio.TASK_STATUS_IGNORED
+    ),
 ) -> None:
     """STOMP over plain TCP, until cancelled."""
     # Counted with every other listener's connections (chatd.net.connections).
@@ -236,7 +243,7 @@ async def serve_stomp_tcp(
     )
     await trio.serve_listeners(
         handler,
-        list(listeners),
+        counting(listeners, state.connections),
         handler_nursery=handler_nursery,
         task_status=task_status,
     )
