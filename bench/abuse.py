@@ -577,6 +577,8 @@ def run(args: Any, srv: Any, bench: Any, max_connections: int) -> dict[str, Any]
                 f"{row['rss_peak_mb']} MB; honest p99 {h['p99_ms']} ms, refused "
                 f"{h['refused']}; server CPU {row['server_cpu_pct']} %, others' CPU "
                 f"{row['noise_cpu_pct']} % {top}; attacker {stats}")  # fmt: skip
+            log(f"abuse: attack {aid}: the honest client's worst latency in each second (ms): "
+                f"{h.get('worst_by_second_ms')}")
             rows.append(row)
     finally:
         if honest.poll() is None:
@@ -625,7 +627,8 @@ async def honest_main(spec: dict[str, Any]) -> None:
     pending: dict[int, int] = {}  # seq -> monotonic ns sent, until delivered
 
     def reset() -> None:
-        st.update(lat=[], sent=0, delivered=0, refusals=[], probes=0, t0=trio.current_time())
+        st.update(lat=[], sent=0, delivered=0, refusals=[], probes=0, t0=trio.current_time(),
+                  t0_ns=time.monotonic_ns(), worst={})
 
     reset()
     stdin = trio.lowlevel.FdStream(os.dup(0))
@@ -666,8 +669,14 @@ async def honest_main(spec: dict[str, Any]) -> None:
                         st["refusals"].append("ERROR " + data[:120].decode(errors="replace"))
                     for m in marker.finditer(data):
                         if pending.pop(int(m.group(1)), None) is not None:
-                            st["lat"].append((now - int(m.group(2))) / 1e6)
+                            sent_ns = int(m.group(2))
+                            ms = (now - sent_ns) / 1e6
+                            st["lat"].append(ms)
                             st["delivered"] += 1
+                            # The worst latency of each second of the phase, by send time:
+                            # when in the attack the server stalled.
+                            second = max(0, (sent_ns - st["t0_ns"]) // 1_000_000_000)
+                            st["worst"][second] = max(st["worst"].get(second, 0.0), ms)
             except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError,
                     OSError, ConnectionError) as exc:  # fmt: skip
                 conn_box.pop("c", None)
@@ -751,6 +760,8 @@ async def honest_main(spec: dict[str, Any]) -> None:
                           "sent": st["sent"], "delivered": st["delivered"], "missing": missing,
                           "p50_ms": round(statistics.median(lat), 1) if lat else None,
                           "p99_ms": q(0.99), "max_ms": round(lat[-1], 1) if lat else None,
+                          "worst_by_second_ms": [round(st["worst"].get(i, -1), 1) for i in
+                                                 range(1 + max(st["worst"], default=-1))],
                           "probes": st["probes"], "refusals": sorted(set(st["refusals"])),
                           "refused": bool(st["refusals"])})  # fmt: skip
                 elif cmd[0] == "quit":
