@@ -176,6 +176,10 @@ class RabbitBroker:
                 self._hub.deliver_user(int(topic[5:]), wire.event_of(got))
         except (wire.BadFrame, ValueError, KeyError, TypeError) as exc:
             self._bad_log.warning("cluster: dropped a frame from the bus: %s", exc)
+        except Exception:
+            # Whatever a frame makes go wrong here must not end the node's bus task (and
+            # with it the server).
+            log.exception("cluster: a frame from the bus could not be handled")
 
     def _on_control(self, sender: str, message: dict[str, Any]) -> None:
         if self.presence.received(sender, message):

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from chatd.config import BusAddress
-from chatd.stomp import CLOSED, NEED_DATA, Frame, FrameReader, FrameWriter
+from chatd.stomp import CLOSED, NEED_DATA, Frame, FrameReader, FrameWriter, StompError
 
 log = logging.getLogger("chatd.cluster")
 
@@ -27,6 +27,9 @@ CONNECT_TIMEOUT = 10.0
 HEARTBEAT_MS = 5000
 HEARTBEAT_TOLERANCE = 2.5
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+# Anyone allowed to publish on the vhost's amq.topic can put headers of their own on a
+# frame, and RabbitMQ passes them on: a long one is bounded by the frame, not refused.
+MAX_HEADER_BYTES = 1024 * 1024
 _READ = 65536
 
 
@@ -38,7 +41,9 @@ class LinkLost(Exception):
 class Link:
     def __init__(self, stream: trio.SocketStream, max_pending: int) -> None:
         self._stream = stream
-        self._reader = FrameReader(max_frame_size=MAX_FRAME_BYTES, max_headers=1000)
+        self._reader = FrameReader(
+            max_frame_size=MAX_FRAME_BYTES, max_headers=1000, max_header_length=MAX_HEADER_BYTES
+        )
         self._writer = FrameWriter()
         self._pending = bytearray()
         self._has_pending = trio.Event()
@@ -107,7 +112,12 @@ class Link:
 
     async def _next_frame(self) -> Frame:
         while True:
-            event = self._reader.next_event()
+            try:
+                event = self._reader.next_event()
+            except StompError as exc:
+                # A frame this codec cannot read leaves it broken: the connection ends
+                # (and is made again) rather than the node.
+                raise LinkLost(f"unreadable frame from RabbitMQ: {exc}") from None
             if isinstance(event, Frame):
                 return event
             if event is CLOSED:

@@ -1,0 +1,54 @@
+"""What a node does with frames on the bus that no chatd node of this cluster sent: another
+application publishing to amq.topic under the cluster's name, or a node of another cluster
+given the same [bus] name. It drops them and keeps serving. Private services
+(tests/pg_instance.py, tests/rabbitmq_instance.py); every wait has a timeout."""
+
+from __future__ import annotations
+
+import trio
+
+from chatd.cluster import wire
+from chatd.cluster.link import Link
+from chatd.config import parse_bus_url
+from chatd.stomp import Frame
+
+from ._chat import chat, create_room, recv_message, roundtrip
+from .cluster import StartCluster, start_cluster  # noqa: F401 (fixture)
+from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
+from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
+
+
+async def publish_raw(url: str, *frames: Frame) -> None:
+    """Publish `frames` on the bus as a client of RabbitMQ that is not a chatd node, and
+    return once RabbitMQ has them (a receipt on a subscription sent after them)."""
+    link = await Link.open(parse_bus_url(url), 1 << 26)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run, lambda frame: None)
+            for frame in frames:
+                assert link.send(frame)
+            await link.subscribe("/topic/outsider.nothing", "outsider")
+            nursery.cancel_scope.cancel()
+    finally:
+        await link.aclose()
+
+
+async def test_a_frame_the_codec_refuses_does_not_stop_the_node(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+) -> None:
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        room = await create_room(n1, [1, 2])
+        destination = wire.destination("chatd", wire.CONTROL)
+        long_header = Frame("SEND", (("destination", destination), ("x-note", "x" * 20_000)), b"{}")
+        many_headers = Frame(
+            "SEND",
+            (("destination", destination), *((f"x-h{i}", "v") for i in range(1200))),
+            b"{}",
+        )
+        await publish_raw(start_cluster.url, long_header, many_headers)  # type: ignore[attr-defined]
+        async with chat(n1, 1) as alice, chat(n2, 2) as bob:
+            sent = await roundtrip(alice, room, "still here")
+            assert await recv_message(bob) == sent
+        with trio.fail_after(30):
+            await n2.state.cluster.wait_joined()
