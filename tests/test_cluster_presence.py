@@ -125,3 +125,27 @@ def test_other_messages_are_not_presence() -> None:
     c = Cluster(["a"], Clock())
     assert not c.nodes["a"].received("b", {"op": "member_added", "room": 1, "user": 2})
     assert c.nodes["a"].nodes() == []
+
+
+def test_a_node_taken_for_dead_that_speaks_again_is_asked_for_its_users() -> None:
+    """A node silent past the timeout without losing its connection (its loop stalled, the
+    bus slow): once heard again, the others learn its users again, and it theirs."""
+    clock = Clock()
+    c = Cluster(["a", "b"], clock, timeout=8.0)
+    a, b = c.nodes["a"], c.nodes["b"]
+    a.local_up(1)
+    b.local_up(2)
+    c.tick()
+    assert b.is_online(1) and a.is_online(2)
+    c.down.add("a")  # a stalls: it neither hears nor speaks
+    clock.now += 9.0
+    c.tick()
+    assert not b.is_online(1)
+    c.down.clear()
+    # a comes to: b's heartbeat reaches it late, and a buries b before reading it.
+    b.tick()
+    a.tick()
+    c.flush()
+    c.flush()
+    assert b.is_online(1) and a.is_online(2)
+    assert b.nodes() == ["a"] and a.nodes() == ["b"]

@@ -7,7 +7,8 @@ announces them to its own sessions only, so an announcement is made once per nod
 never travels. A node says it is alive every `heartbeat` seconds; one not heard from for
 `timeout` seconds is dead (killed, or cut off from the bus), and its users go offline
 unless another node has them. A node that (re)joins asks the others for their users
-(`hello`) and sends its own (`snapshot`), which also heals anything missed while away.
+(`hello`) and sends its own (`snapshot`), which also heals anything missed while away;
+so does a node that hears another it did not know (taken for dead, it was only slow).
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ class ClusterPresence:
         if node is None:
             node = self._nodes[sender] = _Node(self._clock())
             log.info("cluster: node %s joined", sender)
+            if op not in ("hello", "snapshot"):
+                # A node heard without its hello: one taken for dead that was only slow
+                # or stalled (its connection never ended, so it will not say hello
+                # again), or this node is the one that was. Hello makes every node
+                # send its users; without it the users of that node stayed offline here.
+                self._publish({"op": "hello", "users": sorted(self._local)})
         node.seen = self._clock()
         user = message.get("user")
         if op == "up" and isinstance(user, int) and user not in node.users:
