@@ -81,6 +81,8 @@ class ChatService:
         # for the server's life.
         self.expiry: Expiry[Session] = Expiry(self._expired, wall_clock)
         broker.presence.on_change = self._presence_changed
+        # While `resync` reads the store: the rooms changed meanwhile (see `_touched`).
+        self._resync_touched: set[int] | None = None
         broker.on_control = self.apply_control
 
     def reconfigure(self, cfg: Config) -> None:
@@ -209,6 +211,7 @@ class ChatService:
         room_id = await self.store.create_room(name, public, members)
         room = Room(room_id, name, public, set(members))
         self.rooms.add_room(room)
+        self._touched(room_id)
         self.broker.publish_control({"op": "room_created", "room": _room_state(room)})
         for uid in room.members:
             self.broker.publish_user(
@@ -226,6 +229,7 @@ class ChatService:
         room = self._room(room_id)
         if await self.store.add_member(room_id, user_id) or user_id not in room.members:
             self.rooms.add_member(room_id, user_id)
+            self._touched(room_id)
             self.broker.publish_control({"op": "member_added", "room": room_id, "user": user_id})
             self.broker.publish_user(
                 user_id, events.room_membership("room_joined", room.describe(), user_id)
@@ -250,6 +254,7 @@ class ChatService:
         room = self._room(room_id)
         await self.store.update_room(room_id, name, public)
         _update(room, name, public)
+        self._touched(room_id)
         self.broker.publish_control(
             {"op": "room_updated", "room": room_id, "name": name, "public": public}
         )
@@ -267,6 +272,7 @@ class ChatService:
         writer keeps order) and deleted with the rest."""
         room = self._room(room_id)
         self.rooms.remove_room(room_id)
+        self._touched(room_id)
         try:
             await self.store.delete_room(room_id)
         except BaseException:
@@ -289,6 +295,7 @@ class ChatService:
 
     def _member_removed(self, room_id: int, user_id: int) -> None:
         self.rooms.remove_member(room_id, user_id)
+        self._touched(room_id)
         for session in self.hub.sessions_of(user_id):
             session.room_left(room_id)
 
@@ -296,6 +303,7 @@ class ChatService:
         room = self._room(room_id)
         await self.store.add_invite(room_id, user_id)
         self.rooms.invite(room_id, user_id)
+        self._touched(room_id)
         self.broker.publish_control({"op": "invited", "room": room_id, "user": user_id})
         self.broker.publish_user(
             user_id, events.room_membership("room_invited", room.describe(), user_id)
@@ -394,10 +402,13 @@ class ChatService:
         store has it already). Its users hear of it from the publications that follow."""
         op = message["op"]
         room = self.rooms.get(message.get("room", 0)) if op != "room_created" else None
+        if room is not None:
+            self._touched(room.id)
         user = int(message.get("user") or 0)
         if op == "room_created":
             state = message["room"]
             if self.rooms.get(state["id"]) is None:
+                self._touched(state["id"])
                 self.rooms.add_room(
                     Room(state["id"], state["name"], state["public"], set(state["members"]),
                          set(state["invited"]))
@@ -425,11 +436,19 @@ class ChatService:
 
     async def resync(self) -> None:
         """After this node missed control messages (the bus was away): rooms, members and
-        invites as the store has them; sessions leave the rooms their user left."""
-        rows: list[RoomRow] = await self.store.rooms()
+        invites as the store has them; sessions leave the rooms their user left. A room
+        changed here or by a control message while the store was read is as memory has
+        it: newer than what was read."""
+        touched: set[int] = set()
+        self._resync_touched = touched
+        try:
+            rows: list[RoomRow] = await self.store.rooms()
+        finally:
+            self._resync_touched = None
+        rows = [row for row in rows if row.id not in touched]
         known = {row.id for row in rows}
         for room in self.rooms.all():
-            if room.id not in known:
+            if room.id not in known and room.id not in touched:
                 self.rooms.remove_room(room.id)
                 self._room_gone(room)
         for row in rows:
@@ -445,6 +464,11 @@ class ChatService:
             for uid in row.members - held.members:
                 self.rooms.add_member(held.id, uid)
             held.invited = set(row.invited)
+
+    def _touched(self, room_id: int) -> None:
+        """A room changed in memory; a resync reading the store meanwhile leaves it so."""
+        if self._resync_touched is not None:
+            self._resync_touched.add(room_id)
 
     def _expired(self, session: Session) -> None:
         log.info(
