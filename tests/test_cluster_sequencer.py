@@ -4,9 +4,11 @@ trio's MockClock: the waits are exact and nothing sleeps."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
+from chatd.cluster import sequencer
 from chatd.cluster.sequencer import Sequencer
 
 
@@ -150,3 +152,27 @@ async def test_a_failing_delivery_does_not_stop_the_order() -> None:
     seq.offer(1, 0, "bad")
     seq.offer(2, 1, "good")
     assert got == ["good"] and seq.last == 2
+
+
+async def test_held_messages_stay_bounded_while_the_store_is_away(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus goes on bringing messages past a gap the store cannot close yet: beyond
+    MAX_HELD they are not kept (each is still committed: read later, in order)."""
+    monkeypatch.setattr(sequencer, "MAX_HELD", 50)
+    got: list[str] = []
+    store = Store(list(range(11, 411)))
+    store.fail = 3
+    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05, retry_wait=1.0)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        for i in range(12, 411):  # 11 never comes on the bus
+            seq.offer(i, i - 1, f"bus {i}")
+            assert seq.held <= 50
+        await trio.sleep(0.5)
+        assert got == [] and seq.held <= 50  # the store is still away
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert [int(x.split()[-1].lstrip("m")) for x in got] == list(range(11, 411))
+    assert seq.held == 0

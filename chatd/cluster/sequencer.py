@@ -23,7 +23,9 @@ log = logging.getLogger("chatd.cluster")
 
 T = TypeVar("T")
 
-# Held messages beyond this many: fill from the store at once rather than wait longer.
+# Held messages up to this many; at the bound, fill from the store at once rather than
+# wait longer, and a message that finds it full is not kept but read from the store later
+# (it is committed), so a gap the store cannot close yet (the store away) holds no more.
 MAX_HELD = 10_000
 
 
@@ -62,11 +64,15 @@ class Sequencer(Generic[T]):
             self._pass(message_id, item)
             self._drain()
             return
+        if len(self._held) >= MAX_HELD:
+            self._wanted = max(self._wanted, message_id)
+            self._wakeup.set()
+            return
         self._held[prev_id] = (message_id, item)
         if len(self._held) == 1:
             self.gaps += 1
             self._wakeup.set()
-        elif len(self._held) > MAX_HELD:
+        elif len(self._held) >= MAX_HELD:
             self._wakeup.set()
 
     def catch_up(self, upto: int) -> None:
@@ -112,7 +118,7 @@ class Sequencer(Generic[T]):
                 self._gap_since = trio.current_time()
             # The bus usually brings the missing ones within a millisecond or two.
             deadline = self._gap_since + self.gap_wait
-            if len(self._held) <= MAX_HELD and trio.current_time() < deadline:
+            if len(self._held) < MAX_HELD and trio.current_time() < deadline:
                 self._wakeup = trio.Event()
                 with trio.move_on_at(deadline):
                     await self._wakeup.wait()
