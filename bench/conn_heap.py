@@ -1,6 +1,6 @@
 """Python heap per subscribed STOMP-over-WebSocket connection, in one process.
 
-    PYTHONPATH=CHECKOUT python bench/conn_heap.py CHECKOUT [N]
+    PYTHONPATH=CHECKOUT python bench/conn_heap.py CHECKOUT [N] [--where]
 
 Starts chatd from CHECKOUT (a checkout of any revision) in-process, connects N clients
 (default 300) over STOMP on the dedicated WebSocket listener, each subscribed to one room,
@@ -8,21 +8,33 @@ and prints tracemalloc's growth per connection after the first 20 (server and cl
 heaps together: the client's share is the same for every revision, so differences are
 chatd's), and the files that allocate most per connection. Exact and repeatable, unlike
 RSS on a busy machine; it does not see what the kernel keeps for each socket.
+
+`--where` says which lines of chatd keep it: each allocation still alive is put on the
+innermost frame of CHECKOUT's chatd/ on its traceback (40 frames deep), so what trio,
+wsproto or the interpreter allocate under a chatd call (a suspended coroutine's frame, a
+task, a cancel scope) counts for the chatd line that called them, and the allocating
+line is shown beside it. Its total is a little different from the one without it
+(tracemalloc keeps the deeper tracebacks): compare totals taken the same way.
 """
 
 from __future__ import annotations
 
 import gc
+import linecache
 import sys
 import tempfile
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import trio
 from trio_websocket import connect_websocket
 
-sys.path.insert(0, sys.argv[1])
-N = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+WHERE = "--where" in sys.argv
+ARGS = [a for a in sys.argv[1:] if a != "--where"]
+CHECKOUT = str(Path(ARGS[0]).resolve())
+sys.path.insert(0, CHECKOUT)
+N = int(ARGS[1]) if len(ARGS) > 1 else 300
 WARM = 20
 
 from chatd import config as config_mod  # noqa: E402
@@ -71,18 +83,46 @@ async def main() -> None:
             for user_id in range(1, WARM + 1):
                 await connect(user_id)
             gc.collect()
-            tracemalloc.start()
+            tracemalloc.start(40 if WHERE else 1)
             base = tracemalloc.get_traced_memory()[0]
             for user_id in range(WARM + 1, N + 1):
                 await connect(user_id)
             gc.collect()
             per = (tracemalloc.get_traced_memory()[0] - base) / (N - WARM)
-            print(f"{sys.argv[1]}: {per:,.0f} B of Python heap per connection")
-            for stat in tracemalloc.take_snapshot().statistics("filename")[:15]:
-                where = "/".join(stat.traceback[0].filename.split("/")[-2:])
-                print(f"  {stat.size / (N - WARM):7,.0f} B  {where}")
+            print(f"{ARGS[0]}: {per:,.0f} B of Python heap per connection")
+            snapshot = tracemalloc.take_snapshot()
+            if WHERE:
+                _print_where(snapshot)
+            else:
+                for stat in snapshot.statistics("filename")[:15]:
+                    where = "/".join(stat.traceback[0].filename.split("/")[-2:])
+                    print(f"  {stat.size / (N - WARM):7,.0f} B  {where}")
             clients.cancel_scope.cancel()  # measured: no orderly goodbyes
         running.shutdown()
+
+
+def _line(filename: str, lineno: int) -> str:
+    return linecache.getline(filename, lineno).strip()
+
+
+def _print_where(snapshot: tracemalloc.Snapshot) -> None:
+    """Bytes per connection by the innermost chatd line on each allocation's traceback."""
+    ours = CHECKOUT + "/chatd/"
+    by_line: Counter[str] = Counter()
+    for stat in snapshot.statistics("traceback"):
+        frames = list(stat.traceback)  # oldest first
+        inner = frames[-1]
+        mine = next((f for f in reversed(frames) if f.filename.startswith(ours)), None)
+        key = "(no chatd frame)"
+        if mine is not None:
+            path = mine.filename[len(ours) :]
+            key = f"{path}:{mine.lineno}  {_line(mine.filename, mine.lineno)}"
+        if mine is not inner:
+            where = "/".join(inner.filename.split("/")[-2:])
+            key += f"\n          <- {where}:{inner.lineno}  {_line(inner.filename, inner.lineno)}"
+        by_line[key] += stat.size
+    for key, size in by_line.most_common(40):
+        print(f"  {size / (N - WARM):7,.0f} B  {key}")
 
 
 trio.run(main)
