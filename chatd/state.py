@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,13 @@ class ServerState:
         if cfg.bus.backend == "rabbitmq":
             # Imported only then: a default server never loads the cluster's code.
             from chatd.cluster.bus import RabbitBroker
+            from chatd.store.postgres import PgStore
+            from chatd.store.postgres.queries import CLUSTER_MARK
 
-            cluster = RabbitBroker(cfg.bus, hub, store)
+            # The nodes of one database are one cluster: they share its mark.
+            assert isinstance(store, PgStore)
+            origin = store.shared_secret_sync(CLUSTER_MARK, secrets.token_hex(8))
+            cluster = RabbitBroker(cfg.bus, hub, store, origin=origin)
             broker = cluster
         else:
             cluster = None

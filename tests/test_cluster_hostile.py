@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import trio
 
+from chatd import events
 from chatd.cluster import wire
 from chatd.cluster.link import Link
 from chatd.config import parse_bus_url
+from chatd.model import StoredMessage
 from chatd.stomp import Frame
 
 from ._chat import chat, create_room, recv_message, roundtrip
@@ -52,3 +54,26 @@ async def test_a_frame_the_codec_refuses_does_not_stop_the_node(
             assert await recv_message(bob) == sent
         with trio.fail_after(30):
             await n2.state.cluster.wait_joined()
+
+
+async def test_another_clusters_frames_under_the_same_name_are_not_delivered_here(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+) -> None:
+    """Two deployments (say staging and production, each its own database) on one vhost,
+    both with the default [bus] name: each hears the other's frames. A message of the
+    other's, with the other's ids, must reach no one here and stop nothing here."""
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        room = await create_room(n1, [1, 2])
+        async with chat(n1, 1) as alice, chat(n2, 2) as bob:
+            first = await roundtrip(alice, room, "ours")
+            assert await recv_message(bob) == first
+            theirs = StoredMessage(
+                10**12, room, 1, "someone else", None, "not for you", "TEXT",
+                "2026-01-01T00:00:00Z", prev_id=first["id"],
+            )  # fmt: skip
+            event = events.new_message(theirs)
+            frame = wire.event_frame("chatd", "staging-1#abcdef", f"room.{room}", event)
+            await publish_raw(start_cluster.url, frame)  # type: ignore[attr-defined]
+            sent = await roundtrip(alice, room, "ours again")
+            assert await recv_message(bob) == sent

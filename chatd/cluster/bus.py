@@ -63,8 +63,12 @@ class RabbitBroker:
         hub: Hub,
         store: StoreAPI,
         clock: Callable[[], float] = trio.current_time,
+        origin: str = "",
     ) -> None:
         self._cfg = cfg
+        # This cluster's mark (kept in its database): what another cluster on the same
+        # vhost and [bus] name publishes is dropped, not delivered to users here.
+        self.origin = origin
         self._address = parse_bus_url(cfg.url)
         self.name = cfg.node_name or f"{socket.gethostname()}-{os.getpid()}"
         # On the bus, the name and this run's own mark: a node that restarts is a new
@@ -83,12 +87,14 @@ class RabbitBroker:
         self._why_not: str | None = "not connected to RabbitMQ yet"
         self._lost_log = RateLimitedLog(log, 60.0, clock)
         self._bad_log = RateLimitedLog(log, 60.0, clock)
+        self._foreign_log = RateLimitedLog(log, 60.0, clock)
         self._resync_wanted = trio.Event()
         self._joined = trio.Event()
         self._asked: dict[str, tuple[set[str], list[Any], trio.Event]] = {}
         self._asks = 0
         self.published = 0
         self.received = 0
+        self.foreign = 0  # frames of another cluster under our name, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
 
     def unavailable(self) -> str | None:
@@ -102,7 +108,9 @@ class RabbitBroker:
     # --- publishing -------------------------------------------------------------------
 
     def publish_room(self, room_id: int, event: Event) -> None:
-        self._send(wire.event_frame(self._cfg.name, self.node, f"room.{room_id}", event))
+        self._send(
+            wire.event_frame(self._cfg.name, self.node, f"room.{room_id}", event, self.origin)
+        )
         if event.prev_id is not None and event.message_id is not None:
             # A chat message from PostgreSQL: in commit order (see the sequencer).
             self.sequencer.offer(event.message_id, event.prev_id, (room_id, event))
@@ -110,11 +118,13 @@ class RabbitBroker:
             self._hub.deliver_room(room_id, event)
 
     def publish_user(self, user_id: int, event: Event) -> None:
-        self._send(wire.event_frame(self._cfg.name, self.node, f"user.{user_id}", event))
+        self._send(
+            wire.event_frame(self._cfg.name, self.node, f"user.{user_id}", event, self.origin)
+        )
         self._hub.deliver_user(user_id, event)
 
     def publish_control(self, message: Control) -> None:
-        self._send(wire.control_frame(self._cfg.name, self.node, message))
+        self._send(wire.control_frame(self._cfg.name, self.node, message, self.origin))
 
     async def ask(self, message: Control) -> list[Any]:
         self._asks += 1
@@ -155,6 +165,16 @@ class RabbitBroker:
         try:
             got = wire.arrival(frame)
             if got.node == self.node:
+                return
+            if got.origin != self.origin:
+                self.foreign += 1
+                self._foreign_log.warning(
+                    "cluster: frames from another cluster (node %s, another database) come"
+                    " under the [bus] name %s on this vhost; dropped. Give each cluster its"
+                    " own [bus] name",
+                    got.node,
+                    self._cfg.name,
+                )
                 return
             if got.node.rpartition("#")[0] == self.name:
                 self._bad_log.warning(

@@ -21,6 +21,9 @@ from chatd.model import Event
 from chatd.stomp import Frame
 
 NODE = "chatd-node"
+# The cluster's own mark, kept in its database: frames of another cluster that shares the
+# vhost and the [bus] name (a copied config, both left at "chatd") are told apart.
+ORIGIN = "chatd-cluster"
 TOPIC = "chatd-topic"
 KIND = "chatd-kind"
 MESSAGE_ID = "chatd-id"
@@ -43,10 +46,11 @@ def subscription(cluster: str) -> str:
     return f"/topic/{cluster}.#"
 
 
-def event_frame(cluster: str, node: str, topic: str, event: Event) -> Frame:
+def event_frame(cluster: str, node: str, topic: str, event: Event, origin: str = "") -> Frame:
     headers = [
         ("destination", destination(cluster, topic)),
         (NODE, node),
+        (ORIGIN, origin),
         (TOPIC, topic),
         (KIND, event.kind),
     ]
@@ -63,10 +67,11 @@ def event_frame(cluster: str, node: str, topic: str, event: Event) -> Frame:
     return Frame("SEND", tuple(headers), body)
 
 
-def control_frame(cluster: str, node: str, message: dict[str, Any]) -> Frame:
+def control_frame(cluster: str, node: str, message: dict[str, Any], origin: str = "") -> Frame:
     headers = (
         ("destination", destination(cluster, CONTROL)),
         (NODE, node),
+        (ORIGIN, origin),
         (TOPIC, CONTROL),
         ("content-type", "application/json"),
     )
@@ -78,6 +83,7 @@ class Arrival:
     """A frame from the bus, its headers read, its body not yet decoded."""
 
     node: str
+    origin: str
     topic: str
     kind: str
     message_id: int | None
@@ -101,6 +107,7 @@ def arrival(frame: Frame) -> Arrival:
         raise BadFrame("not from a chatd node")
     return Arrival(
         node,
+        frame.get(ORIGIN) or "",
         topic,
         frame.get(KIND) or "",
         _number(frame, MESSAGE_ID),

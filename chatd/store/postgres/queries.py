@@ -335,6 +335,8 @@ def sweep_tickets(conn: Connection, before: float) -> int:
 # The secrets table's names. The STOMP login key signs issued logins (chatd.stomp.logins);
 # `chatd migrate-store` carries a node's key file into it.
 STOMP_LOGIN_KEY = "stomp-login-key"
+# Not a secret: the mark a cluster's nodes put on their frames on the bus (chatd.cluster).
+CLUSTER_MARK = "cluster-mark"
 
 
 def shared_secret(conn: Connection, name: str, candidate: str) -> str:
