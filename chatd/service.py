@@ -435,10 +435,10 @@ class ChatService:
         return None
 
     async def resync(self) -> None:
-        """After this node missed control messages (the bus was away): rooms, members and
-        invites as the store has them; sessions leave the rooms their user left. A room
-        changed here or by a control message while the store was read is as memory has
-        it: newer than what was read."""
+        """After this node missed control messages (the bus was away): rooms, members,
+        invites and revocations as the store has them; sessions leave the rooms their
+        user left. A room changed here or by a control message while the store was read
+        is as memory has it: newer than what was read."""
         touched: set[int] = set()
         self._resync_touched = touched
         try:
@@ -464,6 +464,15 @@ class ChatService:
             for uid in row.members - held.members:
                 self.rooms.add_member(held.id, uid)
             held.invited = set(row.invited)
+        # Revocations made meanwhile (an admin's at another node, a user's logout): a
+        # token or login refused there is refused here too. (Only at start does the
+        # store have a loader; it opens its own connection, so off the loop.)
+        revoked = await trio.to_thread.run_sync(self.store.load_revocations_sync)
+        for user_id, (logins, tokens) in revoked.items():
+            if logins is not None:
+                self.revocations.revoke_logins(user_id, logins)
+            if tokens is not None:
+                self.revocations.revoke_tokens(user_id, tokens)
 
     def _touched(self, room_id: int) -> None:
         """A room changed in memory; a resync reading the store meanwhile leaves it so."""

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
+
+from chatd.cluster import bus
 
 from ._chat import chat, create_room, recv_message, roundtrip
 from .cluster import StartCluster, start_cluster  # noqa: F401 (fixture)
 from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
 from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
-from .stomp_client import next_event_of, stomp_user
+from .stomp_client import bearer, next_event_of, stomp_user
 
 
 async def test_a_room_created_while_a_node_reloads_rooms_is_kept_there(
@@ -49,3 +52,47 @@ async def test_a_room_created_while_a_node_reloads_rooms_is_kept_there(
             sent = await roundtrip(alice, room, "in the new room")
             assert n2.state.rooms.get(room) is not None
             assert await recv_message(bob) == sent
+
+
+async def test_tokens_revoked_while_a_node_was_off_the_bus_are_refused_there_once_back(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        token = n2.token(2)
+        cluster = n2.state.cluster
+        # n2 loses the bus and cannot get back until the test lets it.
+        retrying, back = trio.Event(), trio.Event()
+        real_open = bus.Link.open
+
+        async def gated_open(*args: Any) -> Any:
+            retrying.set()
+            await back.wait()
+            return await real_open(*args)
+
+        monkeypatch.setattr(bus.Link, "open", gated_open)
+        resynced = trio.Event()
+        real_resync = cluster.on_resync
+
+        async def resync_and_say() -> None:
+            after_return = back.is_set()  # not one left over from the start
+            await real_resync()
+            if after_return:
+                resynced.set()
+
+        cluster.on_resync = resync_and_say
+        await cluster._link.aclose()
+        await retrying.wait()
+        # Meanwhile an admin at n1 throws the user out and revokes their tokens.
+        async with n1.client() as http:
+            resp = await http.post(
+                "/admin/users/2/disconnect", json={"revokeTokens": True},
+                headers=bearer(n1.admin_token()),
+            )  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        back.set()
+        await resynced.wait()  # n2 is back on the bus and has reloaded from the store
+        async with n2.client() as http:
+            refused = await http.post("/chat/ticket", headers={"accessToken": token})
+        assert refused.status_code == 401, refused.text
