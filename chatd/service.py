@@ -472,7 +472,15 @@ class ChatService:
             if logins is not None:
                 self.revocations.revoke_logins(user_id, logins)
             if tokens is not None:
+                # Not known here yet: an admin's throw-out whose disconnect this node
+                # missed too; the user's sessions here end as they would have.
+                missed = not self.revocations.token_revoked(user_id, tokens - 0.001)
                 self.revocations.revoke_tokens(user_id, tokens)
+                if missed:
+                    self._close_sessions(
+                        user_id, None, CLOSE_DISCONNECTED_BY_ADMIN,
+                        "disconnected by an administrator",
+                    )  # fmt: skip
 
     def _touched(self, room_id: int) -> None:
         """A room changed in memory; a resync reading the store meanwhile leaves it so."""

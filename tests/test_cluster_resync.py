@@ -12,7 +12,7 @@ import trio
 
 from chatd.cluster import bus
 
-from ._chat import chat, create_room, recv_message, roundtrip
+from ._chat import chat, create_room, expect_close, recv_message, roundtrip
 from .cluster import StartCluster, start_cluster  # noqa: F401 (fixture)
 from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
 from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
@@ -58,6 +58,8 @@ async def test_tokens_revoked_while_a_node_was_off_the_bus_are_refused_there_onc
     start_cluster: StartCluster,  # noqa: F811 (fixture)
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """An admin's throw-out with revokeTokens at n1 while n2 is off the bus: once back,
+    n2 refuses the tokens and closes the user's sessions there."""
     with trio.fail_after(90):
         n1, n2 = await start_cluster(2)
         token = n2.token(2)
@@ -82,17 +84,20 @@ async def test_tokens_revoked_while_a_node_was_off_the_bus_are_refused_there_onc
                 resynced.set()
 
         cluster.on_resync = resync_and_say
-        await cluster._link.aclose()
-        await retrying.wait()
-        # Meanwhile an admin at n1 throws the user out and revokes their tokens.
-        async with n1.client() as http:
-            resp = await http.post(
-                "/admin/users/2/disconnect", json={"revokeTokens": True},
-                headers=bearer(n1.admin_token()),
-            )  # fmt: skip
-        assert resp.status_code == 200, resp.text
-        back.set()
-        await resynced.wait()  # n2 is back on the bus and has reloaded from the store
+        async with chat(n2, 2) as on_n2:
+            await cluster._link.aclose()
+            await retrying.wait()
+            # Meanwhile an admin at n1 throws the user out and revokes their tokens.
+            async with n1.client() as http:
+                resp = await http.post(
+                    "/admin/users/2/disconnect", json={"revokeTokens": True},
+                    headers=bearer(n1.admin_token()),
+                )  # fmt: skip
+            assert resp.status_code == 200, resp.text
+            back.set()
+            await resynced.wait()  # n2 is back on the bus and has reloaded from the store
+            # Its session there, which the admin's disconnect did not reach, ends now.
+            assert (await expect_close(on_n2)).code == 4003
         async with n2.client() as http:
             refused = await http.post("/chat/ticket", headers={"accessToken": token})
         assert refused.status_code == 401, refused.text
