@@ -7,6 +7,7 @@
         --login guest --passcode guest                                # RabbitMQ Web-STOMP
     python bench/run.py rooms | idle | churn | history | store [...]
     python bench/run.py suite [--update-benchmarks]                   # everything, both servers
+    python bench/run.py queue-backlog | cluster [...]                 # their own options
 
 For chatd it starts a fresh server itself (temp state dir, free loopback ports, high rate
 limits, big outboxes) on core 0 with `taskset -c 0`; the load generator (bench/loadgen,
@@ -459,7 +460,8 @@ def start_chatd(args: argparse.Namespace) -> Server:
     # Idle RSS at start: after a moment's settling, with no client yet.
     time.sleep(1.0)
     srv.idle_rss_start_kb = rss_kb(proc.pid)
-    srv.secret = (tmp / "chatd.db.jwt-secret").read_text().strip()
+    # A configured secret (the cluster scenario: every node the same) is not written out.
+    srv.secret = cfg["auth"].get("jwt_secret") or (tmp / "chatd.db.jwt-secret").read_text().strip()
     srv.admin_token = subprocess.run(
         [*chatd, "token", "--config", str(config_path), "--user-id", str(ADMIN_ID),
          "--username", "bench-admin", "--admin", "--ttl", "86400"],
@@ -1506,6 +1508,10 @@ def main(argv: list[str] | None = None) -> int:
         import queue_backlog  # its own options (bench/queue_backlog.py)
 
         return queue_backlog.main(argv[1:], sys.modules[__name__])
+    if argv[:1] == ["cluster"]:
+        import cluster  # its own options (bench/cluster.py)
+
+        return cluster.main(argv[1:], sys.modules[__name__])
     args = parse_args(argv)
     raise_nofile()
     if args.load_core in ALLOWED_CORES:

@@ -235,6 +235,13 @@ for (const r of reps) {
   history.merge(Hist.fromJSON(r.history));
 }
 const pubs = reps.flatMap((r) => r.pubs);
+const latencyByTag = {};
+for (const r of reps) {
+  for (const [tag, h] of Object.entries(r.latencyByTag || {})) {
+    if (!latencyByTag[tag]) latencyByTag[tag] = new Hist();
+    latencyByTag[tag].merge(Hist.fromJSON(h));
+  }
+}
 // Per second of the run: deliveries and the worst latency (ms) across workers.
 const timeline = [];
 for (const r of reps) {
@@ -282,4 +289,35 @@ await finish({
   errors: sum(reps, (r) => r.errors),
   error_samples: reps.flatMap((r) => r.errorSamples).slice(0, 10),
   timeline: Array.from(timeline, (x) => x || [0, 0]),
+  latency_by_tag: Object.fromEntries(Object.entries(latencyByTag).map(([t, h]) => [t, h.summary()])),
+  verify: spec.verify ? verifySummary(reps, pubs) : undefined,
 });
+
+// spec.verify: every receiver must have every message of every publisher of its room, in
+// sequence, and the stored ids only growing. Missing = sent - received in sequence.
+function verifySummary(reps, pubs) {
+  const sentBy = new Map(); // room -> [[pub index, sent]]
+  for (const c of spec.clients) {
+    if (c.pub < 0) continue;
+    const p = pubs.find((x) => x.pubIdx === c.pub);
+    if (!sentBy.has(c.room)) sentBy.set(c.room, []);
+    sentBy.get(c.room).push([c.pub, p ? p.sent : 0]);
+  }
+  const out = { receivers: 0, receivers_complete: 0, missing: 0, seq_gaps: 0, seq_behind: 0,
+    id_not_increasing: 0, no_id: 0 };
+  for (const r of reps) {
+    const v = r.verify;
+    out.seq_gaps += v.seqGaps;
+    out.seq_behind += v.seqBehind;
+    out.id_not_increasing += v.idNotIncreasing;
+    out.no_id += v.noId;
+    for (const [room, next] of v.receivers) {
+      out.receivers++;
+      let missing = 0;
+      for (const [pub, sent] of sentBy.get(room) || []) missing += Math.max(0, sent - (next[pub] ?? 0));
+      out.missing += missing;
+      if (missing === 0) out.receivers_complete++;
+    }
+  }
+  return out;
+}

@@ -13,6 +13,7 @@ import { StompParser, commandOf, encode, parseHeaders } from "../lib/stomp.mjs";
 
 const STOMP_PROTOCOLS = ["v12.stomp", "v11.stomp", "v10.stomp"];
 const MARK = Buffer.from("bench|");
+const MESSAGE_ID = Buffer.from('"id":'); // the first in a STOMP new_message body is the message's
 const WARM = Buffer.from("warm|");
 const CHAR_M = 0x4d; // 'M' of MESSAGE
 
@@ -22,6 +23,7 @@ let publishers = []; // the clients that publish
 const hist = new Hist(); // delivery latency
 const ackHist = new Hist(); // store mode: send -> RECEIPT (stored)
 const historyHist = new Hist();
+const tagHists = new Map(); // delivery latency per client tag (the cluster scenario: "far", "near")
 const churnHist = new Hist();
 const stats = {
   received: 0, // bench messages delivered to this worker's clients
@@ -37,6 +39,8 @@ const stats = {
   churnCycles: 0,
   churnFailures: 0,
 };
+// spec.verify: what the receivers found wrong (see Client.verify).
+const verified = { idNotIncreasing: 0, noId: 0, seqGaps: 0, seqBehind: 0 };
 let running = false; // between "run" and the end of the measured window
 let runStartUs = 0;
 const TIMELINE_MAX = 3600;
@@ -97,6 +101,16 @@ class Client {
     this.user = def.user;
     this.room = def.room; // room index into spec.rooms
     this.pubIdx = def.pub; // publisher index, or -1
+    this.url = def.url; // its own server (the cluster scenario: one node of several), or spec.url
+    this.tagHist = null;
+    if (def.tag) {
+      if (!tagHists.has(def.tag)) tagHists.set(def.tag, new Hist());
+      this.tagHist = tagHists.get(def.tag);
+    }
+    // spec.verify: the stored id of the last message (ids must only grow) and, per
+    // publisher, the next sequence number expected (a gap is a lost message).
+    this.lastId = -1;
+    this.nextSeq = spec.verify ? new Map() : null;
     this.ws = null;
     this.parser = null;
     this.open = false;
@@ -137,7 +151,7 @@ class Client {
 
   connectStomp() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(spec.url, STOMP_PROTOCOLS, {
+      const ws = new WebSocket(this.url || spec.url, STOMP_PROTOCOLS, {
         perMessageDeflate: false,
         skipUTF8Validation: true,
         handshakeTimeout: 30000,
@@ -291,6 +305,8 @@ class Client {
       const ts = readInt(buf, p, end);
       const lat = recvUs - ts;
       hist.record(lat);
+      if (this.tagHist !== null) this.tagHist.record(lat);
+      if (this.nextSeq !== null) this.verify(buf, start, m, pub, seq);
       stats.received++;
       if (running) {
         // Per-second timeline of the run (deliveries, worst latency), to find stalls.
@@ -321,6 +337,19 @@ class Client {
       return;
     }
     stats.other++;
+  }
+
+  verify(buf, start, mark, pub, seq) {
+    const at = buf.indexOf(MESSAGE_ID, start);
+    if (at >= 0 && at < mark) {
+      const id = readInt(buf, at + MESSAGE_ID.length, mark);
+      if (id <= this.lastId) verified.idNotIncreasing++;
+      this.lastId = id;
+    } else verified.noId++;
+    const want = this.nextSeq.get(pub) ?? 0;
+    if (seq > want) verified.seqGaps += seq - want;
+    else if (seq < want) verified.seqBehind++;
+    if (seq >= want) this.nextSeq.set(pub, seq + 1);
   }
 
   // --- publishing ----------------------------------------------------------------------
@@ -721,6 +750,7 @@ process.on("message", async (msg) => {
         const cpu = process.cpuUsage(runCpu0 || undefined);
         const pubs = publishers.map((p) => ({
           room: p.room,
+          pubIdx: p.pubIdx,
           sent: p.sent,
           acked: p.acked,
           firstSendUs: p.firstSendUs,
@@ -743,6 +773,8 @@ process.on("message", async (msg) => {
           pubs,
           cpuUs: cpu.user + cpu.system,
           timeline: timelineOf(),
+          latencyByTag: Object.fromEntries([...tagHists].map(([t, h]) => [t, h.toJSON()])),
+          verify: spec.verify ? verifyReport() : undefined,
         });
         break;
       }
@@ -763,6 +795,16 @@ process.on("message", async (msg) => {
     send({ type: "fatal", error: String(err && err.stack ? err.stack : err) });
   }
 });
+
+// Per receiver (warmed, so proven subscribed): its room and how many of each publisher's
+// messages it got in sequence; the driver compares them with what each one sent.
+function verifyReport() {
+  const receivers = [];
+  for (const c of clients) {
+    if (c.warmed && c.open) receivers.push([c.room, Object.fromEntries(c.nextSeq)]);
+  }
+  return { ...verified, receivers };
+}
 
 function timelineOf() {
   let last = -1;
