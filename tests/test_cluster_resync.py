@@ -101,3 +101,35 @@ async def test_tokens_revoked_while_a_node_was_off_the_bus_are_refused_there_onc
         async with n2.client() as http:
             refused = await http.post("/chat/ticket", headers={"accessToken": token})
         assert refused.status_code == 401, refused.text
+
+
+async def test_control_messages_dropped_at_a_full_send_queue_are_made_good(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+) -> None:
+    """A node's queue to RabbitMQ over max_pending_bytes (RabbitMQ blocking publishers, a
+    slow link) drops frames, control messages included, while the connection stays up:
+    no node rejoins, so no resync would come. Once frames pass again, the node that
+    dropped one asks the others to reload."""
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        resynced = trio.Event()
+        cluster2 = n2.state.cluster
+        real_resync = cluster2.on_resync
+        dropping = True
+
+        async def resync_and_say() -> None:
+            after = not dropping
+            await real_resync()
+            if after:
+                resynced.set()
+
+        cluster2.on_resync = resync_and_say
+        link = n1.state.cluster._link
+        bound = link.max_pending
+        link.max_pending = 0  # full: every frame is dropped
+        room = await create_room(n1, [1, 2], name="while full")
+        assert n1.state.cluster.dropped > 0
+        dropping = False
+        link.max_pending = bound
+        await resynced.wait()
+        assert n2.state.rooms.get(room) is not None

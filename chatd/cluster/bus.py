@@ -96,6 +96,7 @@ class RabbitBroker:
         self.received = 0
         self.foreign = 0  # frames of another cluster under our name, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
+        self._lost_control = False  # a control message was dropped since the last resync
 
     def unavailable(self) -> str | None:
         return self._why_not
@@ -124,7 +125,9 @@ class RabbitBroker:
         self._hub.deliver_user(user_id, event)
 
     def publish_control(self, message: Control) -> None:
-        self._send(wire.control_frame(self._cfg.name, self.node, message, self.origin))
+        self._send(
+            wire.control_frame(self._cfg.name, self.node, message, self.origin), control=True
+        )
 
     async def ask(self, message: Control) -> list[Any]:
         self._asks += 1
@@ -152,12 +155,15 @@ class RabbitBroker:
         if not waiting:
             done.set()
 
-    def _send(self, frame: Frame) -> None:
+    def _send(self, frame: Frame, control: bool = False) -> None:
         link = self._link
         if link is not None and link.send(frame):
             self.published += 1
         else:
             self.dropped += 1
+            # A lost message is read from the store by the others (the chain's gap); a
+            # lost control message is made good by a resync and a hello (`_heartbeat`).
+            self._lost_control = self._lost_control or control
 
     # --- arriving ---------------------------------------------------------------------
 
@@ -303,6 +309,7 @@ class RabbitBroker:
             self._joined.set()
             self._lost_log.reset()
             log.info("cluster: node %s joined the bus at %s", self.name, where)
+            self._lost_control = False
             self.presence.joined()
             # What this node missed while away: control messages (the rooms, reloaded)
             # and messages (read from the store, in order); the others reload too, for
@@ -326,6 +333,13 @@ class RabbitBroker:
     async def _heartbeat(self) -> None:
         while True:
             await trio.sleep(self._cfg.heartbeat_seconds)
+            if self._lost_control and self._link is not None:
+                # Dropped while connected (the send queue was full): the others reload
+                # rooms and members and hear our users again. Dropped again, it is
+                # tried again at the next heartbeat.
+                self._lost_control = False
+                self.publish_control({"op": "resync"})
+                self.presence.joined()
             self.presence.tick({"last": self.sequencer.last})
 
     async def aclose(self) -> None:
