@@ -38,6 +38,7 @@ from chatd.cluster.sequencer import Sequencer
 from chatd.config import BusConfig, parse_bus_url
 from chatd.hub import Hub
 from chatd.model import Event
+from chatd.net.wire import corked
 from chatd.ops.logs import RateLimitedLog
 from chatd.stomp import Frame
 from chatd.store.api import StoreAPI
@@ -167,6 +168,13 @@ class RabbitBroker:
 
     # --- arriving ---------------------------------------------------------------------
 
+    def _on_frames(self, frames: list[Frame]) -> None:
+        # Corked as a commit's hooks are: what one read brought leaves each connection
+        # here in one write, not one write per frame.
+        with corked():
+            for frame in frames:
+                self._on_frame(frame)
+
     def _on_frame(self, frame: Frame) -> None:
         try:
             got = wire.arrival(frame)
@@ -294,7 +302,7 @@ class RabbitBroker:
 
             async def running() -> None:
                 nonlocal why
-                why = await link.run(self._on_frame)
+                why = await link.run(self._on_frames)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(running)

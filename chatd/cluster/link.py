@@ -111,20 +111,9 @@ class Link:
             raise LinkLost(f"connection lost while writing: {exc}") from None
 
     async def _next_frame(self) -> Frame:
-        while True:
-            try:
-                event = self._reader.next_event()
-            except StompError as exc:
-                # A frame this codec cannot read leaves it broken: the connection ends
-                # (and is made again) rather than the node.
-                raise LinkLost(f"unreadable frame from RabbitMQ: {exc}") from None
-            if isinstance(event, Frame):
-                return event
-            if event is CLOSED:
-                raise LinkLost("RabbitMQ closed the connection")
-            if event is NEED_DATA:
-                await self._receive()
-            # a HeartBeat: nothing to do but keep reading
+        while (frame := self._buffered_frame()) is None:
+            await self._receive()
+        return frame
 
     async def _receive(self) -> None:
         try:
@@ -175,7 +164,7 @@ class Link:
 
     # --- running --------------------------------------------------------------------
 
-    async def run(self, on_frame: Callable[[Frame], None]) -> str:
+    async def run(self, on_frames: Callable[[list[Frame]], None]) -> str:
         """Read and write until the connection ends; returns why it ended."""
         why = "closed"
 
@@ -189,20 +178,45 @@ class Link:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(guarded, self._write_loop)
-            nursery.start_soon(guarded, functools.partial(self._read_loop, on_frame))
+            nursery.start_soon(guarded, functools.partial(self._read_loop, on_frames))
         return why
 
-    async def _read_loop(self, on_frame: Callable[[Frame], None]) -> None:
+    async def _read_loop(self, on_frames: Callable[[list[Frame]], None]) -> None:
         while True:
-            frame = await self._next_frame()
-            if frame.command == "RECEIPT":
-                waiter = self._receipt_waits.pop(frame.get("receipt-id") or "", None)
-                if waiter is not None:
-                    waiter.set()
-            elif frame.command == "ERROR":
-                raise LinkLost(f"RabbitMQ sent an ERROR frame: {frame.get('message', '')}")
-            elif frame.command == "MESSAGE":
-                on_frame(frame)
+            # Every frame one read brought, handed over together: the receiver delivers
+            # them as one batch (each connection's frames in one write).
+            frames = [await self._next_frame()]
+            while (more := self._buffered_frame()) is not None:
+                frames.append(more)
+            messages = []
+            for frame in frames:
+                if frame.command == "RECEIPT":
+                    waiter = self._receipt_waits.pop(frame.get("receipt-id") or "", None)
+                    if waiter is not None:
+                        waiter.set()
+                elif frame.command == "ERROR":
+                    raise LinkLost(f"RabbitMQ sent an ERROR frame: {frame.get('message', '')}")
+                elif frame.command == "MESSAGE":
+                    messages.append(frame)
+            if messages:
+                on_frames(messages)
+
+    def _buffered_frame(self) -> Frame | None:
+        """The next frame already received (heart-beats pass), or None when more bytes
+        are needed."""
+        while True:
+            try:
+                event = self._reader.next_event()
+            except StompError as exc:
+                # A frame this codec cannot read leaves it broken: the connection ends
+                # (and is made again) rather than the node.
+                raise LinkLost(f"unreadable frame from RabbitMQ: {exc}") from None
+            if isinstance(event, Frame):
+                return event
+            if event is CLOSED:
+                raise LinkLost("RabbitMQ closed the connection")
+            if event is NEED_DATA:
+                return None
 
     async def flushed(self) -> None:
         """Returns once everything queued so far has been written."""
