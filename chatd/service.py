@@ -212,7 +212,7 @@ class ChatService:
         room = Room(room_id, name, public, set(members))
         self.rooms.add_room(room)
         self._touched(room_id)
-        self.broker.publish_control({"op": "room_created", "room": _room_state(room)})
+        await self.broker.ask({"op": "room_created", "room": _room_state(room)})
         for uid in room.members:
             self.broker.publish_user(
                 uid, events.room_membership("room_joined", room.describe(), uid)
@@ -230,7 +230,7 @@ class ChatService:
         if await self.store.add_member(room_id, user_id) or user_id not in room.members:
             self.rooms.add_member(room_id, user_id)
             self._touched(room_id)
-            self.broker.publish_control({"op": "member_added", "room": room_id, "user": user_id})
+            await self.broker.ask({"op": "member_added", "room": room_id, "user": user_id})
             self.broker.publish_user(
                 user_id, events.room_membership("room_joined", room.describe(), user_id)
             )
@@ -241,7 +241,7 @@ class ChatService:
         await self.store.remove_member(room_id, user_id)
         was_member = user_id in room.members
         self._member_removed(room_id, user_id)
-        self.broker.publish_control({"op": "member_removed", "room": room_id, "user": user_id})
+        await self.broker.ask({"op": "member_removed", "room": room_id, "user": user_id})
         if was_member:
             self.broker.publish_user(
                 user_id, events.room_membership("room_removed", room.describe(), user_id)
@@ -255,7 +255,7 @@ class ChatService:
         await self.store.update_room(room_id, name, public)
         _update(room, name, public)
         self._touched(room_id)
-        self.broker.publish_control(
+        await self.broker.ask(
             {"op": "room_updated", "room": room_id, "name": name, "public": public}
         )
         for uid in sorted(room.members):
@@ -279,7 +279,7 @@ class ChatService:
             self.rooms.add_room(room)
             raise
         self._room_gone(room)
-        self.broker.publish_control({"op": "room_deleted", "room": room_id})
+        await self.broker.ask({"op": "room_deleted", "room": room_id})
         described = room.describe()
         for uid in sorted(room.members):
             self.broker.publish_user(uid, events.room_membership("room_removed", described, uid))
@@ -304,7 +304,7 @@ class ChatService:
         await self.store.add_invite(room_id, user_id)
         self.rooms.invite(room_id, user_id)
         self._touched(room_id)
-        self.broker.publish_control({"op": "invited", "room": room_id, "user": user_id})
+        await self.broker.ask({"op": "invited", "room": room_id, "user": user_id})
         self.broker.publish_user(
             user_id, events.room_membership("room_invited", room.describe(), user_id)
         )

@@ -59,7 +59,13 @@ async def start_cluster(
             return server
 
         async def start(n: int, **sections: dict[str, Any]) -> list[Server]:
-            return [await start_node(f"n{i + 1}", **sections) for i in range(n)]
+            nodes = [await start_node(f"n{i + 1}", **sections) for i in range(n)]
+            # Every node knows every other (their hellos crossed): a change made through
+            # one node is then applied by all before its request is answered.
+            with trio.fail_after(30):
+                for node in nodes:
+                    await node.state.cluster.presence.wait_nodes(n - 1)
+            return nodes
 
         start.node = start_node  # type: ignore[attr-defined]
         start.dsn = pg_dsn  # type: ignore[attr-defined]

@@ -17,6 +17,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 log = logging.getLogger("chatd.cluster")
 
 
@@ -45,6 +47,7 @@ class ClusterPresence:
         self._local: set[int] = set()
         self._nodes: dict[str, _Node] = {}
         self._count: dict[int, int] = {}  # by user: nodes that have them, this one included
+        self._changed = trio.Event()
 
     def is_online(self, user_id: int) -> bool:
         return user_id in self._count
@@ -102,6 +105,7 @@ class ClusterPresence:
         node = self._nodes.get(sender)
         if node is None:
             node = self._nodes[sender] = _Node(self._clock())
+            self._nodes_changed()
             log.info("cluster: node %s joined", sender)
             if op not in ("hello", "snapshot"):
                 # A node heard without its hello: one taken for dead that was only slow
@@ -142,8 +146,18 @@ class ClusterPresence:
     def _forget(self, name: str) -> None:
         node = self._nodes.pop(name, None)
         if node is not None:
+            self._nodes_changed()
             for user_id in node.users:
                 self._remove(user_id)
+
+    def _nodes_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_nodes(self, count: int) -> None:
+        """Returns once `count` other nodes are known alive (tests, tools)."""
+        while len(self._nodes) < count:
+            await self._changed.wait()
 
     def _add(self, user_id: int) -> None:
         n = self._count.get(user_id, 0)
