@@ -369,6 +369,10 @@ def _validate_bus(cfg: Config) -> None:
         )
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", bus.name):
         raise ConfigError(f"bus.name: expected letters, digits, - or _, got {bus.name!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", bus.node_name):
+        raise ConfigError(
+            f"bus.node_name: expected letters, digits, ., - or _, got {bus.node_name!r}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -349,6 +349,14 @@ _SECRET32 = "s" * 32
             },
             "bus.name: expected letters, digits, - or _",
         ),
+        (
+            {
+                "bus": {"backend": "rabbitmq", "url": "stomp://u:p@h/", "node_name": "a b"},
+                "store": _PG,
+                "auth": {"jwt_secret": _SECRET32},
+            },
+            "bus.node_name: expected letters, digits, ., - or _",
+        ),
     ],
 )
 def test_bus_settings_are_checked(raw: dict[str, Any], message: str) -> None:
