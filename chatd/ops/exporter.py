@@ -123,6 +123,11 @@ def _cluster_families(state: ServerState) -> list[Family]:
             bus.dropped,
         ),
         counter(
+            "chatd_bus_foreign",
+            "Frames of another cluster under this cluster's [bus] name, dropped",
+            bus.foreign,
+        ),
+        counter(
             "chatd_bus_gaps",
             "Chat messages that came before the one committed ahead of them",
             seq.gaps,
