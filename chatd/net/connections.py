@@ -426,7 +426,9 @@ async def close_with(
         await stream.send_eof()
         drained = 0
         while drained < MAX_DRAIN_BYTES:
-            chunk = await stream.receive_some(65536)
+            # Small reads: what is drained is dropped, and a flood of refused
+            # connections must not hold 64 KiB each while it drains.
+            chunk = await stream.receive_some(16384)
             if not chunk or (peer_done is not None and peer_done(chunk)):
                 break
             drained += len(chunk)

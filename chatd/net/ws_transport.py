@@ -97,7 +97,12 @@ class WebSocketTransport:
             # taken, never after.
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                chunk = os.read(self.stream.socket.fileno(), 65536)
+                # No more than one whole message of the current limit: before a STOMP
+                # login that is a few KB, so a flood of connections sending megabytes
+                # holds a few KB each while it is refused, not 64 KiB.
+                chunk = os.read(
+                    self.stream.socket.fileno(), min(65536, self.parser.max_message + 14)
+                )
             except BlockingIOError:
                 chunk = None  # waited for below: inside `except`, the error would be kept
             except OSError:  # reset by the peer, or closed here

@@ -50,7 +50,8 @@ class TcpTransport:
 
     async def receive(self) -> bytes | None:
         try:
-            data = await self.stream.receive_some(65536)
+            # Before the login (`wait` set) a few KB is all a CONNECT may take.
+            data = await self.stream.receive_some(65536 if self.wait is None else 16384)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
         return data or None
