@@ -19,7 +19,8 @@ generator (bench/loadgen, STOMP over WebSocket, every client on its own node):
    checks it got every publisher's messages in sequence, with stored ids only growing.
 2. latency: one publisher on node 1 at --latency-rate msg/s for --latency-seconds, and
    --latency-receivers receivers on the other nodes (on node 1 itself with one node):
-   p50/p99/max send -> delivered at the far receivers. Checked like fanout.
+   p50/p99/max send -> delivered at the far receivers, after --latency-warmup seconds at
+   the same rate (checked, not timed). Checked like fanout.
 3. store: --store-publishers publishers, each in a room of its own, dealt over the nodes,
    each keeping --store-window SENDs waiting for their RECEIPT (sent after the commit):
    messages stored/s, counted in PostgreSQL.
@@ -100,6 +101,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=1000.0)
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--latency-receivers", type=int, default=20)
+    p.add_argument(
+        "--latency-warmup", type=float, default=3.0,
+        help="latency: seconds at the paced rate before the timed --latency-seconds (sent,"
+        " checked, not timed: the load generator's JIT warms up; 0 times them all)",
+    )  # fmt: skip
     p.add_argument("--store-publishers", type=int, default=48)
     p.add_argument("--store-window", type=int, default=20)
     p.add_argument("--store-seconds", type=float, default=10.0)
@@ -398,7 +404,8 @@ def plan(
         clients = [{"user": pub, "room": 0, "pub": 0, "node": 0, "tag": "sender"}]
         clients += [{"user": u, "room": 0, "pub": -1, "node": far[i % len(far)], "tag": "far"}
                     for i, u in enumerate(recv)]  # fmt: skip
-        paced = {"rate": args.latency_rate, "durationS": args.latency_seconds, "verify": True}
+        paced = {"rate": args.latency_rate, "durationS": args.latency_seconds,
+                 "warmupS": args.latency_warmup, "verify": True}  # fmt: skip
         return [recv + [pub]], clients, paced
     rooms, clients = [], []
     for j in range(args.store_publishers):
@@ -817,8 +824,8 @@ def main(argv: list[str], run: ModuleType) -> int:
         "scenario": "cluster", "server_version": version, "rabbitmq": svc.rabbit_version(),
         "params": {k: getattr(args, k) for k in (
             "setups", "subscribers", "publishers", "messages", "window", "latency_rate",
-            "latency_seconds", "latency_receivers", "store_publishers", "store_window",
-            "store_seconds", "size", "workers", "rt")},
+            "latency_seconds", "latency_warmup", "latency_receivers", "store_publishers",
+            "store_window", "store_seconds", "size", "workers", "rt")},
         "setups": setups, "seconds": round(time.time() - t_start, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip

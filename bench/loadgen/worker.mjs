@@ -43,6 +43,7 @@ const stats = {
 const verified = { idNotIncreasing: 0, noId: 0, seqGaps: 0, seqBehind: 0 };
 let running = false; // between "run" and the end of the measured window
 let runStartUs = 0;
+let measureFromUs = 0; // sends before this are not timed (a paced run's warm-up)
 const TIMELINE_MAX = 3600;
 const timelineCount = new Float64Array(TIMELINE_MAX);
 const timelineMax = new Float64Array(TIMELINE_MAX);
@@ -304,13 +305,18 @@ class Client {
       p = readInt.next;
       const ts = readInt(buf, p, end);
       const lat = recvUs - ts;
-      hist.record(lat);
-      if (this.tagHist !== null) this.tagHist.record(lat);
+      // Messages sent during a paced run's warm-up (spec.warmupS) are checked and counted
+      // but not timed: the first seconds measure the load generator's own JIT warming up.
+      const timed = ts >= measureFromUs;
+      if (timed) {
+        hist.record(lat);
+        if (this.tagHist !== null) this.tagHist.record(lat);
+      }
       if (this.nextSeq !== null) this.verify(buf, start, m, pub, seq);
       stats.received++;
-      if (running) {
+      if (running && timed) {
         // Per-second timeline of the run (deliveries, worst latency), to find stalls.
-        const sec = Math.floor((recvUs - runStartUs) / 1e6);
+        const sec = Math.floor((recvUs - measureFromUs) / 1e6);
         if (sec >= 0 && sec < TIMELINE_MAX) {
           timelineCount[sec]++;
           if (lat > timelineMax[sec]) timelineMax[sec] = lat;
@@ -515,7 +521,9 @@ function phaseRun(startAtUs) {
   runStartUs = startAtUs;
   running = true;
   setTimeout(() => {
-    runDeadlineUs = spec.durationS > 0 ? nowUs() + spec.durationS * 1e6 : 0;
+    const warmupUs = spec.rate > 0 ? (spec.warmupS || 0) * 1e6 : 0;
+    measureFromUs = nowUs() + warmupUs;
+    runDeadlineUs = spec.durationS > 0 ? nowUs() + warmupUs + spec.durationS * 1e6 : 0;
     for (const p of publishers) {
       // Paced publishers start spread over one interval (golden-ratio offsets), not all
       // on the same tick: 200 rooms publishing in lockstep would measure our bursts.
