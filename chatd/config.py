@@ -164,6 +164,9 @@ class BusConfig:
     # stops queueing and lets the others catch up from the store when it is back.
     max_pending_bytes: int = _pos(16 * 1024 * 1024)
     reconnect_max_seconds: float = _pos(10.0)
+    # A node's publications leave in frames at most this often (milliseconds; the first
+    # after a quiet spell at once): RabbitMQ's cost is per frame, not per message.
+    batch_ms: float = _nonneg(2.0)
 
 
 @dataclass(frozen=True, slots=True)

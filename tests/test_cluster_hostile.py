@@ -41,7 +41,7 @@ async def test_a_frame_the_codec_refuses_does_not_stop_the_node(
     with trio.fail_after(90):
         n1, n2 = await start_cluster(2)
         room = await create_room(n1, [1, 2])
-        destination = wire.destination("chatd", wire.CONTROL)
+        destination = wire.destination("chatd")
         long_header = Frame("SEND", (("destination", destination), ("x-note", "x" * 20_000)), b"{}")
         many_headers = Frame(
             "SEND",
@@ -73,7 +73,30 @@ async def test_another_clusters_frames_under_the_same_name_are_not_delivered_her
                 "2026-01-01T00:00:00Z", prev_id=first["id"],
             )  # fmt: skip
             event = events.new_message(theirs)
-            frame = wire.event_frame("chatd", "staging-1#abcdef", f"room.{room}", event)
+            part = wire.event_part(f"room.{room}", event)
+            frame = wire.batch_frame("chatd", "staging-1#abcdef", [part], "another-mark")
             await publish_raw(start_cluster.url, frame)  # type: ignore[attr-defined]
             sent = await roundtrip(alice, room, "ours again")
+            assert await recv_message(bob) == sent
+
+
+async def test_a_batch_with_our_mark_but_a_broken_body_is_dropped_and_the_next_one_delivered(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+) -> None:
+    """Someone on the vhost who knows the cluster's mark (it is not a secret: the bus is
+    trusted) publishes frames whose parts do not add up: each is dropped whole, and the
+    node goes on delivering what the other nodes publish."""
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        room = await create_room(n1, [1, 2])
+        mark = n2.state.cluster.origin
+        headers = (("destination", wire.destination("chatd")), (wire.HEADER, f"{mark} x#1"))
+        broken = [
+            Frame("SEND", headers, b"room.1 new_message - - - - 99\nshort"),
+            Frame("SEND", headers, b"no newline at all"),
+            Frame("SEND", headers, b"control control - - - - 2\n{}"),  # JSON, but no op
+        ]
+        async with chat(n1, 1) as alice, chat(n2, 2) as bob:
+            await publish_raw(start_cluster.url, *broken)  # type: ignore[attr-defined]
+            sent = await roundtrip(alice, room, "after the broken ones")
             assert await recv_message(bob) == sent

@@ -2,7 +2,11 @@
 RabbitMQ (`[bus] backend = "rabbitmq"`).
 
 Every publication goes to the bus and is delivered here at once (chat messages through
-the sequencer, so in the one order the store committed them). Each node subscribes to
+the sequencer, so in the one order the store committed them). Publications leave in
+batches (`chatd.cluster.wire`): what is published while a frame is being made ready
+goes in it; a frame leaves at once after a quiet spell, and at most every
+`[bus] batch_ms` under load, so a busy node sends a few hundred frames a second however
+many messages it publishes. Each node subscribes to
 all of its cluster's traffic with one queue (`NAME.#` on amq.topic, a queue RabbitMQ
 makes for the subscription and deletes with the connection) and decodes only what a
 session here wants: a frame's headers say its room or user, and `Hub.wants_room` /
@@ -93,7 +97,12 @@ class RabbitBroker:
         self._joined = trio.Event()
         self._asked: dict[str, tuple[set[str], list[Any], trio.Event]] = {}
         self._asks = 0
-        self.published = 0
+        self.published = 0  # publications handed to RabbitMQ
+        self.frames = 0  # the frames that carried them
+        self._parts: list[wire.Part] = []  # publications for the next frame
+        self._parts_bytes = 0
+        self._parts_waiting = trio.Event()
+        self._batch_window = cfg.batch_ms / 1000
         self.received = 0
         self.foreign = 0  # frames of another cluster under our name, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
@@ -110,9 +119,7 @@ class RabbitBroker:
     # --- publishing -------------------------------------------------------------------
 
     def publish_room(self, room_id: int, event: Event) -> None:
-        self._send(
-            wire.event_frame(self._cfg.name, self.node, f"room.{room_id}", event, self.origin)
-        )
+        self._send(wire.event_part(f"room.{room_id}", event))
         if event.prev_id is not None and event.message_id is not None:
             # A chat message from PostgreSQL: in commit order (see the sequencer).
             self.sequencer.offer(event.message_id, event.prev_id, (room_id, event))
@@ -120,15 +127,11 @@ class RabbitBroker:
             self._hub.deliver_room(room_id, event)
 
     def publish_user(self, user_id: int, event: Event) -> None:
-        self._send(
-            wire.event_frame(self._cfg.name, self.node, f"user.{user_id}", event, self.origin)
-        )
+        self._send(wire.event_part(f"user.{user_id}", event))
         self._hub.deliver_user(user_id, event)
 
     def publish_control(self, message: Control) -> None:
-        self._send(
-            wire.control_frame(self._cfg.name, self.node, message, self.origin), control=True
-        )
+        self._send(wire.control_part(message))
 
     async def ask(self, message: Control) -> list[Any]:
         self._asks += 1
@@ -156,15 +159,48 @@ class RabbitBroker:
         if not waiting:
             done.set()
 
-    def _send(self, frame: Frame, control: bool = False) -> None:
-        link = self._link
-        if link is not None and link.send(frame):
-            self.published += 1
+    def _send(self, part: wire.Part) -> None:
+        if self._link is None:
+            self._lost([part])
+            return
+        self._parts.append(part)
+        self._parts_bytes += part.size
+        if len(self._parts) >= wire.MAX_FRAME_PARTS or self._parts_bytes >= wire.MAX_FRAME_BYTES:
+            self._send_frame()
         else:
-            self.dropped += 1
-            # A lost message is read from the store by the others (the chain's gap); a
-            # lost control message is made good by a resync and a hello (`_heartbeat`).
-            self._lost_control = self._lost_control or control
+            self._parts_waiting.set()
+
+    def _send_frame(self) -> None:
+        parts, self._parts, self._parts_bytes = self._parts, [], 0
+        if not parts:
+            return
+        link = self._link
+        frame = wire.batch_frame(self._cfg.name, self.node, parts, self.origin)
+        if link is not None and link.send(frame):
+            self.published += len(parts)
+            self.frames += 1
+        else:
+            self._lost(parts)
+
+    def _lost(self, parts: list[wire.Part]) -> None:
+        self.dropped += len(parts)
+        # A lost message is read from the store by the others (the chain's gap); a lost
+        # control message is made good by a resync and a hello (`_heartbeat`).
+        self._lost_control = self._lost_control or any(p.control for p in parts)
+
+    async def _frames(self) -> None:
+        """For the node's life: sends what was published. A frame leaves as soon as this
+        task runs (after the task that published, so a commit's publications share one)
+        and no sooner than the batch window after the one before it."""
+        sent_at = -float("inf")
+        while True:
+            await self._parts_waiting.wait()
+            self._parts_waiting = trio.Event()
+            due = sent_at + self._batch_window
+            if due > trio.current_time():
+                await trio.sleep_until(due)
+            sent_at = trio.current_time()
+            self._send_frame()
 
     # --- arriving ---------------------------------------------------------------------
 
@@ -177,25 +213,34 @@ class RabbitBroker:
 
     def _on_frame(self, frame: Frame) -> None:
         try:
-            got = wire.arrival(frame)
-            if got.node == self.node:
+            origin, node = wire.sender(frame)
+            if node == self.node:
                 return
-            if got.origin != self.origin:
+            if origin != self.origin:
                 self.foreign += 1
                 self._foreign_log.warning(
                     "cluster: frames from another cluster (node %s, another database) come"
                     " under the [bus] name %s on this vhost; dropped. Give each cluster its"
                     " own [bus] name",
-                    got.node,
+                    node,
                     self._cfg.name,
                 )
                 return
-            if got.node.rpartition("#")[0] == self.name:
+            if node.rpartition("#")[0] == self.name:
                 self._bad_log.warning(
                     "cluster: another node on the bus is also named %s; give each its own"
                     " [bus] node_name",
                     self.name,
                 )
+            parts = wire.arrivals(frame, node)
+        except wire.BadFrame as exc:
+            self._bad_log.warning("cluster: dropped a frame from the bus: %s", exc)
+            return
+        for got in parts:
+            self._on_part(got)
+
+    def _on_part(self, got: wire.Arrival) -> None:
+        try:
             self.received += 1
             topic = got.topic
             if topic == wire.CONTROL:
@@ -209,11 +254,11 @@ class RabbitBroker:
             elif topic.startswith("user.") and self._hub.wants_topic(topic):
                 self._hub.deliver_user(int(topic[5:]), wire.event_of(got))
         except (wire.BadFrame, ValueError, KeyError, TypeError) as exc:
-            self._bad_log.warning("cluster: dropped a frame from the bus: %s", exc)
+            self._bad_log.warning("cluster: dropped a publication from the bus: %s", exc)
         except Exception:
             # Whatever a frame makes go wrong here must not end the node's bus task (and
             # with it the server).
-            log.exception("cluster: a frame from the bus could not be handled")
+            log.exception("cluster: a publication from the bus could not be handled")
 
     def _on_control(self, sender: str, message: dict[str, Any]) -> None:
         if self.presence.received(sender, message):
@@ -270,6 +315,7 @@ class RabbitBroker:
             nursery.start_soon(self.sequencer.run)
             nursery.start_soon(self._heartbeat)
             nursery.start_soon(self._resyncs)
+            nursery.start_soon(self._frames)
             task_status.started()
             await self._connect_forever()
 
@@ -356,5 +402,6 @@ class RabbitBroker:
         if link is None:
             return
         self.presence.leaving()
+        self._send_frame()
         with trio.move_on_after(1.0):
             await link.flushed()

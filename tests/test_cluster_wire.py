@@ -1,0 +1,170 @@
+"""The bus's frames (chatd.cluster.wire): publications batched into frames and read back
+part by part, what a frame no chatd node made looks like to a node, and when a node's
+batches leave (RabbitBroker's frame task with a stand-in link; trio's MockClock, so the
+waits are exact and nothing sleeps)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from chatd import events
+from chatd.cluster import wire
+from chatd.cluster.bus import RabbitBroker
+from chatd.config import BusConfig
+from chatd.hub import Hub
+from chatd.model import StoredMessage
+from chatd.rooms import Rooms
+from chatd.stomp import Frame
+
+
+def _message(msg_id: int, content: str = "héllo | there\n") -> StoredMessage:
+    return StoredMessage(
+        msg_id, 3, 7, "alice", None, content, "TEXT", "2026-12-01T00:00:00Z",
+        prev_id=msg_id - 1,
+    )  # fmt: skip
+
+
+def test_a_frame_carries_every_part_in_order_as_its_node_encoded_it() -> None:
+    message = events.new_message(_message(41))
+    typing = events.user_typing(3, 7, True)
+    parts = [
+        wire.event_part("room.3", message),
+        wire.control_part({"op": "hello", "users": [1, 2]}),
+        wire.event_part("room.3", typing),
+        wire.event_part("user.7", message),
+    ]
+    frame = wire.batch_frame("chatd", "n1#abc123", parts, "mark")
+    assert frame.get("destination") == "/topic/chatd.bus"
+    assert wire.sender(frame) == ("mark", "n1#abc123")
+    got = wire.arrivals(frame, "n1#abc123")
+    assert [a.topic for a in got] == ["room.3", wire.CONTROL, "room.3", "user.7"]
+    back = wire.event_of(got[0])
+    assert (back.kind, back.body, back.chat, back.message_id, back.prev_id) == (
+        message.kind, message.body, message.chat, 41, 40,
+    )  # fmt: skip
+    assert wire.control_of(got[1]) == {"op": "hello", "users": [1, 2]}
+    assert wire.event_of(got[2]).body == typing.body
+    assert wire.event_of(got[2]).message_id is None
+    assert wire.event_of(got[3]).chat == message.chat
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "why"),
+    [
+        (None, b"x\n", "not from a chatd node"),
+        ("mark", b"x\n", "not from a chatd node"),
+        ("mark n1 extra", b"x\n", "not from a chatd node"),
+        ("mark n1", b"room.1 k - - - - 2", "no part descriptions"),
+        ("mark n1", b"room.1 k - - - -\nab", "wrong shape"),
+        ("mark n1", b"room.1 k - - - - 3\nab", "past the body"),
+        ("mark n1", b"room.1 k - - - - 1\nab", "bytes after the last part"),
+        ("mark n1", b"room.1 k - - - - x\nab", "length: not a number"),
+        ("mark n1", b"room.1 k 1e3 - - - 2\nab", "message id: not a number"),
+        ("mark n1", "room.1 k - - - - ²\nab".encode(), "not ASCII"),
+        ("mark n1", b"room.1 k - - - - 1|room.1 k - - - - 5\nab", "past the body"),
+    ],
+)
+def test_a_frame_no_chatd_node_made_is_refused_whole(
+    header: str | None, body: bytes, why: str
+) -> None:
+    headers: tuple[tuple[str, str], ...] = (("destination", "/topic/chatd.bus"),)
+    if header is not None:
+        headers += ((wire.HEADER, header),)
+    frame = Frame("MESSAGE", headers, body)
+    with pytest.raises(wire.BadFrame, match=why):
+        wire.arrivals(frame, wire.sender(frame)[1])
+
+
+def test_a_part_whose_chat_text_is_broken_is_refused_alone() -> None:
+    good = wire.event_part("room.1", events.user_typing(1, 2, True))
+    fields = good.meta.split(" ")
+    fields[4:6] = ["9999", "c"]  # its /chat text would start past its end
+    bad = wire.Part(" ".join(fields), good.body)
+    got = wire.arrivals(wire.batch_frame("chatd", "n1", [bad, good], ""), "n1")
+    with pytest.raises(wire.BadFrame, match="split"):
+        wire.event_of(got[0])
+    assert wire.event_of(got[1]).body == good.body
+
+
+class _Link:
+    """Stands in for the connection to RabbitMQ: keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, list[wire.Arrival]]] = []
+
+    def send(self, frame: Frame) -> bool:
+        self.frames.append((trio.current_time(), wire.arrivals(frame, wire.sender(frame)[1])))
+        return True
+
+
+class _NoStore:
+    async def last_message_id(self) -> int:
+        return 0
+
+
+def _broker(batch_ms: float) -> tuple[RabbitBroker, _Link]:
+    cfg = BusConfig(backend="rabbitmq", url="stomp://u:p@127.0.0.1:1/", batch_ms=batch_ms)
+    broker = RabbitBroker(cfg, Hub(Rooms()), _NoStore())  # type: ignore[arg-type]
+    link = _Link()
+    broker._link = link  # type: ignore[assignment]
+    return broker, link
+
+
+async def test_a_batch_leaves_at_once_after_a_quiet_spell_then_at_most_every_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    broker, link = _broker(batch_ms=5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker._frames)
+        start = trio.current_time()
+        for i in range(3):  # one task's publications (a commit's hooks): one frame
+            broker.publish_control({"op": "n", "i": i})
+        await trio.testing.wait_all_tasks_blocked()
+        assert [(t - start, len(p)) for t, p in link.frames] == [(0, 3)]
+        await trio.sleep(0.001)
+        for i in range(3, 6):  # within the window: they wait for its end, together
+            broker.publish_control({"op": "n", "i": i})
+            await trio.sleep(0.001)
+        await trio.sleep(0.01)
+        assert [(round((t - start) * 1000), len(p)) for t, p in link.frames] == [(0, 3), (5, 3)]
+        await trio.sleep(1)  # a quiet spell: the next leaves at once
+        at = trio.current_time()
+        broker.publish_control({"op": "n", "i": 6})
+        await trio.testing.wait_all_tasks_blocked()
+        assert link.frames[-1][0] == at
+        order = [wire.control_of(a)["i"] for _, parts in link.frames for a in parts]
+        assert order == list(range(7))
+        assert (broker.published, broker.frames, broker.dropped) == (7, 3, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_full_batch_leaves_without_waiting_for_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    broker, link = _broker(batch_ms=1000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker._frames)
+        broker.publish_control({"op": "first"})
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        for i in range(wire.MAX_FRAME_PARTS + 1):
+            broker.publish_control({"op": "n", "i": i})
+        assert [len(p) for _, p in link.frames] == [1, wire.MAX_FRAME_PARTS]
+        assert link.frames[-1][0] == start
+        await trio.sleep(2)
+        assert [len(p) for _, p in link.frames] == [1, wire.MAX_FRAME_PARTS, 1]
+        nursery.cancel_scope.cancel()
+
+
+async def test_publications_without_a_link_are_counted_lost_and_control_ones_resynced(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    broker, link = _broker(batch_ms=2)
+    broker._link = None
+    broker.publish_user(7, events.user_typing(1, 7, True))
+    assert (broker.dropped, broker._lost_control) == (1, False)
+    broker.publish_control({"op": "x"})
+    assert (broker.dropped, broker._lost_control) == (2, True)
+    assert link.frames == []
