@@ -4,10 +4,16 @@ API needs asyncio; chatd runs on trio, whose event loop must never wait on the n
 
 Group commit, as SQLite's engine does: the writer thread takes every write queued while
 it was busy (up to `batch_max` operations) and runs them in one transaction, so under
-load many messages share one commit round trip. A failing operation rolls the batch back
-and it runs again with each operation in its own savepoint. After the commit, in the
-trio thread and in commit order, the operations' hooks run, then the waiting tasks
-resume: a message is published only once it is committed.
+load many messages share one commit. The batch goes out in psycopg's pipeline mode: the
+lock on message_clock and every message's one statement are sent together and their
+results read after one sync, which commits them, so a batch of messages costs one round
+trip (each round trip waits for a PostgreSQL backend to be scheduled: on a busy machine
+longer than the statement takes). Other operations read their results as they go, so
+each runs outside the pipeline, in round trips of its own. A failing operation rolls the
+batch back and it runs again, one statement at a time, with each operation in its own
+savepoint. After the commit, in the trio thread and in commit order, the operations'
+hooks run, then the waiting tasks resume: a message is published only once it is
+committed.
 
 A lost connection, a server that refuses connections or is shutting down, or a database
 that cannot take writes (a full disk, a read-only standby) fails the whole batch with
@@ -69,7 +75,7 @@ def unavailable(exc: BaseException) -> StoreUnavailable | None:
 
 
 class _Job:
-    __slots__ = ("fn", "after", "result", "error", "done", "last", "ordered")
+    __slots__ = ("fn", "after", "result", "error", "done", "last", "ordered", "pipelined")
 
     def __init__(
         self, fn: Callable[[Connection], Any], after: Callable[[Any], None] | None
@@ -81,6 +87,9 @@ class _Job:
         self.done: trio.Event | None = None
         self.last = True  # the last job of its caller's: its batch sets `done`
         self.ordered = False  # stores a message: its transaction takes message_clock's lock
+        # `fn` only sends its statements and returns the function that reads their
+        # outcome, which in pipeline mode is there once the pipeline is synced.
+        self.pipelined = False
 
 
 _Op = tuple[Callable[[Connection], Any], Callable[[Any], None] | None]
@@ -133,10 +142,14 @@ class _Worker:
             raise job.error
         return job.result
 
-    async def call_many(self, ops: list[_Op], ordered: bool = False) -> list[_Job]:
+    async def call_many(
+        self, ops: list[_Op], ordered: bool = False, pipelined: bool = False
+    ) -> list[_Job]:
         """Queue `ops` in order and wait until all of them ran; each job carries its
         result or error. The thread may end them in one batch or in consecutive ones;
-        the batch holding the last one wakes the caller. `ordered`: they store messages."""
+        the batch holding the last one wakes the caller. `ordered`: they store messages.
+        `pipelined`: each op sends its statements and returns the function that reads
+        its result (`_Job.pipelined`)."""
         if self._closed:
             raise StoreClosed("store is closed")
         done = trio.Event()
@@ -145,6 +158,7 @@ class _Worker:
             job.done = done
             job.last = False
             job.ordered = ordered
+            job.pipelined = pipelined
         jobs[-1].last = True
         self._queue.put(jobs)
         await done.wait()
@@ -181,10 +195,10 @@ class _Worker:
                 for job in batch:
                     self._run_one(conn, job)
                 return
-            if not self._transaction(conn, batch, savepoints=False):
+            if not self._pipelined(conn, batch):
                 for job in batch:
                     job.result, job.error = None, None
-                self._transaction(conn, batch, savepoints=True)
+                self._one_by_one(conn, batch)
         except Exception as exc:
             failure = unavailable(exc)
             for job in batch:
@@ -203,37 +217,94 @@ class _Worker:
         error of the job's own is kept for its caller."""
         try:
             job.result = job.fn(conn)
+            if job.pipelined:
+                job.result = job.result()
         except Exception as exc:
             if unavailable(exc) is not None:
                 raise
             job.error = exc
 
-    def _transaction(self, conn: Connection, batch: list[_Job], savepoints: bool) -> bool:
-        """Run and commit `batch`; False (rolled back) when a job failed and savepoints
-        were off."""
-        failed = False
-        with conn.transaction():
-            if any(job.ordered for job in batch):
-                # Before any message id is handed out: transactions that store messages
-                # then commit one at a time cluster-wide, in id order, so a message's
-                # `prev_id` is the one committed before it and a /chat `since` misses
-                # nothing (the same order a single SQLite writer gives).
-                queries.lock_message_clock(conn)
-            for job in batch:
-                if savepoints:
-                    try:
-                        with conn.transaction():
-                            self._run_one(conn, job)
-                            if job.error is not None:
-                                raise psycopg.Rollback()
-                    except psycopg.Rollback:
-                        pass
-                else:
-                    self._run_one(conn, job)
+    def _pipelined(self, conn: Connection, batch: list[_Job]) -> bool:
+        """Run and commit `batch` in as few round trips as it allows; False (rolled
+        back) when a job failed, and the savepoint pass that follows finds which.
+
+        When every job is pipelined, the batch is one pipeline and one round trip, with
+        no BEGIN nor COMMIT: the statements a pipeline sends up to its sync are one
+        transaction (PostgreSQL's extended protocol), committed at the sync, or rolled
+        back whole when one fails (the server then skips the rest up to the sync). A job
+        that fails before its statement is sent rolls back what was, with ROLLBACK.
+        Other jobs read their results as they go, so each runs between two pipelines,
+        and the transaction spanning them is an explicit one."""
+        outcomes: list[tuple[_Job, Callable[[], Any]]] = []
+        explicit = not all(job.pipelined for job in batch)
+        try:
+            with contextlib.ExitStack() as pipeline:
+                pipeline.enter_context(conn.pipeline())
+                piped = True
+                if explicit:
+                    conn.execute("BEGIN")
+                if any(job.ordered for job in batch):
+                    # Before any message id is handed out: transactions that store
+                    # messages then commit one at a time cluster-wide, in id order, so a
+                    # message's `prev_id` is the one committed before it and a /chat
+                    # `since` misses nothing (the same order a single SQLite writer gives).
+                    queries.lock_message_clock(conn)
+                failed = False
+                for job in batch:
+                    if job.pipelined:
+                        if not piped:
+                            pipeline.enter_context(conn.pipeline())
+                            piped = True
+                        try:
+                            outcomes.append((job, job.fn(conn)))
+                        except Exception as exc:
+                            if unavailable(exc) is not None:
+                                raise
+                            job.error = exc
+                    else:
+                        pipeline.close()  # synced: the results it reads are its own
+                        piped = False
+                        self._run_one(conn, job)
                     if job.error is not None:
                         failed = True
-                        raise psycopg.Rollback()
-        return not failed
+                        break
+                if failed:
+                    conn.execute("ROLLBACK")
+                elif explicit:
+                    conn.execute("COMMIT")
+            if failed:
+                return False
+        except Exception as exc:
+            if unavailable(exc) is not None:
+                raise
+            return False
+        finally:
+            # Failed or cut short: nothing of it may stay open on the connection.
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+        for job, outcome in outcomes:
+            # Committed: these only read rows that are there.
+            try:
+                job.result = outcome()
+            except Exception as exc:
+                job.error = exc
+        return True
+
+    def _one_by_one(self, conn: Connection, batch: list[_Job]) -> None:
+        """Run and commit `batch`, one statement at a time, each job in its own
+        savepoint: a failing one is rolled back alone, its error kept for its caller."""
+        with conn.transaction():
+            if any(job.ordered for job in batch):
+                queries.lock_message_clock(conn)  # as in `_pipelined`
+            for job in batch:
+                try:
+                    with conn.transaction():
+                        self._run_one(conn, job)
+                        if job.error is not None:
+                            raise psycopg.Rollback()
+                except psycopg.Rollback:
+                    pass
 
     def _wake(self, batch: list[_Job]) -> None:
         def wake() -> None:
@@ -325,7 +396,7 @@ class PgStore(Operations):
         ops: list[_Op] = []
         for new in messages:
             op = functools.partial(
-                queries.append_message,
+                queries.send_message,
                 new=new, user_id=user_id, username=username, profile_image=profile_image,
                 now=now, created_at=created_at, idempotency_window=idempotency_window,
             )  # fmt: skip
@@ -333,7 +404,7 @@ class PgStore(Operations):
             ops.append((op, after))
         if not ops:
             return []
-        jobs = await self._writer.call_many(ops, ordered=True)
+        jobs = await self._writer.call_many(ops, ordered=True, pipelined=True)
         return [job.result if job.error is None else job.error for job in jobs]
 
 

@@ -5,7 +5,7 @@ runs them inside its own."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from chatd.model import Outgoing, RoomRow, StoredMessage
 from chatd.store.postgres.schema import Connection
@@ -130,6 +130,73 @@ def revoke_tokens(conn: Connection, user_id: int, at: float) -> None:
 # --- messages ----------------------------------------------------------------------------
 
 
+# The engine holds message_clock's row lock (`lock_message_clock`): the id handed out is
+# above every committed one, and `old` is the one committed just before. One statement
+# (not a SELECT, then an INSERT) so that a batch's statements can all be sent before any
+# result is read (the engine's pipeline).
+_INSERT = (
+    "INSERT INTO messages(room_id, user_id, username, profile_image, content,"
+    " message_type, created_at, created_unix, client_timestamp, client_message_id)"
+)
+_APPEND = (
+    f"WITH ins AS ({_INSERT} VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id),"
+    " old AS (SELECT last_id FROM message_clock WHERE id = 1),"
+    " upd AS (UPDATE message_clock SET last_id = (SELECT id FROM ins) WHERE id = 1)"
+    " SELECT (SELECT id FROM ins), (SELECT last_id FROM old)"
+)
+# With a client message id: the newest earlier message of the same id from this user in
+# this room within the window, or else the insert. `id + 0`: ordered by the index on the
+# client id's few rows, never by walking the room's index backwards from its newest (the
+# planner's choice on a table it has not analysed yet, a scan of the whole room).
+_APPEND_ONCE = (
+    f"WITH prior AS (SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = %s AND"
+    " client_message_id = %s AND room_id = %s AND created_unix >= %s"
+    " ORDER BY id + 0 DESC LIMIT 1),"
+    f" ins AS ({_INSERT} SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+    " WHERE NOT EXISTS (SELECT FROM prior) RETURNING id),"
+    " old AS (SELECT last_id FROM message_clock WHERE id = 1),"
+    " upd AS (UPDATE message_clock SET last_id = ins.id FROM ins WHERE message_clock.id = 1)"
+    " SELECT (SELECT id FROM ins), (SELECT last_id FROM old), prior.*"
+    " FROM (SELECT) AS one LEFT JOIN prior ON true"
+)
+
+
+def send_message(
+    conn: Connection,
+    new: Outgoing,
+    user_id: int,
+    username: str,
+    profile_image: str | None,
+    now: float,
+    created_at: str,
+    idempotency_window: float,
+) -> Callable[[], tuple[StoredMessage, bool]]:
+    """Send the statement storing `new`; returns the function that reads its outcome,
+    (message, True) or, with the same client message id from this user in this room
+    within the window, (earlier, False) and nothing inserted. In pipeline mode the
+    outcome is there once the pipeline is synced."""
+    fields = (
+        new.room_id, user_id, username, profile_image, new.content, new.message_type,
+        created_at, now,
+    )  # fmt: skip
+    cmid = new.client_message_id
+    if cmid is None:
+        cur = conn.execute(_APPEND, (*fields, new.client_timestamp, None))
+    else:
+        window = (user_id, cmid, new.room_id, now - idempotency_window)
+        cur = conn.execute(_APPEND_ONCE, (*window, *fields, new.client_timestamp, cmid))
+
+    def outcome() -> tuple[StoredMessage, bool]:
+        got = cur.fetchone()
+        assert got is not None  # one row, inserted or not
+        if got[0] is None:
+            return StoredMessage(*got[2:]), False
+        msg_id, prev = int(got[0]), int(got[1])
+        return StoredMessage(msg_id, *fields, cmid, prev_id=prev), True
+
+    return outcome
+
+
 def append_message(
     conn: Connection,
     new: Outgoing,
@@ -140,43 +207,16 @@ def append_message(
     created_at: str,
     idempotency_window: float,
 ) -> tuple[StoredMessage, bool]:
-    """Insert `new`; returns (message, True). With the same client message id from this
-    user in this room within the window, inserts nothing and returns (earlier, False)."""
-    if new.client_message_id is not None:
-        row = conn.execute(
-            f"SELECT {_MSG_COLUMNS} FROM messages WHERE user_id = %s AND"
-            " client_message_id = %s AND room_id = %s AND created_unix >= %s"
-            " ORDER BY id DESC LIMIT 1",
-            (user_id, new.client_message_id, new.room_id, now - idempotency_window),
-        ).fetchone()
-        if row is not None:
-            return StoredMessage(*row), False
-    fields = (
-        new.room_id, user_id, username, profile_image, new.content, new.message_type,
-        created_at, now,
-    )  # fmt: skip
-    # The engine holds message_clock's row lock (`lock_message_clock`): the id handed out
-    # here is above every committed one, and `prev` is the one committed just before.
-    got = conn.execute(
-        "WITH ins AS (INSERT INTO messages(room_id, user_id, username, profile_image,"
-        " content, message_type, created_at, created_unix, client_timestamp,"
-        " client_message_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id),"
-        " old AS (SELECT last_id FROM message_clock WHERE id = 1),"
-        " upd AS (UPDATE message_clock SET last_id = (SELECT id FROM ins) WHERE id = 1)"
-        " SELECT (SELECT id FROM ins), (SELECT last_id FROM old)",
-        (*fields, new.client_timestamp, new.client_message_id),
-    ).fetchone()
-    assert got is not None
-    msg_id, prev = int(got[0]), int(got[1])
-    return StoredMessage(msg_id, *fields, new.client_message_id, prev_id=prev), True
+    """`send_message`'s outcome, at once."""
+    return send_message(
+        conn, new, user_id, username, profile_image, now, created_at, idempotency_window
+    )()
 
 
-def lock_message_clock(conn: Connection) -> int:
+def lock_message_clock(conn: Connection) -> None:
     """Taken first by a transaction that stores messages, held to its commit: such
-    transactions commit one at a time cluster-wide, in the order of their ids. Returns
-    the newest committed message id."""
-    row = conn.execute("SELECT last_id FROM message_clock WHERE id = 1 FOR UPDATE").fetchone()
-    return 0 if row is None else int(row[0])
+    transactions commit one at a time cluster-wide, in the order of their ids."""
+    conn.execute("SELECT FROM message_clock WHERE id = 1 FOR UPDATE")
 
 
 def message_clock(conn: Connection) -> int:

@@ -1,0 +1,326 @@
+"""The PostgreSQL writer sends a batch of messages in one round trip (psycopg's pipeline
+mode) and keeps what the one-statement-at-a-time writer gave: ids, `prev_id`s, the
+idempotency of client message ids (inside one batch too), a failing operation failing
+alone, other operations between messages, and a lost connection failing the batch with
+StoreUnavailable. A private server (tests/pg_instance.py), a new database per test."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from psycopg import pq
+
+from chatd.model import Outgoing, StoredMessage
+from chatd.store import StoreUnavailable
+from chatd.store.postgres import PgStore, schema
+
+from .pg_instance import PgInstance, pg_dsn, pg_instance  # noqa: F401 (fixtures)
+
+WINDOW = 600.0
+Result = tuple[StoredMessage, bool] | BaseException
+
+
+@pytest.fixture
+async def store(pg_dsn: str) -> AsyncIterator[PgStore]:  # noqa: F811 (fixture)
+    opened = PgStore(pg_dsn)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+@pytest.fixture
+def writer_round_trips(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Callable[[], int]]:
+    """How many round trips the writer's connections have made so far: libpq's trace of
+    what they sent, counting simple queries (BEGIN, COMMIT and statements without
+    parameters outside pipeline mode) and Sync messages (one after every statement with
+    parameters outside pipeline mode; in pipeline mode only a sync sends one), after
+    each of which the client waits for the server. Counted while the writer is idle."""
+    traced: list[tuple[schema.Connection, int]] = []
+    connect = schema.connect
+
+    def trace(conn: schema.Connection, fd: int) -> None:
+        conn.pgconn.trace(fd)
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def traced_connect(dsn: str) -> schema.Connection:
+        conn = connect(dsn)
+        if threading.current_thread().name == "chatd-pg-writer":
+            fd = os.open(tmp_path / f"writer-{len(traced)}.trace", os.O_WRONLY | os.O_CREAT)
+            traced.append((conn, fd))
+            trace(conn, fd)
+        return conn
+
+    monkeypatch.setattr(schema, "connect", traced_connect)
+
+    def count() -> int:
+        for conn, fd in traced:
+            conn.pgconn.untrace()  # flushes libpq's buffer
+            trace(conn, fd)
+        return sum(
+            1
+            for i in range(len(traced))
+            for line in (tmp_path / f"writer-{i}.trace").read_text().splitlines()
+            if line.split("\t")[:1] == ["F"] and line.split("\t")[2:3] in (["Sync"], ["Query"])
+        )
+
+    try:
+        yield count
+    finally:
+        for conn, fd in traced:
+            conn.pgconn.untrace()
+            os.close(fd)
+
+
+async def append(store: PgStore, user: int, messages: list[Outgoing]) -> list[Result]:
+    with trio.fail_after(20):
+        return await store.append_messages(user, f"user{user}", None, messages, WINDOW)
+
+
+def stored(results: list[Result]) -> list[tuple[StoredMessage, bool]]:
+    out = []
+    for r in results:
+        assert not isinstance(r, BaseException), r
+        out.append(r)
+    return out
+
+
+async def history(store: PgStore, room: int) -> list[StoredMessage]:
+    with trio.fail_after(20):
+        for _ in range(2):  # once refused, when the reader's connection was cut
+            try:
+                return list(reversed(await store.history(room, None, 1000)))
+            except StoreUnavailable:
+                pass
+        return list(reversed(await store.history(room, None, 1000)))
+
+
+def assert_chain(created: list[StoredMessage], before: int) -> None:
+    """Each message's prev_id is the one committed just before it."""
+    ids = [m.id for m in created]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert [m.prev_id for m in created] == [before, *ids[:-1]]
+
+
+class Gate:
+    """Holds the writer thread in an operation of its own until opened, so that what is
+    queued meanwhile makes the next batch, in the order it was queued."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def hold(self, conn: Any) -> None:
+        self.entered.set()
+        assert self.opened.wait(20)
+
+    async def close(self, store: PgStore, nursery: trio.Nursery) -> None:
+        nursery.start_soon(store.write, self.hold)
+        with trio.fail_after(20):
+            assert await trio.to_thread.run_sync(self.entered.wait, 20)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+async def queue_in_order(
+    nursery: trio.Nursery, calls: list[Callable[[], Any]], results: list[Any]
+) -> None:
+    """Start `calls` one after the other, each queued before the next starts."""
+
+    async def run(i: int, call: Callable[[], Any]) -> None:
+        try:
+            results[i] = await call()
+        except Exception as exc:
+            results[i] = exc
+
+    for i, call in enumerate(calls):
+        nursery.start_soon(run, i, call)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+# --- one round trip -----------------------------------------------------------------------
+
+
+async def test_a_batch_of_messages_is_one_round_trip(
+    store: PgStore, writer_round_trips: Callable[[], int]
+) -> None:
+    room = await store.create_room("r", True, [])
+    before = writer_round_trips()
+    [(one, created)] = stored(await append(store, 1, [Outgoing(room, "one")]))
+    assert created
+    assert writer_round_trips() - before == 1  # BEGIN, the clock's lock, INSERT, COMMIT
+    batch = [Outgoing(room, f"m{i}", client_message_id=f"c{i % 7}") for i in range(20)]
+    batch += [Outgoing(room, f"n{i}") for i in range(20)]
+    before = writer_round_trips()
+    results = stored(await append(store, 1, batch))
+    assert writer_round_trips() - before == 1
+    assert [c for _, c in results] == [True] * 7 + [False] * 13 + [True] * 20
+    assert_chain([m for m, c in results if c], one.id)
+
+
+# --- the same outcomes as one statement at a time ------------------------------------------
+
+
+async def test_a_batch_keeps_ids_prev_ids_and_client_message_ids(store: PgStore) -> None:
+    room = await store.create_room("r", True, [])
+    other = await store.create_room("o", True, [])
+    [(earlier, _)] = stored(await append(store, 1, [Outgoing(room, "e", client_message_id="e")]))
+    seen: list[tuple[str, int, bool]] = []
+
+    def hook(new: Outgoing, result: tuple[StoredMessage, bool]) -> None:
+        seen.append((new.content, result[0].id, result[1]))
+
+    batch = [
+        Outgoing(room, "a"),
+        Outgoing(room, "b", "text", "ts-b", client_message_id="b"),
+        Outgoing(room, "b again", client_message_id="b"),  # a duplicate inside the batch
+        Outgoing(room, "e again", client_message_id="e"),  # of an earlier batch's
+        Outgoing(other, "b elsewhere", client_message_id="b"),  # another room: new
+        Outgoing(room, "c", "notice"),
+        Outgoing(room, "b a third time", client_message_id="b"),
+    ]
+    with trio.fail_after(20):
+        results = stored(await store.append_messages(1, "user1", "p.png", batch, WINDOW, hook))
+    [a, b, b2, e2, b_other, c, b3] = results
+    assert [created for _, created in results] == [True, True, False, False, True, True, False]
+    assert b2[0] == b[0] and b3[0] == b[0] and e2[0] == earlier
+    assert b2[0].content == "b"
+    assert_chain([a[0], b[0], b_other[0], c[0]], earlier.id)
+    pairs = zip(batch, results, strict=True)
+    assert seen == [(new.content, m.id, created) for new, (m, created) in pairs]
+    assert (c[0].message_type, c[0].username, c[0].profile_image) == ("notice", "user1", "p.png")
+    # What was returned is what was stored.
+    assert await history(store, room) == [earlier, a[0], b[0], c[0]]
+    assert await history(store, other) == [b_other[0]]
+    [(after, _)] = stored(await append(store, 2, [Outgoing(room, "after")]))
+    assert after.prev_id == c[0].id
+
+
+async def test_a_failing_message_fails_alone_and_the_rest_are_stored_in_order(
+    store: PgStore,
+) -> None:
+    """Whether the server refuses it (the batch's pipeline is aborted) or psycopg does
+    before sending it (what was sent is rolled back), nothing is stored twice."""
+    room = await store.create_room("r", True, [])
+    [(first, _)] = stored(await append(store, 1, [Outgoing(room, "first")]))
+    batch = [
+        Outgoing(room, "a"),
+        Outgoing(room, "b", client_message_id="b"),
+        Outgoing(2**63, "refused by the server"),  # out of BIGINT's range
+        Outgoing(room, "c"),
+        Outgoing(room, "b again", client_message_id="b"),
+        Outgoing(2**63, "refused with a client message id", client_message_id="x"),
+        Outgoing(room, "d", client_message_id="d"),
+    ]
+    [a, b, bad, c, b2, bad2, d] = await append(store, 1, batch)
+    for refused in (bad, bad2):
+        assert isinstance(refused, Exception) and not isinstance(refused, StoreUnavailable)
+    good = stored([a, b, c, b2, d])
+    assert [created for _, created in good] == [True, True, True, False, True]
+    assert good[3][0] == good[1][0]
+    new = [m for m, created in good if created]
+    assert_chain(new, first.id)
+    assert await history(store, room) == [first, *new]
+    # psycopg refuses text with NUL before sending it: what was sent is rolled back.
+    batch = [
+        Outgoing(room, "e"),
+        Outgoing(room, "f", client_message_id="f"),
+        Outgoing(room, "refused before it is sent: \u0000"),
+        Outgoing(room, "g"),
+    ]
+    [e, f, nul, g] = await append(store, 1, batch)
+    assert isinstance(nul, Exception) and not isinstance(nul, StoreUnavailable)
+    more = [m for m, created in stored([e, f, g]) if created]
+    assert len(more) == 3
+    assert_chain(more, new[-1].id)
+    assert await history(store, room) == [first, *new, *more]
+
+
+# --- other operations in a batch of messages ----------------------------------------------
+
+
+async def test_other_operations_between_messages_read_their_own_results(store: PgStore) -> None:
+    room = await store.create_room("r", True, [])
+    [(first, _)] = stored(await append(store, 1, [Outgoing(room, "first")]))
+
+    def refuse(conn: Any) -> None:
+        raise ValueError("refused")
+
+    gate = Gate()
+    results: list[Any] = [None] * 5
+    async with trio.open_nursery() as nursery:
+        await gate.close(store, nursery)
+        await queue_in_order(
+            nursery,
+            [
+                lambda: store.append_messages(1, "u", None, [Outgoing(room, "a")], WINDOW),
+                lambda: store.add_member(room, 7),  # its result is its UPDATE's rowcount
+                lambda: store.write(refuse),
+                lambda: store.add_member(room, 7),
+                lambda: store.append_messages(
+                    1, "u", None,
+                    [Outgoing(room, "b", client_message_id="b"),
+                     Outgoing(room, "b", client_message_id="b")],
+                    WINDOW,
+                ),  # fmt: skip
+            ],
+            results,
+        )
+        gate.open()
+    [a] = stored(results[0])
+    assert results[1] is True and results[3] is False
+    assert isinstance(results[2], ValueError)
+    b, b2 = stored(results[4])
+    assert b2 == (b[0], False)
+    assert_chain([a[0], b[0]], first.id)
+    assert await history(store, room) == [first, a[0], b[0]]
+    assert 7 in {m for row in await store.rooms() if row.id == room for m in row.members}
+
+
+# --- a lost connection -----------------------------------------------------------------------
+
+
+async def test_a_connection_lost_in_the_middle_of_a_batch_fails_it_and_recovers(
+    store: PgStore, pg_instance: PgInstance, pg_dsn: str  # noqa: F811 (fixtures)
+) -> None:
+    room = await store.create_room("r", True, [])
+    [(first, _)] = stored(await append(store, 1, [Outgoing(room, "first")]))
+
+    def cut(conn: Any) -> int:
+        # The batch's first messages are sent; an administrator ends the connections.
+        return pg_instance.terminate_connections(pg_dsn)
+
+    gate = Gate()
+    results: list[Any] = [None] * 3
+    async with trio.open_nursery() as nursery:
+        await gate.close(store, nursery)
+        await queue_in_order(
+            nursery,
+            [
+                lambda: store.append_messages(1, "u", None, [Outgoing(room, "a")], WINDOW),
+                lambda: store.write(cut),
+                lambda: store.append_messages(
+                    1, "u", None, [Outgoing(room, "b", client_message_id="b")], WINDOW
+                ),
+            ],
+            results,
+        )
+        gate.open()
+    [a], failed, [b] = results
+    assert isinstance(a, StoreUnavailable) and isinstance(b, StoreUnavailable)
+    assert isinstance(failed, StoreUnavailable)
+    # Nothing of the batch was committed; the next batch connects again.
+    retry = [Outgoing(room, "b", client_message_id="b")]
+    [(again, created)] = stored(await append(store, 1, retry))
+    assert created and again.prev_id == first.id
+    assert await history(store, room) == [first, again]
