@@ -702,7 +702,7 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
     )
     for ph in ("fanout", "latency", "store"):
         row(
-            f"{ph}: bus frames received, gaps, read from the store (all nodes)",
+            f"{ph}: bus publications received, gaps, read from the store (all nodes)",
             lambda s, ph=ph: (
                 None
                 if not get(s, ph, "bus")

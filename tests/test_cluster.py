@@ -111,6 +111,7 @@ async def test_a_message_sent_to_any_node_reaches_every_subscriber_on_both_proto
         assert got["chatd_bus_connected"] == 1
         assert got["chatd_bus_nodes"] == 2
         assert got["chatd_bus_received_total"] > 0 and got["chatd_bus_published_total"] > 0
+        assert 0 < got["chatd_bus_frames_total"] <= got["chatd_bus_published_total"]
         assert got["chatd_bus_dropped_total"] == 0
 
 

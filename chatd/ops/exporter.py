@@ -115,8 +115,9 @@ def _cluster_families(state: ServerState) -> list[Family]:
     return [
         gauge("chatd_bus_connected", "1 while this node is on the bus", bus.unavailable() is None),
         gauge("chatd_bus_nodes", "Other nodes heard from and alive", len(bus.presence.nodes())),
-        counter("chatd_bus_published", "Frames handed to RabbitMQ", bus.published),
-        counter("chatd_bus_received", "Frames from other nodes", bus.received),
+        counter("chatd_bus_published", "Publications handed to RabbitMQ", bus.published),
+        counter("chatd_bus_frames", "Frames that carried them (batches)", bus.frames),
+        counter("chatd_bus_received", "Publications from other nodes", bus.received),
         counter(
             "chatd_bus_dropped",
             "Publications not handed to RabbitMQ (away, or past bus.max_pending_bytes)",
