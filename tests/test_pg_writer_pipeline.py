@@ -206,6 +206,58 @@ async def test_a_batch_keeps_ids_prev_ids_and_client_message_ids(store: PgStore)
     assert after.prev_id == c[0].id
 
 
+async def test_messages_of_several_callers_in_a_row_are_stored_in_their_order(
+    store: PgStore,
+) -> None:
+    """Those without a client message id that follow one another in a batch are one
+    statement: ids, prev_ids, hooks and rows as if stored one by one."""
+    room = await store.create_room("r", True, [])
+    other = await store.create_room("o", True, [])
+    [(first, _)] = stored(await append(store, 1, [Outgoing(room, "first")]))
+    seen: list[tuple[str, int]] = []
+
+    def hook(new: Outgoing, result: tuple[StoredMessage, bool]) -> None:
+        seen.append((new.content, result[0].id))
+
+    calls = [
+        (1, [Outgoing(room, "p1"), Outgoing(other, "p2", "notice", "ts"), Outgoing(room, "p3")]),
+        (2, [Outgoing(room, "q1", client_message_id="q"), Outgoing(room, "q2"),
+             Outgoing(room, "q3")]),
+        (3, [Outgoing(other, "r1"), Outgoing(room, "r2")]),
+    ]  # fmt: skip
+    gate = Gate()
+    results: list[Any] = [None] * len(calls)
+    async with trio.open_nursery() as nursery:
+        await gate.close(store, nursery)
+
+        def call(user: int, messages: list[Outgoing]) -> Callable[[], Any]:
+            return lambda: store.append_messages(
+                user, f"user{user}", f"{user}.png", messages, WINDOW, hook
+            )
+
+        await queue_in_order(nursery, [call(u, m) for u, m in calls], results)
+        gate.open()
+    messages = [m for result in results for m, created in stored(result) if created]
+    sent = [new for _, batch in calls for new in batch]
+    assert len(messages) == len(sent) == 8
+    assert_chain(messages, first.id)
+    assert seen == [(new.content, m.id) for new, m in zip(sent, messages, strict=True)]
+    users = [user for user, batch in calls for _ in batch]
+    for new, m, user in zip(sent, messages, users, strict=True):
+        assert (m.room_id, m.content, m.message_type, m.user_id) == (
+            new.room_id, new.content, new.message_type, user
+        )  # fmt: skip
+        assert (m.username, m.profile_image, m.client_message_id) == (
+            f"user{user}", f"{user}.png", new.client_message_id
+        )  # fmt: skip
+    assert await history(store, room) == [first, *[m for m in messages if m.room_id == room]]
+    assert await history(store, other) == [m for m in messages if m.room_id == other]
+    for m in messages:
+        assert await store.get_message(m.id) == m
+    [(after, _)] = stored(await append(store, 4, [Outgoing(room, "after")]))
+    assert after.prev_id == messages[-1].id
+
+
 async def test_a_failing_message_fails_alone_and_the_rest_are_stored_in_order(
     store: PgStore,
 ) -> None:

@@ -5,15 +5,17 @@ API needs asyncio; chatd runs on trio, whose event loop must never wait on the n
 Group commit, as SQLite's engine does: the writer thread takes every write queued while
 it was busy (up to `batch_max` operations) and runs them in one transaction, so under
 load many messages share one commit. The batch goes out in psycopg's pipeline mode: the
-lock on message_clock and every message's one statement are sent together and their
-results read after one sync, which commits them, so a batch of messages costs one round
-trip (each round trip waits for a PostgreSQL backend to be scheduled: on a busy machine
-longer than the statement takes). Other operations read their results as they go, so
-each runs outside the pipeline, in round trips of its own. A failing operation rolls the
-batch back and it runs again, one statement at a time, with each operation in its own
-savepoint. After the commit, in the trio thread and in commit order, the operations'
-hooks run, then the waiting tasks resume: a message is published only once it is
-committed.
+lock on message_clock and the messages' statements are sent together and their results
+read after one sync, which commits them, so a batch of messages costs one round trip
+(each round trip waits for a PostgreSQL backend to be scheduled: on a busy machine longer
+than the statement takes). Messages without a client message id that follow one another
+in the batch are one multi-row statement (a statement costs psycopg and PostgreSQL far
+more than a row); one with a client message id is a statement of its own. Other
+operations read their results as they go, so each runs outside the pipeline, in round
+trips of its own. A failing operation rolls the batch back and it runs again, one
+statement at a time, with each operation in its own savepoint. After the commit, in the
+trio thread and in commit order, the operations' hooks run, then the waiting tasks
+resume: a message is published only once it is committed.
 
 A lost connection, a server that refuses connections or is shutting down, or a database
 that cannot take writes (a full disk, a read-only standby) fails the whole batch with
@@ -228,14 +230,15 @@ class _Worker:
         """Run and commit `batch` in as few round trips as it allows; False (rolled
         back) when a job failed, and the savepoint pass that follows finds which.
 
-        When every job is pipelined, the batch is one pipeline and one round trip, with
-        no BEGIN nor COMMIT: the statements a pipeline sends up to its sync are one
-        transaction (PostgreSQL's extended protocol), committed at the sync, or rolled
-        back whole when one fails (the server then skips the rest up to the sync). A job
-        that fails before its statement is sent rolls back what was, with ROLLBACK.
-        Other jobs read their results as they go, so each runs between two pipelines,
-        and the transaction spanning them is an explicit one."""
-        outcomes: list[tuple[_Job, Callable[[], Any]]] = []
+        When every job is pipelined (stores a message: `queries.Append`), the batch is
+        one pipeline and one round trip, with no BEGIN nor COMMIT: the statements a
+        pipeline sends up to its sync are one transaction (PostgreSQL's extended
+        protocol), committed at the sync, or rolled back whole when one fails (the
+        server then skips the rest up to the sync). A job that fails before its
+        statement is sent rolls back what was, with ROLLBACK. Other jobs read their
+        results as they go, so each runs between two pipelines, and the transaction
+        spanning them is an explicit one."""
+        outcomes: list[tuple[list[_Job], Callable[[], list[Any]]]] = []
         explicit = not all(job.pipelined for job in batch)
         try:
             with contextlib.ExitStack() as pipeline:
@@ -250,24 +253,31 @@ class _Worker:
                     # `since` misses nothing (the same order a single SQLite writer gives).
                     queries.lock_message_clock(conn)
                 failed = False
-                for job in batch:
-                    if job.pipelined:
-                        if not piped:
-                            pipeline.enter_context(conn.pipeline())
-                            piped = True
-                        try:
-                            outcomes.append((job, job.fn(conn)))
-                        except Exception as exc:
-                            if unavailable(exc) is not None:
-                                raise
-                            job.error = exc
-                    else:
+                i = 0
+                while i < len(batch) and not failed:
+                    job = batch[i]
+                    if not job.pipelined:
                         pipeline.close()  # synced: the results it reads are its own
                         piped = False
                         self._run_one(conn, job)
-                    if job.error is not None:
+                        failed = job.error is not None
+                        i += 1
+                        continue
+                    if not piped:
+                        pipeline.enter_context(conn.pipeline())
+                        piped = True
+                    jobs = _plain_appends(batch, i) or [job]
+                    try:
+                        if len(jobs) > 1:
+                            appends = [j.fn for j in jobs if isinstance(j.fn, queries.Append)]
+                            outcomes.append((jobs, queries.send_messages(conn, appends)))
+                        else:
+                            outcomes.append((jobs, _listed(job.fn(conn))))
+                    except Exception as exc:
+                        if unavailable(exc) is not None:
+                            raise
                         failed = True
-                        break
+                    i += len(jobs)
                 if failed:
                     conn.execute("ROLLBACK")
                 elif explicit:
@@ -283,12 +293,14 @@ class _Worker:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
-        for job, outcome in outcomes:
+        for jobs, outcome in outcomes:
             # Committed: these only read rows that are there.
             try:
-                job.result = outcome()
+                for job, result in zip(jobs, outcome(), strict=True):
+                    job.result = result
             except Exception as exc:
-                job.error = exc
+                for job in jobs:
+                    job.error = exc
         return True
 
     def _one_by_one(self, conn: Connection, batch: list[_Job]) -> None:
@@ -324,6 +336,22 @@ class _Worker:
 
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(wake)
+
+def _plain_appends(batch: list[_Job], start: int) -> list[_Job]:
+    """The messages without a client message id from `start` on, in a row: one statement
+    stores them all (`queries.send_messages`)."""
+    end = start
+    while end < len(batch):
+        fn = batch[end].fn
+        if not (isinstance(fn, queries.Append) and fn.new.client_message_id is None):
+            break
+        end += 1
+    return batch[start:end]
+
+
+def _listed(outcome: Callable[[], T]) -> Callable[[], list[T]]:
+    return lambda: [outcome()]
+
 
 def _load(dsn: str, fn: Callable[[Connection], T]) -> T:
     try:
@@ -395,11 +423,9 @@ class PgStore(Operations):
         created_at = utc_iso(now)
         ops: list[_Op] = []
         for new in messages:
-            op = functools.partial(
-                queries.send_message,
-                new=new, user_id=user_id, username=username, profile_image=profile_image,
-                now=now, created_at=created_at, idempotency_window=idempotency_window,
-            )  # fmt: skip
+            op = queries.Append(
+                new, user_id, username, profile_image, now, created_at, idempotency_window
+            )
             after = None if on_commit is None else functools.partial(on_commit, new)
             ops.append((op, after))
         if not ops:

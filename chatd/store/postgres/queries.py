@@ -6,6 +6,7 @@ runs them inside its own."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from chatd.model import Outgoing, RoomRow, StoredMessage
 from chatd.store.postgres.schema import Connection
@@ -193,6 +194,81 @@ def send_message(
             return StoredMessage(*got[2:]), False
         msg_id, prev = int(got[0]), int(got[1])
         return StoredMessage(msg_id, *fields, cmid, prev_id=prev), True
+
+    return outcome
+
+
+# Messages without a client message id, of one batch and in a row: one statement for all
+# of them, their columns as arrays. Their ids are drawn first, one each, and the smallest
+# goes to the first message (`n`, its place in the arrays), so ids follow their order;
+# each one's `prev` is the one before it, the first's the clock's (held locked).
+_APPEND_MANY = (
+    "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[]) WITH ORDINALITY AS"
+    " v(room_id, user_id, username, profile_image, content, message_type, created_at,"
+    " created_unix, client_timestamp, n)),"
+    " ids AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM"
+    " (SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id FROM v) AS drawn),"
+    " ins AS (INSERT INTO messages(id, room_id, user_id, username, profile_image, content,"
+    " message_type, created_at, created_unix, client_timestamp)"
+    " SELECT ids.id, v.room_id, v.user_id, v.username, v.profile_image, v.content,"
+    " v.message_type, v.created_at, v.created_unix, v.client_timestamp"
+    " FROM v JOIN ids USING (n) RETURNING id),"
+    " old AS (SELECT last_id FROM message_clock WHERE id = 1),"
+    " upd AS (UPDATE message_clock SET last_id = (SELECT max(id) FROM ins) WHERE id = 1)"
+    " SELECT (SELECT last_id FROM old), array(SELECT id FROM ins ORDER BY id)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """A message to store, as `send_message` takes it: called with a connection, sends
+    its statement. The engine sends those without a client message id that follow one
+    another in a batch with `send_messages`, in one statement."""
+
+    new: Outgoing
+    user_id: int
+    username: str
+    profile_image: str | None
+    now: float
+    created_at: str
+    idempotency_window: float
+
+    def __call__(self, conn: Connection) -> Callable[[], tuple[StoredMessage, bool]]:
+        return send_message(
+            conn, self.new, self.user_id, self.username, self.profile_image, self.now,
+            self.created_at, self.idempotency_window,
+        )  # fmt: skip
+
+    def fields(self) -> tuple[int, int, str, str | None, str, str, str, float]:
+        """StoredMessage's fields from room_id to created_unix."""
+        new = self.new
+        return (
+            new.room_id, self.user_id, self.username, self.profile_image, new.content,
+            new.message_type, self.created_at, self.now,
+        )  # fmt: skip
+
+
+def send_messages(
+    conn: Connection, appends: Sequence[Append]
+) -> Callable[[], list[tuple[StoredMessage, bool]]]:
+    """`send_message` for several messages, none with a client message id, in one
+    statement; their ids follow their order."""
+    rows = [a.fields() for a in appends]
+    columns: list[list[object]] = [list(column) for column in zip(*rows, strict=True)]
+    columns.append([a.new.client_timestamp for a in appends])
+    cur = conn.execute(_APPEND_MANY, columns)
+
+    def outcome() -> list[tuple[StoredMessage, bool]]:
+        got = cur.fetchone()
+        assert got is not None
+        prev, ids = int(got[0]), [int(i) for i in got[1]]
+        assert len(ids) == len(rows)
+        out = []
+        for msg_id, fields in zip(ids, rows, strict=True):
+            out.append((StoredMessage(msg_id, *fields, None, prev_id=prev), True))
+            prev = msg_id
+        return out
 
     return outcome
 
