@@ -12,11 +12,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+# The last second formatted: every message's event is stamped, and strftime costs more than
+# the rest of the stamp; messages come many to a second.
+_last_second: tuple[int, str] = (-1, "")
+
 
 def utc_iso(ts: float) -> str:
     """A Unix time as the ISO 8601 UTC text with milliseconds that both protocols use."""
-    t = time.gmtime(ts)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(ts * 1000) % 1000:03d}Z"
+    global _last_second
+    millis = int(ts * 1000)
+    second = millis // 1000
+    cached, text = _last_second
+    if second != cached:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{millis % 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
