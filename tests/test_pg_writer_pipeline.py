@@ -298,6 +298,23 @@ async def test_a_failing_message_fails_alone_and_the_rest_are_stored_in_order(
     assert await history(store, room) == [first, *new, *more]
 
 
+async def test_a_failure_reported_while_the_batch_is_still_being_sent_fails_alone(
+    store: PgStore,
+) -> None:
+    """The server answers a failing statement at once: while the writer still sends the
+    rest of the batch, psycopg reports it, and then reports every statement after it as
+    aborted (`PipelineAborted`, an OperationalError): not a store that is unavailable."""
+    room = await store.create_room("r", True, [])
+    batch = [Outgoing(room, "a"), Outgoing(2**63, "refused by the server")]
+    batch += [Outgoing(room, f"c{i}", client_message_id=f"c{i}") for i in range(300)]
+    [a, bad, *rest] = await append(store, 1, batch)
+    assert isinstance(bad, Exception) and not isinstance(bad, StoreUnavailable), bad
+    new = [m for m, created in stored([a, *rest]) if created]
+    assert len(new) == 301
+    assert_chain(new, 0)
+    assert await history(store, room) == new
+
+
 # --- other operations in a batch of messages ----------------------------------------------
 
 

@@ -54,6 +54,9 @@ log = logging.getLogger("chatd.store")
 # that has not answered in time; a recurring failure is logged once this often.
 
 
+# libpq before 14 has no pipeline mode: every batch then runs one statement at a time.
+_PIPELINE = psycopg.Pipeline.is_supported()
+
 _UNAVAILABLE = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
@@ -197,7 +200,7 @@ class _Worker:
                 for job in batch:
                     self._run_one(conn, job)
                 return
-            if not self._pipelined(conn, batch):
+            if not (_PIPELINE and self._pipelined(conn, batch)):
                 for job in batch:
                     job.result, job.error = None, None
                 self._one_by_one(conn, batch)
@@ -274,7 +277,7 @@ class _Worker:
                         else:
                             outcomes.append((jobs, _listed(job.fn(conn))))
                     except Exception as exc:
-                        if unavailable(exc) is not None:
+                        if _down(conn, exc):
                             raise
                         failed = True
                     i += len(jobs)
@@ -285,7 +288,7 @@ class _Worker:
             if failed:
                 return False
         except Exception as exc:
-            if unavailable(exc) is not None:
+            if _down(conn, exc):
                 raise
             return False
         finally:
@@ -336,6 +339,15 @@ class _Worker:
 
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(wake)
+
+def _down(conn: Connection, exc: BaseException) -> bool:
+    """Whether `exc`, raised in a pipeline, is the database's failure rather than a
+    statement's. psycopg reports the statements the server skipped after a failing one
+    as PipelineAborted, an OperationalError: the savepoint pass finds what failed."""
+    if isinstance(exc, psycopg.errors.PipelineAborted) and not conn.broken:
+        return False
+    return unavailable(exc) is not None
+
 
 def _plain_appends(batch: list[_Job], start: int) -> list[_Job]:
     """The messages without a client message id from `start` on, in a row: one statement
