@@ -246,7 +246,6 @@ class _Worker:
         try:
             with contextlib.ExitStack() as pipeline:
                 pipeline.enter_context(conn.pipeline())
-                piped = True
                 if explicit:
                     conn.execute("BEGIN")
                 if any(job.ordered for job in batch):
@@ -255,32 +254,14 @@ class _Worker:
                     # message's `prev_id` is the one committed before it and a /chat
                     # `since` misses nothing (the same order a single SQLite writer gives).
                     queries.lock_message_clock(conn)
-                failed = False
-                i = 0
-                while i < len(batch) and not failed:
-                    job = batch[i]
-                    if not job.pipelined:
-                        pipeline.close()  # synced: the results it reads are its own
-                        piped = False
-                        self._run_one(conn, job)
-                        failed = job.error is not None
-                        i += 1
-                        continue
-                    if not piped:
-                        pipeline.enter_context(conn.pipeline())
-                        piped = True
-                    jobs = _plain_appends(batch, i) or [job]
-                    try:
-                        if len(jobs) > 1:
-                            appends = [j.fn for j in jobs if isinstance(j.fn, queries.Append)]
-                            outcomes.append((jobs, queries.send_messages(conn, appends)))
-                        else:
-                            outcomes.append((jobs, _listed(job.fn(conn))))
-                    except Exception as exc:
-                        if _down(conn, exc):
-                            raise
-                        failed = True
-                    i += len(jobs)
+                try:
+                    failed = self._send(conn, batch, pipeline, outcomes)
+                except BaseException:
+                    # Whatever cut the batch short: the sync that ends the pipeline must
+                    # not commit what was sent.
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                    raise
                 if failed:
                     conn.execute("ROLLBACK")
                 elif explicit:
@@ -305,6 +286,44 @@ class _Worker:
                 for job in jobs:
                     job.error = exc
         return True
+
+    def _send(
+        self,
+        conn: Connection,
+        batch: list[_Job],
+        pipeline: contextlib.ExitStack,
+        outcomes: list[tuple[list[_Job], Callable[[], list[Any]]]],
+    ) -> bool:
+        """`_pipelined`'s jobs, in the pipeline `pipeline` holds; True when one failed.
+        Each message sent adds the function that reads its outcome to `outcomes`."""
+        piped = True
+        i = 0
+        while i < len(batch):
+            job = batch[i]
+            if not job.pipelined:
+                pipeline.close()  # synced: the results it reads are its own
+                piped = False
+                self._run_one(conn, job)
+                if job.error is not None:
+                    return True
+                i += 1
+                continue
+            if not piped:
+                pipeline.enter_context(conn.pipeline())
+                piped = True
+            jobs = _plain_appends(batch, i) or [job]
+            try:
+                if len(jobs) > 1:
+                    appends = [j.fn for j in jobs if isinstance(j.fn, queries.Append)]
+                    outcomes.append((jobs, queries.send_messages(conn, appends)))
+                else:
+                    outcomes.append((jobs, _listed(job.fn(conn))))
+            except Exception as exc:
+                if _down(conn, exc):
+                    raise
+                return True
+            i += len(jobs)
+        return False
 
     def _one_by_one(self, conn: Connection, batch: list[_Job]) -> None:
         """Run and commit `batch`, one statement at a time, each job in its own
