@@ -246,6 +246,65 @@ def _query(path: str) -> dict[str, list[str]]:
     return parse_qs(path.partition("?")[2], keep_blank_values=True)
 
 
+_Refusal = tuple[int, str, "str | None"]  # close code, reason, what the log says
+
+
+async def _admit(
+    state: ServerState,
+    ws: WebSocketTransport,
+    request: wsl.Request,
+    query: dict[str, list[str]],
+    newest: int,
+) -> tuple[_Refusal | None, tuple[ChatConnection, int | None] | None]:
+    """The upgrade's checks, in the guide's order. Either why it is refused, or its
+    connection, already opened in the service (it hears the rooms from now on), and the
+    `since` it resumes from."""
+    cfg = state.cfg
+    if state.closing.is_set():
+        return (CLOSE_GOING_AWAY, "server shutting down", None), None
+    headers = request.headers
+    if not origin_allowed(headers.get("origin"), cfg.auth.allowed_origins, headers.get("host")):
+        state.metrics.auth_failures["origin"] += 1
+        origin = headers.get("origin")
+        return (CLOSE_TICKET_MISSING, "origin not allowed", f"origin {origin!r} not allowed"), None
+    ticket = (query.get("ticket") or [""])[0]
+    if not ticket:
+        state.metrics.tickets_rejected["missing"] += 1
+        return (CLOSE_TICKET_MISSING, "ticket missing", None), None
+    edits_flag = (query.get("edits") or ["0"])[0]
+    if edits_flag not in ("0", "1"):
+        return (CLOSE_TICKET_MISSING, "edits must be 0 or 1", None), None
+    since: int | None = None
+    if "since" in query:
+        since = id_of_digits(query["since"][0])
+        if since is None:
+            return (CLOSE_TICKET_MISSING, "since must be a non-negative integer", None), None
+    try:
+        identity = await state.tickets.claim_async(ticket)
+    except TicketError as exc:
+        state.metrics.tickets_rejected[exc.reason] += 1
+        return (CLOSE_TICKET_INVALID, f"ticket {exc.reason}", None), None
+    user = identity.user
+    # The token the ticket was bought with: revoked by an admin since (1003, as a ticket
+    # that is no longer good), or expired since (4001, as the session would have been).
+    if state.revocations.token_revoked(user.id, identity.issued_at):
+        state.metrics.tickets_rejected["revoked"] += 1
+        return (CLOSE_TICKET_INVALID, "ticket revoked", None), None
+    if identity.valid_until <= state.service.expiry.clock():
+        return (CLOSE_TOKEN_EXPIRED, "token expired", None), None
+    if state.closing.is_set():  # while the ticket was being claimed
+        return (CLOSE_GOING_AWAY, "server shutting down", None), None
+    if since is not None:
+        # A `since` beyond the newest message (a client that kept an id across a database
+        # reset, say) means "from now on"; taken as is, it would mute every live message
+        # with an id up to it. The newest id was read before the connection starts hearing
+        # live messages, so any message after it is replayed or heard live.
+        since = min(since, newest)
+    conn = ChatConnection(state, user, ws, edits=edits_flag == "1")
+    state.service.session_opened(conn, identity.valid_until)
+    return None, (conn, since)
+
+
 async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upgrade) -> None:
     """A `/chat` upgrade from the front door: check, accept, then run the connection.
     Refusals are a completed handshake and a close code, as the guide's clients expect."""
@@ -256,6 +315,7 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
     del leftover
     ws = WebSocketTransport(stream, parser, cfg.chat.outbox_messages, cfg.chat.outbox_bytes)
     query = _query(request.path)
+    key = request.key
     # Who it is for the logs: behind a trusted proxy, the client the proxy forwarded.
     client = state.connections.client_address(
         peer_address(stream), request.headers.get("x-forwarded-for", "").split(",")
@@ -264,70 +324,34 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
     # sees the socket open: a message it (or anyone) sends after that has a newer id.
     resuming = "since" in query and not state.closing.is_set()
     newest = await state.store.last_message_id() if resuming else 0
+    # Everything is checked, and the session heard by the hub, before the handshake is
+    # answered: a message committed once the client sees the socket open reaches it (the
+    # ticket's claim is a store round trip in a cluster; a session opened after the answer
+    # missed what was sent meanwhile). A refusal is still a completed handshake and a close
+    # code, as the guide's clients expect.
+    refusal, ready = await _admit(state, ws, request, query, newest)
+    del request
     try:
-        await stream.send_all(wsl.accept_response(request.key, None))
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(wsl.accept_response(key, None))
+    except BaseException as exc:
+        if ready is not None:
+            state.service.session_closed(ready[0])
+        if not isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+            raise
         await stream.aclose()
         return
-
-    async def refuse(code: int, reason: str, logged: str | None = None) -> None:
+    if refusal is not None:
+        code, reason, logged = refusal
         if code != CLOSE_GOING_AWAY:  # shutting down refuses no one in particular
             logs.refused("/chat", logged or reason, client)
         ws.close(code, reason)
         with trio.move_on_after(2):
             await ws.out.run()
         await ws.aclose(drain=not state.closing.is_set())
-
-    if state.closing.is_set():
-        await refuse(CLOSE_GOING_AWAY, "server shutting down")
         return
-    headers = request.headers
-    if not origin_allowed(headers.get("origin"), cfg.auth.allowed_origins, headers.get("host")):
-        state.metrics.auth_failures["origin"] += 1
-        origin = request.headers.get("origin")
-        await refuse(CLOSE_TICKET_MISSING, "origin not allowed", f"origin {origin!r} not allowed")
-        return
-    del request
-    ticket = (query.get("ticket") or [""])[0]
-    if not ticket:
-        state.metrics.tickets_rejected["missing"] += 1
-        await refuse(CLOSE_TICKET_MISSING, "ticket missing")
-        return
-    edits_flag = (query.get("edits") or ["0"])[0]
-    if edits_flag not in ("0", "1"):
-        await refuse(CLOSE_TICKET_MISSING, "edits must be 0 or 1")
-        return
-    since: int | None = None
-    if "since" in query:
-        since = id_of_digits(query["since"][0])
-        if since is None:
-            await refuse(CLOSE_TICKET_MISSING, "since must be a non-negative integer")
-            return
-    try:
-        identity = await state.tickets.claim_async(ticket)
-    except TicketError as exc:
-        state.metrics.tickets_rejected[exc.reason] += 1
-        await refuse(CLOSE_TICKET_INVALID, f"ticket {exc.reason}")
-        return
-    user = identity.user
-    # The token the ticket was bought with: revoked by an admin since (1003, as a ticket
-    # that is no longer good), or expired since (4001, as the session would have been).
-    if state.revocations.token_revoked(user.id, identity.issued_at):
-        state.metrics.tickets_rejected["revoked"] += 1
-        await refuse(CLOSE_TICKET_INVALID, "ticket revoked")
-        return
-    if identity.valid_until <= state.service.expiry.clock():
-        await refuse(CLOSE_TOKEN_EXPIRED, "token expired")
-        return
-
-    if since is not None:
-        # A `since` beyond the newest message (a client that kept an id across a database
-        # reset, say) means "from now on"; taken as is, it would mute every live message
-        # with an id up to it. The newest id was read before the connection starts hearing
-        # live messages, so any message after it is replayed or heard live.
-        since = min(since, newest)
-    conn = ChatConnection(state, user, ws, edits=edits_flag == "1")
-    state.service.session_opened(conn, identity.valid_until)
+    assert ready is not None
+    conn, since = ready
+    user = conn.user
     opened = trio.current_time()
     try:
         await conn.run(since)
