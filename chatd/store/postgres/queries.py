@@ -411,10 +411,17 @@ def touch_health(conn: Connection, at: float) -> None:
 # --- tickets (cluster mode: chatd.ticketws.tickets.SharedTicketBook) ------------------------
 
 
+_TICKETS_LOCK = 0x7469636B  # "tick"
+_INT4_KEYS = 2**31 - 1
+
+
 def issue_ticket(
     conn: Connection, digest: bytes, user_id: int, identity: str, expires_at: float,
     max_unused: int, now: float,
 ) -> bool:  # fmt: skip
+    # Nodes issuing to one user at once take turns, to the commit (an advisory lock of the
+    # user's, in a key space of its own): the count then includes the other's ticket.
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_TICKETS_LOCK, user_id % _INT4_KEYS))
     row = conn.execute(
         "SELECT count(*) FROM tickets WHERE user_id = %s AND NOT used AND expires_at > %s",
         (user_id, now),
