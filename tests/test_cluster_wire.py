@@ -168,3 +168,17 @@ async def test_publications_without_a_link_are_counted_lost_and_control_ones_res
     broker.publish_control({"op": "x"})
     assert (broker.dropped, broker._lost_control) == (2, True)
     assert link.frames == []
+
+
+def test_a_frame_of_more_parts_than_any_node_sends_is_refused_before_its_parts_are_read() -> None:
+    """A 64 MiB frame of empty parts is some 3.5 million of them: read one by one they
+    took 12 s of the event loop and 570 MB (measured), long enough for the other nodes
+    to take this one for dead. No chatd node sends more than MAX_FRAME_PARTS a frame."""
+    meta = b"room.1 k - - - - 0"
+    many = wire.MAX_ARRIVAL_PARTS + 1
+    frame = Frame("MESSAGE", ((wire.HEADER, "mark n1"),), b"|".join([meta] * many) + b"\n")
+    with pytest.raises(wire.BadFrame, match="too many parts"):
+        wire.arrivals(frame, "n1")
+    fits = Frame("MESSAGE", ((wire.HEADER, "mark n1"),), b"|".join([meta] * (many - 1)) + b"\n")
+    assert len(wire.arrivals(fits, "n1")) == many - 1
+    assert wire.MAX_FRAME_PARTS <= wire.MAX_ARRIVAL_PARTS

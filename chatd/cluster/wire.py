@@ -40,6 +40,10 @@ CONTROL = "control"
 # handles a frame as one message, and a node's queue is bounded in bytes.
 MAX_FRAME_PARTS = 256
 MAX_FRAME_BYTES = 256 * 1024
+# The most parts a node reads in one frame, with room for a newer node's larger batches:
+# a frame is up to 64 MiB (chatd.cluster.link), millions of empty parts, which read one by
+# one would hold the event loop for seconds and take hundreds of megabytes.
+MAX_ARRIVAL_PARTS = 16 * MAX_FRAME_PARTS
 
 
 class BadFrame(ValueError):
@@ -132,6 +136,8 @@ def arrivals(frame: Frame, node: str) -> list[Arrival]:
     end = body.find(b"\n")
     if end < 0:
         raise BadFrame("no part descriptions")
+    if body.count(b"|", 0, end) >= MAX_ARRIVAL_PARTS:
+        raise BadFrame("too many parts")
     try:
         metas = body[:end].decode("ascii").split("|")
     except UnicodeDecodeError:
