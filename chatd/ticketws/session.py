@@ -12,6 +12,7 @@ Close codes (documented in the README):
   1009 frame over twice [chat] max_frame_bytes (frames over the limit but within
        twice it get an error reply and the connection stays open)
   1011 unexpected server fault (the server carries on)
+  1013 the store cannot answer (PostgreSQL away): the ticket is still good, try again
   4001 the token the ticket was bought with expired (plus [auth] leeway_seconds)
   4003 an admin ended the user's sessions (POST /admin/users/{id}/disconnect)
   4008 slow consumer: the connection's outbox filled up
@@ -37,6 +38,7 @@ from chatd.net.websocket import (
     CLOSE_SERVER_ERROR,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN_LATER,
 )
 from chatd.net.ws_transport import Upgrade, WebSocketTransport, ws_end
 from chatd.ops import logs
@@ -323,13 +325,18 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
     # `since` beyond the newest message means "from now on", and now is before the client
     # sees the socket open: a message it (or anyone) sends after that has a newer id.
     resuming = "since" in query and not state.closing.is_set()
-    newest = await state.store.last_message_id() if resuming else 0
     # Everything is checked, and the session heard by the hub, before the handshake is
     # answered: a message committed once the client sees the socket open reaches it (the
     # ticket's claim is a store round trip in a cluster; a session opened after the answer
     # missed what was sent meanwhile). A refusal is still a completed handshake and a close
     # code, as the guide's clients expect.
-    refusal, ready = await _admit(state, ws, request, query, newest)
+    try:
+        newest = await state.store.last_message_id() if resuming else 0
+        refusal, ready = await _admit(state, ws, request, query, newest)
+    except StoreUnavailable:
+        # PostgreSQL away (the claim and the newest id are round trips to it): a refusal
+        # like the others, to try again; the ticket was not used. The store logged why.
+        refusal, ready = (CLOSE_TRY_AGAIN_LATER, "store unavailable, try again later", None), None
     del request
     try:
         await stream.send_all(wsl.accept_response(key, None))
