@@ -182,3 +182,26 @@ def test_a_frame_of_more_parts_than_any_node_sends_is_refused_before_its_parts_a
     fits = Frame("MESSAGE", ((wire.HEADER, "mark n1"),), b"|".join([meta] * (many - 1)) + b"\n")
     assert len(wire.arrivals(fits, "n1")) == many - 1
     assert wire.MAX_FRAME_PARTS <= wire.MAX_ARRIVAL_PARTS
+
+
+async def test_a_frame_that_carried_what_came_during_its_wait_leaves_no_empty_turn_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Publications made while the task waited out the window leave with its frame; the
+    task must not then wait a window more for nothing and count that as a frame sent, or
+    the next publication after a quiet window waits up to batch_ms for no reason."""
+    broker, link = _broker(batch_ms=5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker._frames)
+        start = trio.current_time()
+        broker.publish_control({"op": "n", "i": 0})  # leaves at once (0 ms)
+        await trio.sleep(0.001)
+        broker.publish_control({"op": "n", "i": 1})  # waits for the window (5 ms)
+        await trio.sleep(0.002)
+        broker.publish_control({"op": "n", "i": 2})  # during that wait: the same frame
+        await trio.sleep(0.008)  # 11 ms: a window and more since the last frame
+        broker.publish_control({"op": "n", "i": 3})
+        await trio.sleep(0.01)
+        times = [(round((t - start) * 1000), len(p)) for t, p in link.frames]
+        assert times == [(0, 1), (5, 2), (11, 1)]
+        nursery.cancel_scope.cancel()

@@ -195,10 +195,12 @@ class RabbitBroker:
         sent_at = -float("inf")
         while True:
             await self._parts_waiting.wait()
-            self._parts_waiting = trio.Event()
             due = sent_at + self._batch_window
             if due > trio.current_time():
                 await trio.sleep_until(due)
+            # Reset only now: what came during the wait leaves in this frame, and must not
+            # wake the task for an empty turn that would push the next frame a window on.
+            self._parts_waiting = trio.Event()
             sent_at = trio.current_time()
             self._send_frame()
 
