@@ -61,6 +61,9 @@ class Revocations:
     def revoke_logins(self, user_id: int, at: float) -> None:
         self._logins[user_id] = max(at, self._logins.get(user_id, at))
 
+    def logins_revoked_at(self, user_id: int) -> float | None:
+        return self._logins.get(user_id)
+
     def revoke_tokens(self, user_id: int, at: float) -> None:
         self._tokens[user_id] = max(at, self._tokens.get(user_id, at))
 

@@ -20,7 +20,7 @@ from chatd.config import Config
 from chatd.expiry import Expiry
 from chatd.hub import Hub, Session
 from chatd.model import ClientError, Outgoing, RoomRow, StoredMessage, User
-from chatd.net.websocket import CLOSE_DISCONNECTED_BY_ADMIN, CLOSE_TOKEN_EXPIRED
+from chatd.net.websocket import CLOSE_DISCONNECTED_BY_ADMIN, CLOSE_NORMAL, CLOSE_TOKEN_EXPIRED
 from chatd.ops.metrics import Metrics
 from chatd.ratelimit import RateLimiter
 from chatd.rooms import Room, Rooms
@@ -65,6 +65,7 @@ class ChatService:
         *,
         revocations: Revocations | None = None,
         wall_clock: Callable[[], float] = time.time,
+        resyncs: bool = False,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -80,6 +81,11 @@ class ChatService:
         # Every session that has a deadline (its token's), on the wall clock: `run` it
         # for the server's life.
         self.expiry: Expiry[Session] = Expiry(self._expired, wall_clock)
+        # A cluster node (`resyncs`) may miss a user's logout at another node while it is
+        # off the bus: when each session opened (wall clock), to close on `resync` those
+        # the logout would have. One node alone never misses one: nothing kept.
+        self._wall_clock = wall_clock
+        self._opened_at: dict[Session, float] | None = {} if resyncs else None
         broker.presence.on_change = self._presence_changed
         # While `resync` reads the store: the rooms changed meanwhile (see `_touched`).
         self._resync_touched: set[int] | None = None
@@ -332,11 +338,15 @@ class ChatService:
         clock); the session is closed then. None: never (an anonymous session)."""
         if valid_until is not None:
             self.expiry.add(session, valid_until)
+        if self._opened_at is not None:
+            self._opened_at[session] = self._wall_clock()
         if self.hub.register(session):
             self.broker.presence.local_up(session.user_id)
 
     def session_closed(self, session: Session) -> None:
         self.expiry.discard(session)
+        if self._opened_at is not None:
+            self._opened_at.pop(session, None)
         if self.hub.unregister(session):
             for room_id in list(self.rooms.rooms_of(session.user_id)):
                 if self._typing.pop((room_id, session.user_id), None) is not None:
@@ -469,18 +479,30 @@ class ChatService:
         # store have a loader; it opens its own connection, so off the loop.)
         revoked = await trio.to_thread.run_sync(self.store.load_revocations_sync)
         for user_id, (logins, tokens) in revoked.items():
-            if logins is not None:
-                self.revocations.revoke_logins(user_id, logins)
+            thrown_out = False
             if tokens is not None:
                 # Not known here yet: an admin's throw-out whose disconnect this node
                 # missed too; the user's sessions here end as they would have.
-                missed = not self.revocations.token_revoked(user_id, tokens - 0.001)
+                thrown_out = not self.revocations.token_revoked(user_id, tokens - 0.001)
                 self.revocations.revoke_tokens(user_id, tokens)
-                if missed:
+                if thrown_out:
                     self._close_sessions(
                         user_id, None, CLOSE_DISCONNECTED_BY_ADMIN,
                         "disconnected by an administrator",
                     )  # fmt: skip
+            if logins is not None:
+                known_at = self.revocations.logins_revoked_at(user_id)
+                self.revocations.revoke_logins(user_id, logins)
+                if not thrown_out and (known_at is None or logins > known_at):
+                    # The user's own logout at another node, whose disconnect this node
+                    # missed: the sessions it would have closed here end now.
+                    self._close_opened_before(user_id, logins)
+
+    def _close_opened_before(self, user_id: int, at: float) -> None:
+        opened = self._opened_at or {}
+        for session in self.hub.sessions_of(user_id):
+            if opened.get(session, at) < at:
+                session.close(CLOSE_NORMAL, "disconnected by request")
 
     def _touched(self, room_id: int) -> None:
         """A room changed in memory; a resync reading the store meanwhile leaves it so."""

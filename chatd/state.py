@@ -100,7 +100,10 @@ class ServerState:
         else:
             cluster = None
             broker = MemoryBroker(hub)
-        service = ChatService(cfg, store, rooms, hub, broker, metrics, revocations=revocations)
+        service = ChatService(
+            cfg, store, rooms, hub, broker, metrics, revocations=revocations,
+            resyncs=cluster is not None,
+        )  # fmt: skip
         if cluster is not None:
             cluster.on_resync = service.resync
         general = (

@@ -16,7 +16,7 @@ from ._chat import chat, create_room, expect_close, recv_message, roundtrip
 from .cluster import StartCluster, start_cluster  # noqa: F401 (fixture)
 from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
 from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
-from .stomp_client import bearer, next_event_of, stomp_user
+from .stomp_client import bearer, next_event_of, post_json, stomp_user
 
 
 async def test_a_room_created_while_a_node_reloads_rooms_is_kept_there(
@@ -101,6 +101,48 @@ async def test_tokens_revoked_while_a_node_was_off_the_bus_are_refused_there_onc
         async with n2.client() as http:
             refused = await http.post("/chat/ticket", headers={"accessToken": token})
         assert refused.status_code == 401, refused.text
+
+
+async def test_a_logout_while_a_node_was_off_the_bus_closes_the_sessions_it_would_have(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The user's own logout (`/chat-ws/disconnect`) at n1 while n2 is off the bus: once
+    back, n2 closes the user's session opened before the logout, and keeps the one opened
+    after it (the JWT stays good: the app may connect again at once)."""
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        room = await create_room(n1, [1, 2])
+        cluster = n2.state.cluster
+        retrying, back = trio.Event(), trio.Event()
+        real_open = bus.Link.open
+
+        async def gated_open(*args: Any) -> Any:
+            retrying.set()
+            await back.wait()
+            return await real_open(*args)
+
+        monkeypatch.setattr(bus.Link, "open", gated_open)
+        resynced = trio.Event()
+        real_resync = cluster.on_resync
+
+        async def resync_and_say() -> None:
+            after_return = back.is_set()
+            await real_resync()
+            if after_return:
+                resynced.set()
+
+        cluster.on_resync = resync_and_say
+        async with chat(n2, 2) as before_logout:
+            await cluster._link.aclose()
+            await retrying.wait()
+            out = await post_json(n1, "/chat-ws/disconnect", 2)
+            assert out.status_code == 200, out.text
+            async with chat(n2, 2) as after_logout:
+                back.set()
+                await resynced.wait()
+                assert (await expect_close(before_logout)).code == 1000
+                await roundtrip(after_logout, room, "logged in again")
 
 
 async def test_control_messages_dropped_at_a_full_send_queue_are_made_good(
