@@ -64,6 +64,10 @@ def test_a_frame_carries_every_part_in_order_as_its_node_encoded_it() -> None:
         ("mark n1", b"room.1 k 1e3 - - - 2\nab", "message id: not a number"),
         ("mark n1", "room.1 k - - - - ²\nab".encode(), "not ASCII"),
         ("mark n1", b"room.1 k - - - - 1|room.1 k - - - - 5\nab", "past the body"),
+        # A message whose previous id is not before its own: the sequencer would deliver
+        # it after that one, moving its newest id back (and delivering the rest twice).
+        ("mark n1", b"room.1 k 7 7 - - 2\nab", "previous id: not before"),
+        ("mark n1", b"room.1 k 7 9 - - 2\nab", "previous id: not before"),
     ],
 )
 def test_a_frame_no_chatd_node_made_is_refused_whole(

@@ -152,13 +152,18 @@ def arrivals(frame: Frame, node: str) -> list[Arrival]:
         size = _number(length, "length")
         if size is None or at + size > len(body):
             raise BadFrame("a part past the body's end")
+        msg_id, prev = _number(message_id, "message id"), _number(prev_id, "previous id")
+        if msg_id is not None and prev is not None and prev >= msg_id:
+            # The store commits ids in order: taken as is, the sequencer would deliver the
+            # message after its "previous" one and move its newest id back.
+            raise BadFrame("previous id: not before the message's")
         got.append(
             Arrival(
                 node,
                 topic,
                 kind,
-                _number(message_id, "message id"),
-                _number(prev_id, "previous id"),
+                msg_id,
+                prev,
                 _number(split, "split"),
                 text,
                 body[at : at + size],
