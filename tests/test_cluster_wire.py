@@ -209,3 +209,37 @@ async def test_a_frame_that_carried_what_came_during_its_wait_leaves_no_empty_tu
         times = [(round((t - start) * 1000), len(p)) for t, p in link.frames]
         assert times == [(0, 1), (5, 2), (11, 1)]
         nursery.cancel_scope.cancel()
+
+
+class _BoundedLink(_Link):
+    """A stand-in that refuses a frame past its queue's bound, as Link.send does."""
+
+    def __init__(self, max_pending: int) -> None:
+        super().__init__()
+        self.max_pending = max_pending
+
+    def send(self, frame: Frame) -> bool:
+        return len(frame.body) <= self.max_pending and super().send(frame)
+
+
+async def test_a_batch_never_outgrows_the_links_queue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With [bus] max_pending_bytes below MAX_FRAME_BYTES, a batch of small publications
+    made in one turn grew into one frame the link could never take: every publication
+    of it dropped, though each alone fits many times over."""
+    cfg = BusConfig(
+        backend="rabbitmq", url="stomp://u:p@127.0.0.1:1/", batch_ms=2, max_pending_bytes=8192
+    )
+    broker = RabbitBroker(cfg, Hub(Rooms()), _NoStore())  # type: ignore[arg-type]
+    link = _BoundedLink(cfg.max_pending_bytes)
+    broker._link = link  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker._frames)
+        for i in range(40):  # one task's publications, 1 kB each
+            broker.publish_control({"op": "n", "i": i, "pad": "x" * 1000})
+        await trio.testing.wait_all_tasks_blocked()
+        assert broker.dropped == 0
+        order = [wire.control_of(a)["i"] for _, parts in link.frames for a in parts]
+        assert order == list(range(40))
+        nursery.cancel_scope.cancel()

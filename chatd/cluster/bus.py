@@ -103,6 +103,9 @@ class RabbitBroker:
         self._parts_bytes = 0
         self._parts_waiting = trio.Event()
         self._batch_window = cfg.batch_ms / 1000
+        # A batch the link's queue can take whole, however low max_pending_bytes is set:
+        # a frame past that bound is dropped with every publication in it.
+        self._max_frame_bytes = min(wire.MAX_FRAME_BYTES, cfg.max_pending_bytes // 4)
         self.received = 0
         self.foreign = 0  # frames of another cluster under our name, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
@@ -124,7 +127,7 @@ class RabbitBroker:
             # A chat message from PostgreSQL: in commit order (see the sequencer).
             self.sequencer.offer(event.message_id, event.prev_id, (room_id, event))
         else:
-            self._hub.deliver_room(room_id, event)
+            self.sequencer.after((room_id, event))
 
     def publish_user(self, user_id: int, event: Event) -> None:
         self._send(wire.event_part(f"user.{user_id}", event))
@@ -165,7 +168,7 @@ class RabbitBroker:
             return
         self._parts.append(part)
         self._parts_bytes += part.size
-        if len(self._parts) >= wire.MAX_FRAME_PARTS or self._parts_bytes >= wire.MAX_FRAME_BYTES:
+        if len(self._parts) >= wire.MAX_FRAME_PARTS or self._parts_bytes >= self._max_frame_bytes:
             self._send_frame()
         else:
             self._parts_waiting.set()
@@ -252,7 +255,7 @@ class RabbitBroker:
                 if got.prev_id is not None and got.message_id is not None:
                     self.sequencer.offer(got.message_id, got.prev_id, (room_id, got))
                 elif self._hub.wants_room(room_id):
-                    self._hub.deliver_room(room_id, wire.event_of(got))
+                    self.sequencer.after((room_id, got))
             elif topic.startswith("user.") and self._hub.wants_topic(topic):
                 self._hub.deliver_user(int(topic[5:]), wire.event_of(got))
         except (wire.BadFrame, ValueError, KeyError, TypeError) as exc:
