@@ -243,3 +243,23 @@ async def test_a_batch_never_outgrows_the_links_queue(
         order = [wire.control_of(a)["i"] for _, parts in link.frames for a in parts]
         assert order == list(range(40))
         nursery.cancel_scope.cancel()
+
+
+async def test_nothing_leaves_after_the_bye(autojump_clock: trio.testing.MockClock) -> None:
+    """Once a stopping node said bye, the others have forgotten it; a snapshot (answering
+    another node's hello) or an alive after it made them take it for alive again, with
+    its users, until node_timeout_seconds: and their asks waited for its answer."""
+    broker, link = _broker(batch_ms=2)
+
+    async def flushed() -> None:
+        pass
+
+    link.flushed = flushed  # type: ignore[attr-defined]
+    await broker.aclose()
+    sent = [wire.control_of(a)["op"] for _, parts in link.frames for a in parts]
+    assert sent == ["bye"]
+    broker._on_control("other#abcdef", {"op": "hello", "users": [5]})
+    broker.presence.tick({"last": 0})
+    broker._send_frame()
+    sent = [wire.control_of(a)["op"] for _, parts in link.frames for a in parts]
+    assert sent == ["bye"]

@@ -110,6 +110,7 @@ class RabbitBroker:
         self.foreign = 0  # frames of another cluster under our name, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
         self._lost_control = False  # a control message was dropped since the last resync
+        self._gone = False  # said bye: nothing more leaves (see aclose)
 
     def unavailable(self) -> str | None:
         return self._why_not
@@ -163,6 +164,8 @@ class RabbitBroker:
             done.set()
 
     def _send(self, part: wire.Part) -> None:
+        if self._gone:
+            return
         if self._link is None:
             self._lost([part])
             return
@@ -405,8 +408,13 @@ class RabbitBroker:
         """Tell the others this node is going, so they forget its users at once."""
         link = self._link
         if link is None:
+            self._gone = True
             return
         self.presence.leaving()
         self._send_frame()
+        # Until the nursery ends, frames still arrive: a snapshot answering a hello, or an
+        # alive, after the bye would make the others take this node for alive again (its
+        # users online, their asks waiting for its answer) until node_timeout_seconds.
+        self._gone = True
         with trio.move_on_after(1.0):
             await link.flushed()
