@@ -176,3 +176,30 @@ async def test_held_messages_stay_bounded_while_the_store_is_away(
         nursery.cancel_scope.cancel()
     assert [int(x.split()[-1].lstrip("m")) for x in got] == list(range(11, 411))
     assert seq.held == 0
+
+
+async def test_events_outside_the_chain_wait_behind_held_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An edit of message 12 that comes while 12 is held (its predecessor not yet here)
+    reaches no one before 12 does; with nothing held, such events go at once."""
+    got: list[str] = []
+    store = Store([11, 12])
+    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.after("typing")
+        assert got == ["typing"]
+        seq.offer(12, 11, "m12")
+        seq.after("edit of 12")
+        seq.after("read mark")
+        assert got == ["typing"] and seq.held == 1
+        seq.offer(11, 10, "m11")
+        assert got == ["typing", "m11", "m12", "edit of 12", "read mark"]
+        # The same when the gap is closed from the store.
+        seq.offer(14, 13, "m14")
+        seq.after("edit of 14")
+        await trio.sleep(0.1)
+        assert got[-2:] == ["m14", "edit of 14"]
+        nursery.cancel_scope.cancel()

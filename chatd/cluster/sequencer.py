@@ -52,6 +52,10 @@ class Sequencer(Generic[T]):
         self._wanted = 0  # catch up to at least this id
         self.filled = 0  # messages read from the store (for metrics and tests)
         self.gaps = 0
+        # Room events outside the chain (edits, deletions, typing, read marks) that came
+        # while messages were held: delivered after them, in the order they came, so an
+        # edit never reaches a client before the message it edits.
+        self._after: list[T] = []
 
     def start_at(self, last: int) -> None:
         """Nothing up to `last` needs delivering (the store's newest at start)."""
@@ -75,6 +79,14 @@ class Sequencer(Generic[T]):
         elif len(self._held) >= MAX_HELD:
             self._wakeup.set()
 
+    def after(self, item: T) -> None:
+        """Deliver `item` (no place in the chain) once what is held now has been; at
+        once when nothing is held (or too much waits already: order yields to memory)."""
+        if not self._held or len(self._after) >= MAX_HELD:
+            self._deliver_safely(item)
+        else:
+            self._after.append(item)
+
     def catch_up(self, upto: int) -> None:
         """Everything committed up to `upto` is to be delivered: read what did not come."""
         if upto > self.last:
@@ -87,10 +99,13 @@ class Sequencer(Generic[T]):
 
     def _pass(self, message_id: int, item: T) -> None:
         self.last = message_id
+        self._deliver_safely(item)
+
+    def _deliver_safely(self, item: T) -> None:
         try:
             self._deliver(item)
         except Exception:
-            log.exception("cluster: delivering message %d failed", message_id)
+            log.exception("cluster: delivering a publication failed")
 
     def _drain(self) -> None:
         moved = False
@@ -105,6 +120,10 @@ class Sequencer(Generic[T]):
             moved = True
         if moved and self._held:
             self._gap_since = trio.current_time()  # a later gap: its own wait
+        if not self._held and self._after:
+            waiting, self._after = self._after, []
+            for item in waiting:
+                self._deliver_safely(item)
 
     async def run(self) -> None:
         """For the node's life: closes gaps and catches up from the store."""
