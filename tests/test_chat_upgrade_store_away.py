@@ -40,3 +40,23 @@ async def test_a_store_away_during_the_upgrade_closes_1013_and_keeps_the_ticket(
         async with open_websocket_url(chat_url(server, ticket, since)) as ws:
             sent = await roundtrip(ws, room, "the ticket was not used")
             assert sent["content"] == "the ticket was not used"
+
+
+async def test_another_fault_of_the_upgrades_checks_closes_1011(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(30):
+        ticket = await new_ticket(server, 1)
+
+        async def broken(*args: Any) -> Any:
+            raise RuntimeError("the test's fault")
+
+        monkeypatch.setattr(server.state.tickets, "claim_async", broken)
+        with trio.fail_after(10):  # unanswered, the client waited for ever
+            reason = await close_code_for(server, chat_url(server, ticket, None))
+        assert (reason.code, reason.reason) == (1011, "server error")
+        monkeypatch.undo()
+        # The server carries on.
+        room = await create_room(server, [1])
+        async with open_websocket_url(chat_url(server, ticket, None)) as ws:
+            await roundtrip(ws, room, "still serving")

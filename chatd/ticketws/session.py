@@ -337,6 +337,11 @@ async def serve_chat(state: ServerState, stream: trio.SocketStream, upgrade: Upg
         # PostgreSQL away (the claim and the newest id are round trips to it): a refusal
         # like the others, to try again; the ticket was not used. The store logged why.
         refusal, ready = (CLOSE_TRY_AGAIN_LATER, "store unavailable, try again later", None), None
+    except Exception:
+        # Any other fault of the checks is the server's (1011), still a completed
+        # handshake: the client is told, and the connection's task ends here.
+        log.exception("/chat: the upgrade's checks failed")
+        refusal, ready = (CLOSE_SERVER_ERROR, "server error", None), None
     del request
     try:
         await stream.send_all(wsl.accept_response(key, None))
