@@ -19,6 +19,32 @@ from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtur
 from .stomp_client import bearer, next_event_of, post_json, stomp_user
 
 
+def held_off_the_bus(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[trio.Event, trio.Event, trio.Event]:
+    """Once the node's link is closed it cannot get back on the bus until `back` is set;
+    `retrying` says it tried, `resynced` that it reloaded from the store once back."""
+    retrying, back, resynced = trio.Event(), trio.Event(), trio.Event()
+    real_open = bus.Link.open
+
+    async def gated_open(*args: Any) -> Any:
+        retrying.set()
+        await back.wait()
+        return await real_open(*args)
+
+    monkeypatch.setattr(bus.Link, "open", gated_open)
+    real_resync = cluster.on_resync
+
+    async def resync_and_say() -> None:
+        after_return = back.is_set()  # not one left over from the start
+        await real_resync()
+        if after_return:
+            resynced.set()
+
+    cluster.on_resync = resync_and_say
+    return retrying, back, resynced
+
+
 async def test_a_room_created_while_a_node_reloads_rooms_is_kept_there(
     start_cluster: StartCluster,  # noqa: F811 (fixture)
 ) -> None:
@@ -64,26 +90,7 @@ async def test_tokens_revoked_while_a_node_was_off_the_bus_are_refused_there_onc
         n1, n2 = await start_cluster(2)
         token = n2.token(2)
         cluster = n2.state.cluster
-        # n2 loses the bus and cannot get back until the test lets it.
-        retrying, back = trio.Event(), trio.Event()
-        real_open = bus.Link.open
-
-        async def gated_open(*args: Any) -> Any:
-            retrying.set()
-            await back.wait()
-            return await real_open(*args)
-
-        monkeypatch.setattr(bus.Link, "open", gated_open)
-        resynced = trio.Event()
-        real_resync = cluster.on_resync
-
-        async def resync_and_say() -> None:
-            after_return = back.is_set()  # not one left over from the start
-            await real_resync()
-            if after_return:
-                resynced.set()
-
-        cluster.on_resync = resync_and_say
+        retrying, back, resynced = held_off_the_bus(cluster, monkeypatch)
         async with chat(n2, 2) as on_n2:
             await cluster._link.aclose()
             await retrying.wait()
@@ -114,25 +121,7 @@ async def test_a_logout_while_a_node_was_off_the_bus_closes_the_sessions_it_woul
         n1, n2 = await start_cluster(2)
         room = await create_room(n1, [1, 2])
         cluster = n2.state.cluster
-        retrying, back = trio.Event(), trio.Event()
-        real_open = bus.Link.open
-
-        async def gated_open(*args: Any) -> Any:
-            retrying.set()
-            await back.wait()
-            return await real_open(*args)
-
-        monkeypatch.setattr(bus.Link, "open", gated_open)
-        resynced = trio.Event()
-        real_resync = cluster.on_resync
-
-        async def resync_and_say() -> None:
-            after_return = back.is_set()
-            await real_resync()
-            if after_return:
-                resynced.set()
-
-        cluster.on_resync = resync_and_say
+        retrying, back, resynced = held_off_the_bus(cluster, monkeypatch)
         async with chat(n2, 2) as before_logout:
             await cluster._link.aclose()
             await retrying.wait()
