@@ -49,7 +49,9 @@ const messageTexts = (page) => page.$$eval('#messages .msg', (lis) => lis.map((l
 const hasMessage = (page, t) => async () => (await messageTexts(page)).find((m) => m.text === t && !m.pending);
 
 async function openRoom(page, room) {
-  await page.click(`#rooms button[data-room-id="${room}"]`);
+  // The room list is drawn again as events arrive (unread counts, last messages): a
+  // locator finds the button again if it was replaced between finding and clicking it.
+  await page.locator(`#rooms button[data-room-id="${room}"]`).setTimeout(WAIT_MS).click();
   await page.waitForFunction((r) => document.querySelector(`#rooms button[data-room-id="${r}"]`)
     ?.getAttribute('aria-current') === 'true' && !document.querySelector('#composer-input').disabled,
   { timeout: WAIT_MS, polling: 100 }, room);
