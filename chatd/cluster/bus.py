@@ -9,7 +9,7 @@ goes in it; a frame leaves at once after a quiet spell, and at most every
 many messages it publishes. Each node subscribes to
 all of its cluster's traffic with one queue (`NAME.#` on amq.topic, a queue RabbitMQ
 makes for the subscription and deletes with the connection) and decodes only what a
-session here wants: a frame's headers say its room or user, and `Hub.wants_room` /
+session here wants: each part's description says its room or user, and `Hub.wants_room` /
 `wants_topic` say whether anyone here listens. One queue per node rather than one
 binding per room keeps RabbitMQ's work flat however many rooms there are, and a
 node's traffic in one order (a control message before the publications that follow it).
