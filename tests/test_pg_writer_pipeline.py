@@ -393,3 +393,140 @@ async def test_a_connection_lost_in_the_middle_of_a_batch_fails_it_and_recovers(
     [(again, created)] = stored(await append(store, 1, retry))
     assert created and again.prev_id == first.id
     assert await history(store, room) == [first, again]
+
+
+# --- plain messages straight through libpq (chatd.store.postgres.direct) --------------------
+
+
+@pytest.fixture
+def writer_trace(
+    writer_round_trips: Callable[[], int], tmp_path: Path
+) -> Callable[[], list[list[str]]]:
+    """What the writer's connections have sent so far: libpq's trace lines, split."""
+
+    def lines() -> list[list[str]]:
+        writer_round_trips()  # flushes the trace
+        return [
+            line.split("\t")
+            for path in sorted(tmp_path.glob("writer-*.trace"))
+            for line in path.read_text().splitlines()
+            if line.startswith("F\t")
+        ]
+
+    return lines
+
+
+def prepared_names(trace: list[list[str]], message: str) -> list[str]:
+    """The statement names of the Parse or Bind messages in `trace`, in order."""
+    names = []
+    for fields in trace:
+        if fields[2:3] == [message]:
+            words = fields[3].strip().split(" ")
+            names.append((words[1] if message == "Bind" else words[0]).strip('"'))
+    return names
+
+
+async def client_timestamps(store: PgStore, ids: list[int]) -> list[str | None]:
+    def read(conn: Any) -> list[str | None]:
+        rows = conn.execute(
+            "SELECT client_timestamp FROM messages WHERE id = ANY(%s) ORDER BY id", (ids,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    with trio.fail_after(20):
+        return await store.read(read)
+
+
+async def test_plain_messages_are_stored_through_libpq_with_every_character_intact(
+    store: PgStore, writer_trace: Callable[[], list[list[str]]]
+) -> None:
+    room = await store.create_room("r", True, [])
+    [(first, _)] = stored(await append(store, 1, [Outgoing(room, "first")]))
+    tricky = [
+        'a "quoted" word', "back\\slash", "\\\"", "{braces, and commas}", "NULL", "null",
+        " spaced ", "new\nline\ttab", "日本語 ✓ 🎉", "'single'", "$1", ",", "}", "{",
+    ]  # fmt: skip
+    batch = [Outgoing(room, text, "text", text) for text in tricky]
+    batch.append(Outgoing(room, "no client timestamp", "notice", None))
+    sent_before = len(writer_trace())
+    with trio.fail_after(20):
+        results = stored(
+            await store.append_messages(7, 'user "7" \\ NULL', "NULL", batch, WINDOW)
+        )
+    messages = [m for m, created in results if created]
+    assert len(messages) == len(batch)
+    assert_chain(messages, first.id)
+    assert [m.content for m in messages] == [new.content for new in batch]
+    assert {(m.username, m.profile_image) for m in messages} == {('user "7" \\ NULL', "NULL")}
+    assert messages[-1].message_type == "notice"
+    # What the writer returned is what the table holds, created_unix to the last bit.
+    assert await history(store, room) == [first, *messages]
+    for m in messages:
+        got = await store.get_message(m.id)
+        assert got is not None and got.created_unix == m.created_unix
+    assert await client_timestamps(store, [m.id for m in messages]) == [
+        new.client_timestamp for new in batch
+    ]
+    # Through the statements prepared on the writer's connection (for `first`), and
+    # nothing else: not run again on the general path.
+    trace = writer_trace()
+    assert prepared_names(trace, "Parse").count("chatd_append_many_0") == 1
+    assert prepared_names(trace[sent_before:], "Parse") == []
+    assert prepared_names(trace[sent_before:], "Bind") == ["chatd_lock_0", "chatd_append_many_0"]
+
+
+async def test_a_plain_batch_the_server_refuses_is_run_again_and_fails_alone(
+    store: PgStore, writer_trace: Callable[[], list[list[str]]]
+) -> None:
+    room = await store.create_room("r", True, [])
+    [(first, _)] = stored(await append(store, 1, [Outgoing(room, "first")]))
+    batch = [Outgoing(room, "a"), Outgoing(2**63, "out of BIGINT's range"), Outgoing(room, "c")]
+    [a, bad, c] = await append(store, 1, batch)
+    assert isinstance(bad, Exception) and not isinstance(bad, StoreUnavailable), bad
+    new = [m for m, _ in stored([a, c])]
+    assert_chain(new, first.id)
+    # Text psycopg refuses never reaches the server; the rest is stored.
+    [d, nul, e] = await append(store, 1, [Outgoing(room, "d"), Outgoing(room, "\u0000"),
+                                          Outgoing(room, "e")])  # fmt: skip
+    assert isinstance(nul, Exception) and not isinstance(nul, StoreUnavailable), nul
+    more = [m for m, _ in stored([d, e])]
+    assert_chain(more, new[-1].id)
+    [(after, _)] = stored(await append(store, 1, [Outgoing(room, "after")]))
+    assert after.prev_id == more[-1].id
+    assert await history(store, room) == [first, *new, *more, after]
+    # The statements outlived the refusals: prepared once, used by every plain batch.
+    trace = writer_trace()
+    assert prepared_names(trace, "Parse").count("chatd_append_many_0") == 1
+    assert prepared_names(trace, "Bind").count("chatd_append_many_0") == 3
+
+
+async def test_statements_gone_from_the_connection_are_prepared_again(
+    store: PgStore, writer_trace: Callable[[], list[list[str]]]
+) -> None:
+    room = await store.create_room("r", True, [])
+    [(first, _)] = stored(await append(store, 1, [Outgoing(room, "first")]))
+    with trio.fail_after(20):
+        await store.write(lambda conn: conn.execute("DEALLOCATE ALL"))
+    [(second, _)] = stored(await append(store, 1, [Outgoing(room, "second")]))
+    [(third, _)] = stored(await append(store, 1, [Outgoing(room, "third")]))
+    assert_chain([first, second, third], 0)
+    assert await history(store, room) == [first, second, third]
+    trace = writer_trace()
+    # `second` found its statement gone and was stored by the general path; `third`
+    # prepared new ones.
+    assert prepared_names(trace, "Bind").count("chatd_append_many_0") == 2
+    assert prepared_names(trace, "Parse").count("chatd_append_many_1") == 1
+    assert prepared_names(trace, "Bind").count("chatd_append_many_1") == 1
+
+
+async def test_a_connection_lost_before_a_plain_batch_fails_it_and_recovers(
+    store: PgStore, pg_instance: PgInstance, pg_dsn: str  # noqa: F811 (fixtures)
+) -> None:
+    room = await store.create_room("r", True, [])
+    [(first, _)] = stored(await append(store, 1, [Outgoing(room, "first")]))
+    assert pg_instance.terminate_connections(pg_dsn) >= 1
+    [lost] = await append(store, 1, [Outgoing(room, "lost")])
+    assert isinstance(lost, StoreUnavailable), lost
+    [(again, created)] = stored(await append(store, 1, [Outgoing(room, "again")]))
+    assert created and again.prev_id == first.id
+    assert await history(store, room) == [first, again]

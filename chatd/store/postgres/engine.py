@@ -10,7 +10,8 @@ read after one sync, which commits them, so a batch of messages costs one round 
 (each round trip waits for a PostgreSQL backend to be scheduled: on a busy machine longer
 than the statement takes). Messages without a client message id that follow one another
 in the batch are one multi-row statement (a statement costs psycopg and PostgreSQL far
-more than a row); one with a client message id is a statement of its own. Other
+more than a row); one with a client message id is a statement of its own. A batch of
+only plain messages, the usual one, skips psycopg's cursors (`direct`). Other
 operations read their results as they go, so each runs outside the pipeline, in round
 trips of its own. A failing operation rolls the batch back and it runs again, one
 statement at a time, with each operation in its own savepoint. After the commit, in the
@@ -44,6 +45,7 @@ from chatd.model import Outgoing, StoredMessage, utc_iso
 from chatd.store.errors import StoreClosed, StoreError, StoreUnavailable
 from chatd.store.operations import Availability, Operations, next_batch
 from chatd.store.postgres import queries, schema
+from chatd.store.postgres.direct import DirectAppends
 from chatd.store.postgres.schema import Connection
 
 T = TypeVar("T")
@@ -122,6 +124,8 @@ class _Worker:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._clock = clock
         self._closed = False
+        # Batches of plain messages, the writer's usual ones, bypass psycopg's cursors.
+        self._direct = DirectAppends() if transactional and _PIPELINE else None
         self.on_commit: Callable[[float, int], None] | None = None
         self.hooks_scope: Callable[[], contextlib.AbstractContextManager[None]] = (
             contextlib.nullcontext
@@ -200,6 +204,14 @@ class _Worker:
                 for job in batch:
                     self._run_one(conn, job)
                 return
+            if self._direct is not None and len(_plain_appends(batch, 0)) == len(batch):
+                appends = [job.fn for job in batch if isinstance(job.fn, queries.Append)]
+                stored = self._direct.store(conn, appends)
+                if stored is not None:
+                    for job, result in zip(batch, stored, strict=True):
+                        job.result, job.error = result, None
+                    self._committed(started, batch)
+                    return
             if not (_PIPELINE and self._pipelined(conn, batch)):
                 for job in batch:
                     job.result, job.error = None, None
@@ -214,7 +226,11 @@ class _Worker:
                 else:
                     job.error = StoreError(f"commit failed: {exc}")
             return
-        if self._transactional and self.on_commit is not None:
+        if self._transactional:
+            self._committed(started, batch)
+
+    def _committed(self, started: float, batch: list[_Job]) -> None:
+        if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started, len(batch))
 
     def _run_one(self, conn: Connection, job: _Job) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from chatd.model import Outgoing, RoomRow, StoredMessage
+from chatd.store.errors import StoreError
 from chatd.store.postgres.schema import Connection
 from chatd.store.queries import Change
 
@@ -219,6 +220,15 @@ _APPEND_MANY = (
     " SELECT (SELECT last_id FROM old), array(SELECT id FROM ins ORDER BY id)"
 )
 
+# The same, for libpq's own calls (chatd.store.postgres.direct): parameters numbered.
+def _numbered(sql: str) -> str:
+    first, *rest = sql.split("%s")
+    return first + "".join(f"${i}{part}" for i, part in enumerate(rest, 1))
+
+
+APPEND_MANY_NUMBERED = _numbered(_APPEND_MANY)
+
+
 
 @dataclass(frozen=True, slots=True)
 class Append:
@@ -262,15 +272,25 @@ def send_messages(
     def outcome() -> list[tuple[StoredMessage, bool]]:
         got = cur.fetchone()
         assert got is not None
-        prev, ids = int(got[0]), [int(i) for i in got[1]]
-        assert len(ids) == len(rows)
-        out = []
-        for msg_id, fields in zip(ids, rows, strict=True):
-            out.append((StoredMessage(msg_id, *fields, None, prev_id=prev), True))
-            prev = msg_id
-        return out
+        return stored_in_order(rows, int(got[0]), [int(i) for i in got[1]])
 
     return outcome
+
+
+def stored_in_order(
+    rows: Sequence[tuple[int, int, str, str | None, str, str, str, float]],
+    prev: int,
+    ids: Sequence[int],
+) -> list[tuple[StoredMessage, bool]]:
+    """`_APPEND_MANY`'s outcome: the messages of `rows` (`Append.fields`) as stored with
+    `ids`, each one's `prev_id` the one before it, the first's `prev`."""
+    if len(ids) != len(rows):
+        raise StoreError(f"{len(rows)} messages sent, {len(ids)} stored")
+    out = []
+    for msg_id, fields in zip(ids, rows, strict=True):
+        out.append((StoredMessage(msg_id, *fields, None, prev_id=prev), True))
+        prev = msg_id
+    return out
 
 
 def append_message(
@@ -289,10 +309,13 @@ def append_message(
     )()
 
 
+LOCK_MESSAGE_CLOCK = "SELECT FROM message_clock WHERE id = 1 FOR UPDATE"
+
+
 def lock_message_clock(conn: Connection) -> None:
     """Taken first by a transaction that stores messages, held to its commit: such
     transactions commit one at a time cluster-wide, in the order of their ids."""
-    conn.execute("SELECT FROM message_clock WHERE id = 1 FOR UPDATE")
+    conn.execute(LOCK_MESSAGE_CLOCK)
 
 
 def message_clock(conn: Connection) -> int:
