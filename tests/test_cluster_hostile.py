@@ -1,11 +1,15 @@
 """What a node does with frames on the bus that no chatd node of this cluster sent: another
 application publishing to amq.topic under the cluster's name, or a node of another cluster
-given the same [bus] name. It drops them and keeps serving. Private services
+given the same [bus] name. It drops them and keeps serving. Frames with this cluster's
+mark that lie (ids never committed) or are broken do not stop it either. Private services
 (tests/pg_instance.py, tests/rabbitmq_instance.py); every wait has a timeout."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
+import trio.testing
 
 from chatd import events
 from chatd.cluster import wire
@@ -100,3 +104,54 @@ async def test_a_batch_with_our_mark_but_a_broken_body_is_dropped_and_the_next_o
             await publish_raw(start_cluster.url, *broken)  # type: ignore[attr-defined]
             sent = await roundtrip(alice, room, "after the broken ones")
             assert await recv_message(bob) == sent
+
+
+# --- frames with our mark that lie, or are broken -------------------------------------
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until the nodes, in this process, reach `condition` (the caller's fail_after
+    bounds it)."""
+    while not condition():
+        await trio.testing.wait_all_tasks_blocked(0.005)
+
+
+async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+) -> None:
+    """A message with a huge id, then a heartbeat saying a huge id was delivered, both
+    with the cluster's mark. Believed, either would make every real message look
+    delivered already on the node that heard it: it would deliver no chat again."""
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        room = await create_room(n1, [1, 2])
+        mark = n2.state.cluster.origin
+        sequencer = n2.state.cluster.sequencer
+        huge = 10**15
+        async with chat(n1, 1) as alice, chat(n2, 2) as bob:
+            first = await roundtrip(alice, room, "before")
+            assert await recv_message(bob) == first
+            forged = StoredMessage(
+                huge, room, 1, "alice", None, "forged", "TEXT", "2026-01-01T00:00:00Z",
+                prev_id=0,
+            )  # fmt: skip
+            part = wire.event_part(f"room.{room}", events.new_message(forged))
+            await publish_raw(
+                start_cluster.url,  # type: ignore[attr-defined]
+                wire.batch_frame("chatd", "liar#1", [part], mark),
+            )
+            # Checked against the store (or, believed, this node's newest id).
+            await until(lambda: sequencer.refuted >= 1 or sequencer.last >= huge)
+            assert sequencer.last < huge
+            sent = [await roundtrip(alice, room, f"after the message {i}") for i in range(3)]
+            assert [await recv_message(bob) for _ in sent] == sent
+
+            alive = wire.control_part({"op": "alive", "last": 2 * huge})
+            await publish_raw(
+                start_cluster.url,  # type: ignore[attr-defined]
+                wire.batch_frame("chatd", "liar#1", [alive], mark),
+            )
+            await until(lambda: sequencer.refuted >= 2 or sequencer.last >= huge)
+            assert sequencer.last < huge
+            sent = [await roundtrip(alice, room, f"after the heartbeat {i}") for i in range(3)]
+            assert [await recv_message(bob) for _ in sent] == sent

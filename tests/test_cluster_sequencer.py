@@ -4,6 +4,10 @@ trio's MockClock: the waits are exact and nothing sleeps."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -18,7 +22,14 @@ class Store:
     def __init__(self, ids: list[int]) -> None:
         self.ids = ids
         self.reads: list[tuple[int, int]] = []
+        self.newest_reads = 0
         self.fail = 0
+
+    async def newest(self) -> int:
+        """message_clock: the newest committed id."""
+        self.newest_reads += 1
+        await trio.sleep(0.001)
+        return max(self.ids, default=0)
 
     async def fill(self, after: int, upto: int) -> list[tuple[int, str]]:
         self.reads.append((after, upto))
@@ -29,9 +40,13 @@ class Store:
         return [(i, f"m{i}") for i in self.ids if after < i <= upto]
 
 
+def sequencer_on(store: Store, deliver: Callable[[str], None], **kw: Any) -> Sequencer[str]:
+    return Sequencer(deliver, store.fill, store.newest, **kw)
+
+
 async def test_in_order_messages_pass_at_once_and_duplicates_are_dropped() -> None:
     got: list[str] = []
-    seq: Sequencer[str] = Sequencer(got.append, Store([]).fill)
+    seq = sequencer_on(Store([]), got.append)
     seq.start_at(10)
     seq.offer(9, 8, "old")  # committed before this node started
     seq.offer(11, 10, "a")
@@ -47,7 +62,7 @@ async def test_a_message_waits_for_the_one_before_it_and_the_bus_brings_it(
 ) -> None:
     got: list[str] = []
     store = Store([11, 12, 13])
-    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
     seq.start_at(10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seq.run)
@@ -67,7 +82,7 @@ async def test_a_gap_the_bus_does_not_close_is_read_from_the_store_after_gap_wai
 ) -> None:
     got: list[str] = []
     store = Store([11, 12, 14, 15])  # 13 rolled back; 11, 12 published by a node that died
-    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
     seq.start_at(10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seq.run)
@@ -90,7 +105,7 @@ async def test_catch_up_reads_what_was_committed_while_the_bus_was_away(
 ) -> None:
     got: list[str] = []
     store = Store([11, 12, 13])
-    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
     seq.start_at(10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seq.run)
@@ -109,7 +124,7 @@ async def test_catch_up_needs_no_read_when_the_bus_brings_them_in_time(
 ) -> None:
     got: list[str] = []
     store = Store([11])
-    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
     seq.start_at(10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seq.run)
@@ -127,7 +142,7 @@ async def test_a_store_that_fails_is_read_again_and_nothing_passes_the_gap_meanw
     got: list[str] = []
     store = Store([11, 12])
     store.fail = 2
-    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05, retry_wait=1.0)
+    seq = sequencer_on(store, got.append, gap_wait=0.05, retry_wait=1.0)
     seq.start_at(10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seq.run)
@@ -148,7 +163,7 @@ async def test_a_failing_delivery_does_not_stop_the_order() -> None:
             raise RuntimeError("a session's bug")
         got.append(item)
 
-    seq: Sequencer[str] = Sequencer(deliver, Store([]).fill)
+    seq = sequencer_on(Store([]), deliver)
     seq.offer(1, 0, "bad")
     seq.offer(2, 1, "good")
     assert got == ["good"] and seq.last == 2
@@ -163,7 +178,7 @@ async def test_held_messages_stay_bounded_while_the_store_is_away(
     got: list[str] = []
     store = Store(list(range(11, 411)))
     store.fail = 3
-    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05, retry_wait=1.0)
+    seq = sequencer_on(store, got.append, gap_wait=0.05, retry_wait=1.0)
     seq.start_at(10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seq.run)
@@ -184,8 +199,8 @@ async def test_events_outside_the_chain_wait_behind_held_messages(
     """An edit of message 12 that comes while 12 is held (its predecessor not yet here)
     reaches no one before 12 does; with nothing held, such events go at once."""
     got: list[str] = []
-    store = Store([11, 12])
-    seq: Sequencer[str] = Sequencer(got.append, store.fill, gap_wait=0.05)
+    store = Store([11, 12, 14])  # 13 rolled back
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
     seq.start_at(10)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seq.run)
@@ -203,3 +218,136 @@ async def test_events_outside_the_chain_wait_behind_held_messages(
         await trio.sleep(0.1)
         assert got[-2:] == ["m14", "edit of 14"]
         nursery.cancel_scope.cancel()
+
+
+# --- frames that lie: the cluster's mark, but ids the store never committed ----------------
+
+HUGE = 10**15
+
+
+async def test_a_huge_id_that_does_not_chain_is_checked_against_the_store_not_delivered(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Taken as delivered, id 10**15 would make every real message look old: this node
+    would deliver no chat again."""
+    got: list[str] = []
+    store = Store([11])
+    seq = sequencer_on(store, got.append, gap_wait=0.05, source=lambda item: "node liar#1")
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(HUGE, 5, "forged")
+        assert got == [] and seq.last == 10
+        seq.offer(11, 10, "bus 11")  # the chain goes on at once
+        assert got == ["bus 11"]
+        await trio.sleep(1)  # the claim checked, once, and dropped
+        assert seq.last == 11 and seq.refuted == 1
+        assert store.newest_reads == 1 and store.reads == []  # nothing else to read
+        store.ids.append(12)
+        seq.offer(12, 11, "bus 12")
+        nursery.cancel_scope.cancel()
+    assert got == ["bus 11", "bus 12"] and seq.held == 0
+    assert "node liar#1 claims message 1000000000000000" in caplog.text
+
+
+async def test_a_heartbeat_claiming_a_huge_last_reads_no_further_than_the_store(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    got: list[str] = []
+    store = Store([11])
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.catch_up(HUGE, "node liar#1")
+        await trio.sleep(1)
+        assert got == ["m11"] and seq.last == 11  # what was committed, and no further
+        assert store.reads == [(10, 11)] and store.newest_reads == 1  # not retried
+        store.ids.append(12)
+        seq.offer(12, 11, "bus 12")
+        nursery.cancel_scope.cancel()
+    assert got == ["m11", "bus 12"]
+    assert "node liar#1 claims message 1000000000000000" in caplog.text
+
+
+async def test_a_held_message_whose_predecessor_the_store_never_had_is_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: list[str] = []
+    store = Store([11])
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(HUGE + 1, HUGE, "forged")
+        await trio.sleep(1)
+        assert got == ["m11"] and seq.last == 11 and seq.held == 0
+        assert store.reads == [(10, 11)] and store.newest_reads == 1
+        store.ids.append(12)
+        seq.offer(12, 11, "bus 12")
+        nursery.cancel_scope.cancel()
+    assert got == ["m11", "bus 12"]
+
+
+async def test_a_held_message_beyond_the_store_does_not_pass_once_the_gap_before_it_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """It names a real predecessor (11, which the bus lost): the store gives 11, and the
+    forged one, next in its chain, must not pass with it."""
+    got: list[str] = []
+    store = Store([11])
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(HUGE, 11, "forged")
+        await trio.sleep(1)
+        assert got == ["m11"] and seq.last == 11 and seq.held == 0
+        store.ids.append(12)
+        seq.offer(12, 11, "bus 12")
+        nursery.cancel_scope.cancel()
+    assert got == ["m11", "bus 12"]
+
+
+async def test_a_message_that_chains_behind_last_is_read_from_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No committed message names a predecessor before `last` (the one committed after
+    `last` names it); such a claim is a lie or `last` is not a committed id (12 here,
+    rolled back, which a lie made `last`): either way the store says what was."""
+    got: list[str] = []
+    store = Store([11, 13])
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
+    seq.start_at(12)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(13, 11, "bus 13")
+        assert got == []
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert got == ["m13"] and store.reads == [(12, 13)] and seq.last == 13
+
+
+async def test_an_exact_chain_to_an_id_never_committed_is_undone_when_idle(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The one path that believes the bus without asking (`prev_id == last`, every
+    message's) lets a forged id through; the idle check brings `last` back to the store's
+    newest within `check_wait`, and real messages pass again."""
+    caplog.set_level(logging.WARNING, "chatd.cluster")
+    got: list[str] = []
+    store = Store([10])
+    seq = sequencer_on(store, got.append, gap_wait=0.05, check_wait=2.0)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(HUGE, 10, "forged")
+        assert seq.last == HUGE
+        await trio.sleep(2.5)
+        assert seq.last == 10 and seq.refuted == 1
+        store.ids.append(11)
+        seq.offer(11, 10, "bus 11")
+        await trio.sleep(10)  # checks again: all is well
+        nursery.cancel_scope.cancel()
+    assert got == ["forged", "bus 11"] and seq.last == 11 and seq.refuted == 1
+    assert "past the store's newest 10" in caplog.text

@@ -61,6 +61,11 @@ async def _nothing() -> None:
     pass
 
 
+def _sender_of(item: _Item) -> str:
+    payload = item[1]
+    return f"node {payload.node}" if isinstance(payload, wire.Arrival) else "this node"
+
+
 class RabbitBroker:
     def __init__(
         self,
@@ -88,7 +93,9 @@ class RabbitBroker:
         self.on_control: Callable[[Control], Any] = lambda message: None
         # Reloads what control messages change (ChatService.resync), after missing some.
         self.on_resync: Callable[[], Awaitable[None]] = _nothing
-        self.sequencer: Sequencer[_Item] = Sequencer(self._deliver_message, self._fill)
+        self.sequencer: Sequencer[_Item] = Sequencer(
+            self._deliver_message, self._fill, store.last_message_id, source=_sender_of
+        )
         self._why_not: str | None = "not connected to RabbitMQ yet"
         self._lost_log = RateLimitedLog(log, 60.0, clock)
         self._bad_log = RateLimitedLog(log, 60.0, clock)
@@ -272,7 +279,7 @@ class RabbitBroker:
         if self.presence.received(sender, message):
             last = message.get("last")
             if isinstance(last, int):
-                self.sequencer.catch_up(last)
+                self.sequencer.catch_up(last, f"node {sender}")
             return
         if message["op"] == "resync":
             self._resync_wanted.set()

@@ -9,6 +9,16 @@ twice. A message whose predecessor has not come is held; if the gap is still ope
 `gap_wait` seconds (the predecessor's node died between its commit and its publish, or
 the bus lost it), the missing messages are read from the store, delivered, and the held
 ones follow. After the bus was away, `catch_up` reads whatever was committed meanwhile.
+
+The bus is trusted but not believed blindly: a frame with the cluster's mark may still
+lie (a bug, or anyone on the vhost who read the mark), and one claimed id far ahead, taken
+as delivered, would make every real message look delivered already. So `last` moves past
+what the store confirms only for a message that chains exactly (`prev_id == last`, the
+one fast path: a comparison); anything else is held or read from the store, and a read
+never goes past the store's newest id (`message_clock`, >= every committed id): a claim
+beyond it is not committed, and is dropped with a warning. The exact chain itself is
+checked when the node is idle (`check_wait`): `last` above the store's newest is brought
+back to it.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import trio
+
+from chatd.ops.logs import RateLimitedLog
 
 log = logging.getLogger("chatd.cluster")
 
@@ -32,26 +44,37 @@ MAX_HELD = 10_000
 class Sequencer(Generic[T]):
     """`deliver(item)` in id order. `fill(after, upto)` returns the committed messages
     with `after < id <= upto` that this node must deliver, oldest first, as
-    (id, item) pairs; it may raise (the store away), and is retried."""
+    (id, item) pairs; `newest()` the store's newest committed id (or above: never below
+    a committed one); both may raise (the store away), and are retried. `source(item)`
+    names who sent an item, for the warning about a claim the store does not back."""
 
     def __init__(
         self,
         deliver: Callable[[T], None],
         fill: Callable[[int, int], Awaitable[list[tuple[int, T]]]],
+        newest: Callable[[], Awaitable[int]],
         gap_wait: float = 0.05,
         retry_wait: float = 1.0,
+        check_wait: float = 2.0,
+        source: Callable[[T], str] = lambda item: "",
     ) -> None:
         self._deliver = deliver
         self._fill = fill
+        self._newest = newest
+        self._source = source
         self.gap_wait = gap_wait
         self.retry_wait = retry_wait
+        self.check_wait = check_wait
         self.last = 0  # the newest message id delivered (or known to need no delivery)
         self._held: dict[int, tuple[int, T]] = {}  # by prev_id: (id, item)
         self._gap_since: float | None = None
         self._wakeup = trio.Event()
         self._wanted = 0  # catch up to at least this id
+        self._wanted_by = ""  # who claimed it was committed
         self.filled = 0  # messages read from the store (for metrics and tests)
         self.gaps = 0
+        self.refuted = 0  # claims the store did not back (for tests)
+        self._refuted_log = RateLimitedLog(log, 60.0, trio.current_time)
         # Room events outside the chain (edits, deletions, typing, read marks) that came
         # while messages were held: delivered after them, in the order they came, so an
         # edit never reaches a client before the message it edits.
@@ -61,16 +84,18 @@ class Sequencer(Generic[T]):
         """Nothing up to `last` needs delivering (the store's newest at start)."""
         self.last = max(self.last, last)
 
-    def offer(self, message_id: int, prev_id: int | None, item: T) -> None:
+    def offer(self, message_id: int, prev_id: int, item: T) -> None:
         if message_id <= self.last:
             return  # delivered already (from the store, or a bus duplicate)
-        if prev_id is None or prev_id <= self.last:
+        if prev_id == self.last:
             self._pass(message_id, item)
             self._drain()
             return
-        if len(self._held) >= MAX_HELD:
-            self._wanted = max(self._wanted, message_id)
-            self._wakeup.set()
+        if prev_id < self.last or len(self._held) >= MAX_HELD:
+            # Before `last`: no committed message chains so (`last` is a committed id, and
+            # the one committed after it names it), so this one is read from the store,
+            # which has it if it was committed. At the bound: read later, in order.
+            self._want(message_id, item)
             return
         self._held[prev_id] = (message_id, item)
         if len(self._held) == 1:
@@ -87,15 +112,19 @@ class Sequencer(Generic[T]):
         else:
             self._after.append(item)
 
-    def catch_up(self, upto: int) -> None:
-        """Everything committed up to `upto` is to be delivered: read what did not come."""
-        if upto > self.last:
-            self._wanted = max(self._wanted, upto)
+    def catch_up(self, upto: int, source: str = "") -> None:
+        """Everything committed up to `upto` is to be delivered: read what did not come.
+        `source` says who claims `upto` is committed (a node's heartbeat)."""
+        if upto > self.last and upto > self._wanted:
+            self._wanted, self._wanted_by = upto, source
             self._wakeup.set()
 
     @property
     def held(self) -> int:
         return len(self._held)
+
+    def _want(self, message_id: int, item: T) -> None:
+        self.catch_up(message_id, self._source(item))
 
     def _pass(self, message_id: int, item: T) -> None:
         self.last = message_id
@@ -112,9 +141,13 @@ class Sequencer(Generic[T]):
         while self._held:
             nxt = self._held.pop(self.last, None)
             if nxt is None:
-                # Held ones the store already delivered, and those past a gap still open.
-                for prev in [p for p, (mid, _) in self._held.items() if mid <= self.last]:
-                    del self._held[prev]
+                # Held ones the store already delivered, and those past a gap still open;
+                # one whose predecessor is behind `last` but which is not can only be read
+                # from the store (see `offer`).
+                for prev in [p for p in self._held if p < self.last]:
+                    message_id, item = self._held.pop(prev)
+                    if message_id > self.last:
+                        self._want(message_id, item)
                 break
             self._pass(*nxt)
             moved = True
@@ -131,7 +164,10 @@ class Sequencer(Generic[T]):
             if not self._held and self._wanted <= self.last:
                 self._gap_since = None
                 self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                with trio.move_on_after(self.check_wait) as idle:
+                    await self._wakeup.wait()
+                if idle.cancelled_caught:
+                    await self._check()
                 continue
             if self._gap_since is None:
                 self._gap_since = trio.current_time()
@@ -146,11 +182,15 @@ class Sequencer(Generic[T]):
             self._gap_since = None
 
     async def _read_store(self) -> None:
-        upto = self._wanted
-        if self._held:
-            upto = max(upto, min(self._held))
+        # What the bus claimed before the store is asked: the store's newest then covers
+        # every one of them that was committed (a node publishes after its commit).
+        claims = list(self._held.items())
+        wanted, wanted_by = self._wanted, self._wanted_by
+        upto = max(wanted, min(self._held)) if self._held else wanted
         try:
-            got = await self._fill(self.last, upto)
+            newest = await self._newest()
+            upto = min(upto, newest)
+            got = await self._fill(self.last, upto) if upto > self.last else []
         except Exception as exc:
             log.warning("cluster: cannot read missed messages from the store yet: %s", exc)
             await trio.sleep(self.retry_wait)
@@ -160,4 +200,46 @@ class Sequencer(Generic[T]):
                 self.filled += 1
                 self._pass(message_id, item)
         self.last = max(self.last, upto)
+        # Claims beyond the store's newest are not committed: dropped, not waited for
+        # (they never would be, and each wait would read the store again).
+        if self._wanted == wanted:
+            self._wanted = 0  # reached, or beyond the store
+        if wanted > newest:
+            self._refuted(wanted, wanted_by, newest)
+        for prev, entry in claims:
+            if entry[0] > newest and self._held.get(prev) is entry:
+                del self._held[prev]
+                self._refuted(entry[0], self._source(entry[1]), newest)
         self._drain()
+
+    async def _check(self) -> None:
+        """`last` against the store, when idle: a message that chained exactly but was
+        never committed passed at once (the fast path reads nothing); here `last` comes
+        back to the store's newest, and real messages pass again. (Those dropped in the
+        meantime as delivered already are not read: some may have been delivered.)"""
+        seen = self.last
+        try:
+            newest = await self._newest()
+        except Exception:
+            return  # the store away: the next check
+        if newest < seen == self.last and not self._held:
+            # Also after the newest messages were deleted with their room (if `newest` is
+            # the newest row, not message_clock): harmless, the next one is then a gap.
+            self._refuted_log.warning(
+                "cluster: the last message delivered here, %d, is past the store's newest"
+                " %d (a message on the bus that was never committed?); going back to it",
+                seen,
+                newest,
+            )
+            self.refuted += 1
+            self.last = newest
+
+    def _refuted(self, message_id: int, source: str, newest: int) -> None:
+        self.refuted += 1
+        self._refuted_log.warning(
+            "cluster: %s claims message %d is committed, but the store's newest is %d;"
+            " ignored (a node of another version, or a forged frame with the cluster's mark)",
+            source or "a node on the bus",
+            message_id,
+            newest,
+        )
