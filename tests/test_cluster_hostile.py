@@ -155,3 +155,34 @@ async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
             assert sequencer.last < huge
             sent = [await roundtrip(alice, room, f"after the heartbeat {i}") for i in range(3)]
             assert [await recv_message(bob) for _ in sent] == sent
+
+
+async def test_a_broken_frame_with_our_mark_makes_the_node_reload_rooms(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+) -> None:
+    """The control messages in a frame that cannot be read are lost with it (here the
+    room it announced): the node reloads rooms from the store, as after a lost bus. A
+    broken frame of another cluster is only dropped."""
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        cluster = n2.state.cluster
+        # Stored, but announced only in the frame that breaks.
+        room = await n1.state.store.create_room("meanwhile", False, [1, 2])
+        state = {"id": room, "name": "meanwhile", "public": False, "members": [1, 2]}
+        part = wire.control_part({"op": "room_created", "room": {**state, "invited": []}})
+
+        def broken(mark: str) -> Frame:
+            frame = wire.batch_frame("chatd", "n9#abcdef", [part], mark)
+            return Frame(frame.command, frame.headers, frame.body + b"!")  # a byte too many
+
+        await publish_raw(start_cluster.url, broken("another-mark"))  # type: ignore[attr-defined]
+        await until(lambda: cluster.foreign >= 1)
+        assert cluster.broken == 0 and n2.state.rooms.get(room) is None
+
+        await publish_raw(start_cluster.url, broken(cluster.origin))  # type: ignore[attr-defined]
+        await until(lambda: n2.state.rooms.get(room) is not None)
+        await until(lambda: n1.state.rooms.get(room) is not None)
+        assert cluster.broken == 1
+        async with chat(n1, 1) as alice, chat(n2, 2) as bob:
+            sent = await roundtrip(alice, room, "in the room the broken frame announced")
+            assert await recv_message(bob) == sent

@@ -115,6 +115,7 @@ class RabbitBroker:
         self._max_frame_bytes = min(wire.MAX_FRAME_BYTES, cfg.max_pending_bytes // 4)
         self.received = 0
         self.foreign = 0  # frames of another cluster under our name, dropped
+        self.broken = 0  # frames with our mark that could not be read, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
         self._lost_control = False  # a control message was dropped since the last resync
         self._gone = False  # said bye: nothing more leaves (see aclose)
@@ -229,27 +230,38 @@ class RabbitBroker:
     def _on_frame(self, frame: Frame) -> None:
         try:
             origin, node = wire.sender(frame)
-            if node == self.node:
-                return
-            if origin != self.origin:
-                self.foreign += 1
-                self._foreign_log.warning(
-                    "cluster: frames from another cluster (node %s, another database) come"
-                    " under the [bus] name %s on this vhost; dropped. Give each cluster its"
-                    " own [bus] name",
-                    node,
-                    self._cfg.name,
-                )
-                return
-            if node.rpartition("#")[0] == self.name:
-                self._bad_log.warning(
-                    "cluster: another node on the bus is also named %s; give each its own"
-                    " [bus] node_name",
-                    self.name,
-                )
-            parts = wire.arrivals(frame, node)
         except wire.BadFrame as exc:
             self._bad_log.warning("cluster: dropped a frame from the bus: %s", exc)
+            return
+        if node == self.node:
+            return
+        if origin != self.origin:
+            self.foreign += 1
+            self._foreign_log.warning(
+                "cluster: frames from another cluster (node %s, another database) come"
+                " under the [bus] name %s on this vhost; dropped. Give each cluster its"
+                " own [bus] name",
+                node,
+                self._cfg.name,
+            )
+            return
+        if node.rpartition("#")[0] == self.name:
+            self._bad_log.warning(
+                "cluster: another node on the bus is also named %s; give each its own"
+                " [bus] node_name",
+                self.name,
+            )
+        try:
+            parts = wire.arrivals(frame, node)
+        except wire.BadFrame as exc:
+            # Ours, but broken: the control messages it carried (rooms, members, invites)
+            # are lost with it, so reload what they change, as after a lost bus. (The
+            # resync loop spaces reloads, however many such frames come.)
+            self.broken += 1
+            self._bad_log.warning(
+                "cluster: dropped a frame from node %s: %s; reloading rooms", node, exc
+            )
+            self._resync_wanted.set()
             return
         for got in parts:
             self._on_part(got)
@@ -259,7 +271,12 @@ class RabbitBroker:
             self.received += 1
             topic = got.topic
             if topic == wire.CONTROL:
-                self._on_control(got.node, wire.control_of(got))
+                try:
+                    message = wire.control_of(got)
+                except wire.BadFrame:
+                    self._resync_wanted.set()  # a control message lost: as a broken frame
+                    raise
+                self._on_control(got.node, message)
             elif topic.startswith("room."):
                 room_id = int(topic[5:])
                 if got.prev_id is not None and got.message_id is not None:
@@ -292,6 +309,7 @@ class RabbitBroker:
         except Exception:
             log.exception("cluster: control message %r from %s failed", message["op"], sender)
             answer = None
+            self._resync_wanted.set()  # half applied, perhaps: memory as the store has it
         if "ask" in message:
             self.publish_control({"op": "answer", "ask": message["ask"], "answer": answer})
 
@@ -397,7 +415,10 @@ class RabbitBroker:
             except Exception as exc:
                 log.warning("cluster: cannot reload from the store yet: %s", exc)
                 self._resync_wanted.set()
-                await trio.sleep(_RETRY)
+            # At most one reload a second, however often asked (a flood of broken frames
+            # or of "resync" messages): each reads every room from the store. Asked
+            # meanwhile, it comes once the second is over.
+            await trio.sleep(_RETRY)
 
     async def _heartbeat(self) -> None:
         while True:
