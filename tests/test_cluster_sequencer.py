@@ -351,3 +351,29 @@ async def test_an_exact_chain_to_an_id_never_committed_is_undone_when_idle(
         nursery.cancel_scope.cancel()
     assert got == ["forged", "bus 11"] and seq.last == 11 and seq.refuted == 1
     assert "past the store's newest 10" in caplog.text
+
+
+async def test_a_real_message_dropped_as_delivered_after_a_forged_chain_makes_the_check_early(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Only what the store gave comes twice; a message above what the store confirmed
+    that looks delivered already says `last` may be a lie: checked within gap_wait, not
+    check_wait. That one is lost (see `_check`); the next passes."""
+    got: list[str] = []
+    store = Store([10])
+    seq = sequencer_on(store, got.append, gap_wait=0.05, check_wait=60.0)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        seq.offer(HUGE, 10, "forged")
+        store.ids.append(11)
+        seq.offer(11, 10, "bus 11")
+        await trio.sleep(0.1)
+        assert seq.last == 11 and seq.refuted == 1 and store.newest_reads == 1
+        store.ids.append(12)
+        seq.offer(12, 11, "bus 12")
+        seq.offer(12, 11, "bus 12 again")  # a duplicate of one not confirmed: one check
+        seq.offer(12, 11, "bus 12 again")
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert got == ["forged", "bus 12"] and seq.last == 12 and store.newest_reads == 2

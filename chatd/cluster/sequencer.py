@@ -17,8 +17,9 @@ what the store confirms only for a message that chains exactly (`prev_id == last
 one fast path: a comparison); anything else is held or read from the store, and a read
 never goes past the store's newest id (`message_clock`, >= every committed id): a claim
 beyond it is not committed, and is dropped with a warning. The exact chain itself is
-checked when the node is idle (`check_wait`): `last` above the store's newest is brought
-back to it.
+checked when the node is idle (every `check_wait`, and soon after a message is dropped as
+delivered already that the store never confirmed): `last` above the store's newest is
+brought back to it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class Sequencer(Generic[T]):
         self.retry_wait = retry_wait
         self.check_wait = check_wait
         self.last = 0  # the newest message id delivered (or known to need no delivery)
+        # Up to here, `last` was checked against the store: a message at or below it
+        # that comes again is a duplicate; above it, perhaps a real one `last` lied about.
+        self._confirmed = 0
+        self._checked_at = 0.0
+        self._check_soon = False
         self._held: dict[int, tuple[int, T]] = {}  # by prev_id: (id, item)
         self._gap_since: float | None = None
         self._wakeup = trio.Event()
@@ -83,10 +89,16 @@ class Sequencer(Generic[T]):
     def start_at(self, last: int) -> None:
         """Nothing up to `last` needs delivering (the store's newest at start)."""
         self.last = max(self.last, last)
+        self._confirmed = max(self._confirmed, last)
 
     def offer(self, message_id: int, prev_id: int, item: T) -> None:
         if message_id <= self.last:
-            return  # delivered already (from the store, or a bus duplicate)
+            # Delivered already (from the store, or a bus duplicate); duplicates come only
+            # of what the store gave, so one past `_confirmed` says `last` may be a lie.
+            if message_id > self._confirmed and not self._check_soon:
+                self._check_soon = True
+                self._wakeup.set()
+            return
         if prev_id == self.last:
             self._pass(message_id, item)
             self._drain()
@@ -160,14 +172,18 @@ class Sequencer(Generic[T]):
 
     async def run(self) -> None:
         """For the node's life: closes gaps and catches up from the store."""
+        self._checked_at = trio.current_time()
         while True:
             if not self._held and self._wanted <= self.last:
                 self._gap_since = None
-                self._wakeup = trio.Event()
-                with trio.move_on_after(self.check_wait) as idle:
-                    await self._wakeup.wait()
-                if idle.cancelled_caught:
-                    await self._check()
+                # Spaced by gap_wait at least, however many messages a liar sends.
+                wait = self.gap_wait if self._check_soon else self.check_wait
+                if trio.current_time() < self._checked_at + wait:
+                    self._wakeup = trio.Event()
+                    with trio.move_on_at(self._checked_at + wait):
+                        await self._wakeup.wait()
+                    continue
+                await self._check()
                 continue
             if self._gap_since is None:
                 self._gap_since = trio.current_time()
@@ -200,6 +216,7 @@ class Sequencer(Generic[T]):
                 self.filled += 1
                 self._pass(message_id, item)
         self.last = max(self.last, upto)
+        self._confirmed = max(self._confirmed, upto)
         # Claims beyond the store's newest are not committed: dropped, not waited for
         # (they never would be, and each wait would read the store again).
         if self._wanted == wanted:
@@ -216,13 +233,17 @@ class Sequencer(Generic[T]):
         """`last` against the store, when idle: a message that chained exactly but was
         never committed passed at once (the fast path reads nothing); here `last` comes
         back to the store's newest, and real messages pass again. (Those dropped in the
-        meantime as delivered already are not read: some may have been delivered.)"""
+        meantime as delivered already are not read again: which of them were delivered
+        before the lie is not known, and the sequencer delivers nothing twice.)"""
         seen = self.last
+        self._checked_at, self._check_soon = trio.current_time(), False
         try:
             newest = await self._newest()
         except Exception:
             return  # the store away: the next check
-        if newest < seen == self.last and not self._held:
+        if seen <= newest:
+            self._confirmed = max(self._confirmed, seen)
+        elif seen == self.last and not self._held:
             # Also after the newest messages were deleted with their room (if `newest` is
             # the newest row, not message_clock): harmless, the next one is then a gap.
             self._refuted_log.warning(
@@ -232,7 +253,7 @@ class Sequencer(Generic[T]):
                 newest,
             )
             self.refuted += 1
-            self.last = newest
+            self.last = self._confirmed = newest
 
     def _refuted(self, message_id: int, source: str, newest: int) -> None:
         self.refuted += 1
