@@ -15,11 +15,11 @@ lie (a bug, or anyone on the vhost who read the mark), and one claimed id far ah
 as delivered, would make every real message look delivered already. So `last` moves past
 what the store confirms only for a message that chains exactly (`prev_id == last`, the
 one fast path: a comparison); anything else is held or read from the store, and a read
-never goes past the store's newest id (`message_clock`, >= every committed id): a claim
-beyond it is not committed, and is dropped with a warning. The exact chain itself is
-checked when the node is idle (every `check_wait`, and soon after a message is dropped as
-delivered already that the store never confirmed): `last` above the store's newest is
-brought back to it.
+never goes past the store's newest id (>= every committed id: a node publishes after its
+commit): a claim beyond it is not committed, and is dropped with a warning. The exact
+chain itself is checked when the node is idle (every `check_wait`, and soon after a
+message the store never confirmed is dropped as delivered already): `last` above the
+store's newest is brought back to it.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ class Sequencer(Generic[T]):
         self.retry_wait = retry_wait
         self.check_wait = check_wait
         self.last = 0  # the newest message id delivered (or known to need no delivery)
-        # Up to here, `last` was checked against the store: a message at or below it
-        # that comes again is a duplicate; above it, perhaps a real one `last` lied about.
+        # Up to here the store confirmed `last`: a message at or below it that comes again
+        # is a duplicate; one above it that looks delivered may be a real one that a
+        # forged id made `last` jump over.
         self._confirmed = 0
         self._checked_at = 0.0
         self._check_soon = False
