@@ -264,12 +264,11 @@ class _Worker:
                 pipeline.enter_context(conn.pipeline())
                 if explicit:
                     conn.execute("BEGIN")
-                if any(job.ordered for job in batch):
-                    # Before any message id is handed out: transactions that store
-                    # messages then commit one at a time cluster-wide, in id order, so a
-                    # message's `prev_id` is the one committed before it and a /chat
-                    # `since` misses nothing (the same order a single SQLite writer gives).
-                    queries.lock_message_clock(conn)
+                # Before any message id is handed out: transactions that store messages
+                # then commit one at a time cluster-wide, in id order, so a message's
+                # `prev_id` is the one committed before it and a /chat `since` misses
+                # nothing (the same order a single SQLite writer gives).
+                _lock_first(conn, batch)
                 try:
                     failed = self._send(conn, batch, pipeline, outcomes)
                 except BaseException:
@@ -345,8 +344,7 @@ class _Worker:
         """Run and commit `batch`, one statement at a time, each job in its own
         savepoint: a failing one is rolled back alone, its error kept for its caller."""
         with conn.transaction():
-            if any(job.ordered for job in batch):
-                queries.lock_message_clock(conn)  # as in `_pipelined`
+            _lock_first(conn, batch)  # as in `_pipelined`
             for job in batch:
                 try:
                     with conn.transaction():
@@ -374,6 +372,18 @@ class _Worker:
 
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(wake)
+
+
+def _lock_first(conn: Connection, batch: list[_Job]) -> None:
+    """The locks a batch's transaction takes before any of its jobs runs, always in this
+    order, so that two batches never wait for each other's: message_clock's when it stores
+    messages, then the users' whose tickets it issues, in key order."""
+    if any(job.ordered for job in batch):
+        queries.lock_message_clock(conn)
+    tickets = [job.fn for job in batch if isinstance(job.fn, queries.IssueTicket)]
+    if tickets:
+        queries.lock_ticket_users(conn, [queries.ticket_lock_key(t.user_id) for t in tickets])
+
 
 def _down(conn: Connection, exc: BaseException) -> bool:
     """Whether `exc`, raised in a pipeline, is the database's failure rather than a
@@ -488,9 +498,7 @@ class PgStore(Operations):
     ) -> bool:
         now = time.time()
         return await self.write(
-            lambda conn: queries.issue_ticket(
-                conn, digest, user_id, identity, expires_at, max_unused, now
-            )
+            queries.IssueTicket(digest, user_id, identity, expires_at, max_unused, now)
         )
 
     async def claim_ticket(self, digest: bytes, now: float) -> tuple[str, str | None]:

@@ -5,7 +5,7 @@ runs them inside its own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from chatd.model import Outgoing, RoomRow, StoredMessage
@@ -443,8 +443,9 @@ def issue_ticket(
     max_unused: int, now: float,
 ) -> bool:  # fmt: skip
     # Nodes issuing to one user at once take turns, to the commit (an advisory lock of the
-    # user's, in a key space of its own): the count then includes the other's ticket.
-    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_TICKETS_LOCK, user_id % _INT4_KEYS))
+    # user's, in a key space of its own): the count then includes the other's ticket. The
+    # engine has taken it already (`lock_ticket_users`); taken again, it is held once.
+    lock_ticket_users(conn, [ticket_lock_key(user_id)])
     row = conn.execute(
         "SELECT count(*) FROM tickets WHERE user_id = %s AND NOT used AND expires_at > %s",
         (user_id, now),
@@ -456,6 +457,38 @@ def issue_ticket(
         (digest, user_id, identity, expires_at),
     )
     return True
+
+
+def ticket_lock_key(user_id: int) -> int:
+    return user_id % _INT4_KEYS
+
+
+def lock_ticket_users(conn: Connection, keys: Iterable[int]) -> None:
+    """The ticket locks of these users (`ticket_lock_key`), in key order: one order for
+    every transaction, or two batches issuing tickets to the same two users in opposite
+    orders would each hold the lock the other waits for (PostgreSQL ends one of them after
+    deadlock_timeout, as unavailable)."""
+    for key in sorted(set(keys)):
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_TICKETS_LOCK, key))
+
+
+@dataclass(frozen=True, slots=True)
+class IssueTicket:
+    """A ticket to issue, as `issue_ticket` takes it: the engine sees the user whose lock
+    it needs and takes the locks of a whole batch first, in order."""
+
+    digest: bytes
+    user_id: int
+    identity: str
+    expires_at: float
+    max_unused: int
+    now: float
+
+    def __call__(self, conn: Connection) -> bool:
+        return issue_ticket(
+            conn, self.digest, self.user_id, self.identity, self.expires_at, self.max_unused,
+            self.now,
+        )  # fmt: skip
 
 
 def claim_ticket(conn: Connection, digest: bytes, now: float) -> tuple[str, str | None]:
