@@ -530,3 +530,20 @@ async def test_a_connection_lost_before_a_plain_batch_fails_it_and_recovers(
     [(again, created)] = stored(await append(store, 1, [Outgoing(room, "again")]))
     assert created and again.prev_id == first.id
     assert await history(store, room) == [first, again]
+
+
+async def test_the_newest_id_outlives_its_rooms_deletion(store: PgStore) -> None:
+    """A cluster's nodes take `last_message_id` for what was committed (their sequencer's
+    floor, a /chat resume's "now"): deleting the room of the newest message must not make
+    it an id that is still to come."""
+    kept = await store.create_room("kept", True, [])
+    gone = await store.create_room("gone", True, [])
+    [(older, _)] = stored(await append(store, 1, [Outgoing(kept, "older")]))
+    [(newest, _)] = stored(await append(store, 1, [Outgoing(gone, "newest")]))
+    with trio.fail_after(20):
+        await store.delete_room(gone)
+        assert await store.last_message_id() == newest.id > older.id
+    [(after, _)] = stored(await append(store, 1, [Outgoing(kept, "after")]))
+    assert after.prev_id == newest.id
+    with trio.fail_after(20):
+        assert await store.last_message_id() == after.id

@@ -346,8 +346,10 @@ def messages_since(
 
 
 def last_message_id(conn: Connection) -> int:
-    row = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
-    return 0 if row is None else int(row[0])
+    """The newest committed message id: message_clock's, which every commit of messages
+    moves in the same transaction. Not max(id): deleting a room deletes its messages, and
+    the cluster's sequencer must never take an id that was committed for one to come."""
+    return message_clock(conn)
 
 
 def get_message(conn: Connection, message_id: int) -> StoredMessage | None:
