@@ -90,12 +90,14 @@ class ServerState:
             # Imported only then: a default server never loads the cluster's code.
             from chatd.cluster.bus import RabbitBroker
             from chatd.store.postgres import PgStore
-            from chatd.store.postgres.queries import CLUSTER_MARK
+            from chatd.store.postgres.queries import CLUSTER_BUS_KEY, CLUSTER_MARK
 
-            # The nodes of one database are one cluster: they share its mark.
+            # The nodes of one database are one cluster: they share its mark and the key
+            # their frames are signed with.
             assert isinstance(store, PgStore)
             origin = store.shared_secret_sync(CLUSTER_MARK, secrets.token_hex(8))
-            cluster = RabbitBroker(cfg.bus, hub, store, origin=origin)
+            key = bytes.fromhex(store.shared_secret_sync(CLUSTER_BUS_KEY, secrets.token_hex(32)))
+            cluster = RabbitBroker(cfg.bus, hub, store, origin=origin, key=key)
             broker = cluster
         else:
             cluster = None

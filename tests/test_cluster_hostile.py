@@ -6,7 +6,7 @@ mark that lie (ids never committed) or are broken do not stop it either. Private
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 import trio.testing
@@ -87,18 +87,21 @@ async def test_another_clusters_frames_under_the_same_name_are_not_delivered_her
 async def test_a_batch_with_our_mark_but_a_broken_body_is_dropped_and_the_next_one_delivered(
     start_cluster: StartCluster,  # noqa: F811 (fixture)
 ) -> None:
-    """Someone on the vhost who knows the cluster's mark (it is not a secret: the bus is
-    trusted) publishes frames whose parts do not add up: each is dropped whole, and the
-    node goes on delivering what the other nodes publish."""
+    """A node with a bug (signed with the cluster's key, so taken for one of ours)
+    publishes frames whose parts do not add up: each is dropped whole, and the node goes
+    on delivering what the other nodes publish."""
     with trio.fail_after(90):
         n1, n2 = await start_cluster(2)
         room = await create_room(n1, [1, 2])
-        mark = n2.state.cluster.origin
-        headers = (("destination", wire.destination("chatd")), (wire.HEADER, f"{mark} x#1"))
+        cluster = n2.state.cluster
+        bodies = [
+            b"room.1 new_message - - - - 99\nshort",
+            b"no newline at all",
+            b"control control - - - - 2\n{}",  # JSON, but no op
+        ]
         broken = [
-            Frame("SEND", headers, b"room.1 new_message - - - - 99\nshort"),
-            Frame("SEND", headers, b"no newline at all"),
-            Frame("SEND", headers, b"control control - - - - 2\n{}"),  # JSON, but no op
+            wire.signed_frame("chatd", "x#1", body, cluster.origin, cluster.key, i + 1)
+            for i, body in enumerate(bodies)
         ]
         async with chat(n1, 1) as alice, chat(n2, 2) as bob:
             await publish_raw(start_cluster.url, *broken)  # type: ignore[attr-defined]
@@ -125,7 +128,8 @@ async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
     with trio.fail_after(90):
         n1, n2 = await start_cluster(2)
         room = await create_room(n1, [1, 2])
-        mark = n2.state.cluster.origin
+        # A node of ours with a bug: signed with the cluster's key.
+        mark, key = n2.state.cluster.origin, n2.state.cluster.key
         sequencer = n2.state.cluster.sequencer
         huge = 10**15
         async with chat(n1, 1) as alice, chat(n2, 2) as bob:
@@ -138,7 +142,7 @@ async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
             part = wire.event_part(f"room.{room}", events.new_message(forged))
             await publish_raw(
                 start_cluster.url,  # type: ignore[attr-defined]
-                wire.batch_frame("chatd", "liar#1", [part], mark),
+                wire.batch_frame("chatd", "liar#1", [part], mark, key, 1),
             )
             # Checked against the store (or, believed, this node's newest id).
             await until(lambda: sequencer.refuted >= 1 or sequencer.last >= huge)
@@ -149,7 +153,7 @@ async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
             alive = wire.control_part({"op": "alive", "last": 2 * huge})
             await publish_raw(
                 start_cluster.url,  # type: ignore[attr-defined]
-                wire.batch_frame("chatd", "liar#1", [alive], mark),
+                wire.batch_frame("chatd", "liar#1", [alive], mark, key, 2),
             )
             await until(lambda: sequencer.refuted >= 2 or sequencer.last >= huge)
             assert sequencer.last < huge
@@ -172,8 +176,8 @@ async def test_a_broken_frame_with_our_mark_makes_the_node_reload_rooms(
         part = wire.control_part({"op": "room_created", "room": {**state, "invited": []}})
 
         def broken(mark: str) -> Frame:
-            frame = wire.batch_frame("chatd", "n9#abcdef", [part], mark)
-            return Frame(frame.command, frame.headers, frame.body + b"!")  # a byte too many
+            body = wire.batch_frame("chatd", "n9#abcdef", [part]).body + b"!"  # a byte too many
+            return wire.signed_frame("chatd", "n9#abcdef", body, mark, cluster.key, 1)
 
         await publish_raw(start_cluster.url, broken("another-mark"))  # type: ignore[attr-defined]
         await until(lambda: cluster.foreign >= 1)
@@ -186,3 +190,81 @@ async def test_a_broken_frame_with_our_mark_makes_the_node_reload_rooms(
         async with chat(n1, 1) as alice, chat(n2, 2) as bob:
             sent = await roundtrip(alice, room, "in the room the broken frame announced")
             assert await recv_message(bob) == sent
+
+
+# --- frames under our mark that no node of ours signed ------------------------------------
+
+
+async def frames_on_the_bus(url: str, during: Callable[[], Awaitable[object]]) -> list[Frame]:
+    """The frames RabbitMQ delivers on the cluster's topic while `during` runs, as any
+    client allowed on the vhost can read them."""
+    got: list[Frame] = []
+    link = await Link.open(parse_bus_url(url), 1 << 26)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run, got.extend)
+            await link.subscribe(wire.subscription("chatd"), "eavesdropper")
+            await during()
+            # Its own receipt comes after everything published before it.
+            await link.subscribe("/topic/outsider.nothing", "after")
+            nursery.cancel_scope.cancel()
+    finally:
+        await link.aclose()
+    return got
+
+
+async def test_frames_under_our_mark_without_our_key_or_sent_again_are_not_taken(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+) -> None:
+    """Someone allowed on the vhost reads the cluster's mark off its frames (it is on
+    every one) and publishes under it: a chat message that chains exactly onto the
+    node's newest (which the sequencer's fast path would pass) and a room the store does
+    not have, signed with a key of their own; then a genuine frame they recorded, sent
+    again. None of it is taken, each is counted, and the nodes go on."""
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        room = await create_room(n1, [1, 2])
+        cluster, sequencer = n2.state.cluster, n2.state.cluster.sequencer
+        async with chat(n1, 1) as alice, chat(n2, 2) as bob:
+            recorded: list[object] = []
+
+            async def send_one() -> None:
+                recorded.append(await roundtrip(alice, room, "recorded"))
+                assert await recv_message(bob) == recorded[0]
+
+            heard = await frames_on_the_bus(start_cluster.url, send_one)  # type: ignore[attr-defined]
+            genuine = [f for f in heard if b"recorded" in f.body]
+            assert genuine
+            mark = wire.sender(genuine[0]).origin
+            assert mark == cluster.origin
+            # As RabbitMQ delivered it, published again.
+            replay = Frame(
+                "SEND",
+                (("destination", wire.destination("chatd")),
+                 (wire.HEADER, genuine[0].get(wire.HEADER) or "")),
+                genuine[0].body,
+            )  # fmt: skip
+
+            forged = StoredMessage(
+                sequencer.last + 1000, room, 1, "alice", None, "forged", "TEXT",
+                "2026-01-01T00:00:00Z", prev_id=sequencer.last,
+            )  # fmt: skip
+            parts = [
+                wire.event_part(f"room.{room}", events.new_message(forged)),
+                wire.control_part({"op": "room_created", "room": {
+                    "id": 10**9, "name": "forged", "public": True, "members": [2],
+                    "invited": [],
+                }}),
+            ]  # fmt: skip
+            last, forged_before = sequencer.last, cluster.forged
+            await publish_raw(
+                start_cluster.url,  # type: ignore[attr-defined]
+                wire.batch_frame("chatd", "n7#abcdef", parts, mark, b"not the key", 1),
+                replay,
+            )
+            await until(lambda: cluster.forged >= forged_before + 2)
+            assert sequencer.last == last
+            assert n2.state.rooms.get(10**9) is None
+            sent = await roundtrip(alice, room, "after")
+            assert await recv_message(bob) == sent
+            assert sequencer.refuted == 0

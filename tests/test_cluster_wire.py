@@ -18,6 +18,8 @@ from chatd.model import StoredMessage
 from chatd.rooms import Rooms
 from chatd.stomp import Frame
 
+KEY = b"k" * 32
+
 
 def _message(msg_id: int, content: str = "héllo | there\n") -> StoredMessage:
     return StoredMessage(
@@ -35,9 +37,11 @@ def test_a_frame_carries_every_part_in_order_as_its_node_encoded_it() -> None:
         wire.event_part("room.3", typing),
         wire.event_part("user.7", message),
     ]
-    frame = wire.batch_frame("chatd", "n1#abc123", parts, "mark")
+    frame = wire.batch_frame("chatd", "n1#abc123", parts, "mark", KEY, 7)
     assert frame.get("destination") == "/topic/chatd.bus"
-    assert wire.sender(frame) == ("mark", "n1#abc123")
+    sent = wire.sender(frame)
+    assert (sent.origin, sent.node, sent.number) == ("mark", "n1#abc123", 7)
+    assert wire.authentic(frame, sent, KEY)
     got = wire.arrivals(frame, "n1#abc123")
     assert [a.topic for a in got] == ["room.3", wire.CONTROL, "room.3", "user.7"]
     back = wire.event_of(got[0])
@@ -56,18 +60,21 @@ def test_a_frame_carries_every_part_in_order_as_its_node_encoded_it() -> None:
         (None, b"x\n", "not from a chatd node"),
         ("mark", b"x\n", "not from a chatd node"),
         ("mark n1 extra", b"x\n", "not from a chatd node"),
-        ("mark n1", b"room.1 k - - - - 2", "no part descriptions"),
-        ("mark n1", b"room.1 k - - - -\nab", "wrong shape"),
-        ("mark n1", b"room.1 k - - - - 3\nab", "past the body"),
-        ("mark n1", b"room.1 k - - - - 1\nab", "bytes after the last part"),
-        ("mark n1", b"room.1 k - - - - x\nab", "length: not a number"),
-        ("mark n1", b"room.1 k 1e3 - - - 2\nab", "message id: not a number"),
-        ("mark n1", "room.1 k - - - - ²\nab".encode(), "not ASCII"),
-        ("mark n1", b"room.1 k - - - - 1|room.1 k - - - - 5\nab", "past the body"),
+        ("mark n1 1 sig extra", b"x\n", "not from a chatd node"),
+        ("mark n1 - sig", b"x\n", "frame number"),
+        ("mark n1 1e3 sig", b"x\n", "frame number: not a number"),
+        ("mark n1 1 sig", b"room.1 k - - - - 2", "no part descriptions"),
+        ("mark n1 1 sig", b"room.1 k - - - -\nab", "wrong shape"),
+        ("mark n1 1 sig", b"room.1 k - - - - 3\nab", "past the body"),
+        ("mark n1 1 sig", b"room.1 k - - - - 1\nab", "bytes after the last part"),
+        ("mark n1 1 sig", b"room.1 k - - - - x\nab", "length: not a number"),
+        ("mark n1 1 sig", b"room.1 k 1e3 - - - 2\nab", "message id: not a number"),
+        ("mark n1 1 sig", "room.1 k - - - - ²\nab".encode(), "not ASCII"),
+        ("mark n1 1 sig", b"room.1 k - - - - 1|room.1 k - - - - 5\nab", "past the body"),
         # A message whose previous id is not before its own: the sequencer would deliver
         # it after that one, moving its newest id back (and delivering the rest twice).
-        ("mark n1", b"room.1 k 7 7 - - 2\nab", "previous id: not before"),
-        ("mark n1", b"room.1 k 7 9 - - 2\nab", "previous id: not before"),
+        ("mark n1 1 sig", b"room.1 k 7 7 - - 2\nab", "previous id: not before"),
+        ("mark n1 1 sig", b"room.1 k 7 9 - - 2\nab", "previous id: not before"),
     ],
 )
 def test_a_frame_no_chatd_node_made_is_refused_whole(
@@ -78,7 +85,24 @@ def test_a_frame_no_chatd_node_made_is_refused_whole(
         headers += ((wire.HEADER, header),)
     frame = Frame("MESSAGE", headers, body)
     with pytest.raises(wire.BadFrame, match=why):
-        wire.arrivals(frame, wire.sender(frame)[1])
+        wire.arrivals(frame, wire.sender(frame).node)
+
+
+def test_only_a_frame_signed_with_the_key_as_it_is_is_authentic() -> None:
+    """The signature covers the node, the frame's number and the body: a frame made
+    without the key, or one of them changed, is not authentic."""
+    part = wire.event_part("room.3", events.new_message(_message(41)))
+    frame = wire.batch_frame("chatd", "n1#abc123", [part], "mark", KEY, 3)
+    sent = wire.sender(frame)
+    assert wire.authentic(frame, sent, KEY)
+    assert not wire.authentic(frame, sent, b"another key")
+    other = wire.batch_frame("chatd", "n1#abc123", [part], "mark", b"another key", 3)
+    assert not wire.authentic(other, wire.sender(other), KEY)
+    changed = Frame(frame.command, frame.headers, frame.body.replace(b"41", b"42"))
+    assert not wire.authentic(changed, sent, KEY)
+    for header in (f"mark n2#abc123 3 {sent.signature}", f"mark n1#abc123 4 {sent.signature}"):
+        moved = Frame(frame.command, ((wire.HEADER, header),), frame.body)
+        assert not wire.authentic(moved, wire.sender(moved), KEY)
 
 
 def test_a_part_whose_chat_text_is_broken_is_refused_alone() -> None:
@@ -86,7 +110,7 @@ def test_a_part_whose_chat_text_is_broken_is_refused_alone() -> None:
     fields = good.meta.split(" ")
     fields[4:6] = ["9999", "c"]  # its /chat text would start past its end
     bad = wire.Part(" ".join(fields), good.body)
-    got = wire.arrivals(wire.batch_frame("chatd", "n1", [bad, good], ""), "n1")
+    got = wire.arrivals(wire.batch_frame("chatd", "n1", [bad, good], "", KEY, 1), "n1")
     with pytest.raises(wire.BadFrame, match="split"):
         wire.event_of(got[0])
     assert wire.event_of(got[1]).body == good.body
@@ -99,7 +123,7 @@ class _Link:
         self.frames: list[tuple[float, list[wire.Arrival]]] = []
 
     def send(self, frame: Frame) -> bool:
-        self.frames.append((trio.current_time(), wire.arrivals(frame, wire.sender(frame)[1])))
+        self.frames.append((trio.current_time(), wire.arrivals(frame, wire.sender(frame).node)))
         return True
 
 

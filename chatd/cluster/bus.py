@@ -50,6 +50,9 @@ from chatd.store.api import StoreAPI
 log = logging.getLogger("chatd.cluster")
 
 _FILL_PAGE = 1000
+# Nodes whose newest frame number is kept (each run of a node is one): many more than a
+# cluster has, so a node's entry goes only long after it stopped.
+_MAX_SENDERS = 4096
 _RETRY = 1.0
 # How long `ask` waits for the answers of nodes that are alive but slow (or just died).
 ASK_WAIT = 2.0
@@ -74,11 +77,19 @@ class RabbitBroker:
         store: StoreAPI,
         clock: Callable[[], float] = trio.current_time,
         origin: str = "",
+        key: bytes = b"",
     ) -> None:
         self._cfg = cfg
         # This cluster's mark (kept in its database): what another cluster on the same
         # vhost and [bus] name publishes is dropped, not delivered to users here.
         self.origin = origin
+        # This cluster's bus key (in its database): frames are signed with it, and frames
+        # not signed with it are not taken (chatd.cluster.wire).
+        self.key = key
+        self._frame_number = 0
+        # The newest frame number taken from each node: a frame is taken once. Only a
+        # signed frame adds a node; the oldest entries go first past _MAX_SENDERS.
+        self._numbers: dict[str, int] = {}
         self._address = parse_bus_url(cfg.url)
         self.name = cfg.node_name or f"{socket.gethostname()}-{os.getpid()}"
         # On the bus, the name and this run's own mark: a node that restarts is a new
@@ -100,6 +111,7 @@ class RabbitBroker:
         self._lost_log = RateLimitedLog(log, 60.0, clock)
         self._bad_log = RateLimitedLog(log, 60.0, clock)
         self._foreign_log = RateLimitedLog(log, 60.0, clock)
+        self._forged_log = RateLimitedLog(log, 60.0, clock)
         self._resync_wanted = trio.Event()
         self._joined = trio.Event()
         self._asked: dict[str, tuple[set[str], list[Any], trio.Event]] = {}
@@ -115,6 +127,7 @@ class RabbitBroker:
         self._max_frame_bytes = min(wire.MAX_FRAME_BYTES, cfg.max_pending_bytes // 4)
         self.received = 0
         self.foreign = 0  # frames of another cluster under our name, dropped
+        self.forged = 0  # frames with our mark but not our key's signature, or replayed
         self.broken = 0  # frames with our mark that could not be read, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
         self._lost_control = False  # a control message was dropped since the last resync
@@ -189,7 +202,10 @@ class RabbitBroker:
         if not parts:
             return
         link = self._link
-        frame = wire.batch_frame(self._cfg.name, self.node, parts, self.origin)
+        self._frame_number += 1
+        frame = wire.batch_frame(
+            self._cfg.name, self.node, parts, self.origin, self.key, self._frame_number
+        )
         if link is not None and link.send(frame):
             self.published += len(parts)
             self.frames += 1
@@ -229,13 +245,14 @@ class RabbitBroker:
 
     def _on_frame(self, frame: Frame) -> None:
         try:
-            origin, node = wire.sender(frame)
+            sent = wire.sender(frame)
         except wire.BadFrame as exc:
             self._bad_log.warning("cluster: dropped a frame from the bus: %s", exc)
             return
+        node = sent.node
         if node == self.node:
             return
-        if origin != self.origin:
+        if sent.origin != self.origin:
             self.foreign += 1
             self._foreign_log.warning(
                 "cluster: frames from another cluster (node %s, another database) come"
@@ -245,6 +262,21 @@ class RabbitBroker:
                 self._cfg.name,
             )
             return
+        if not wire.authentic(frame, sent, self.key) or sent.number <= self._numbers.get(node, 0):
+            # Someone else allowed to publish on the vhost, who read the mark: nothing of
+            # it is taken, not even a reload.
+            self.forged += 1
+            self._forged_log.warning(
+                "cluster: dropped a frame under this cluster's mark that no node of it"
+                " signed, or sent again (as from node %s): something else publishes on the"
+                " vhost",
+                node,
+            )
+            return
+        self._numbers.pop(node, None)
+        self._numbers[node] = sent.number
+        if len(self._numbers) > _MAX_SENDERS:
+            del self._numbers[next(iter(self._numbers))]
         if node.rpartition("#")[0] == self.name:
             self._bad_log.warning(
                 "cluster: another node on the bus is also named %s; give each its own"

@@ -129,6 +129,11 @@ def _cluster_families(state: ServerState) -> list[Family]:
             bus.foreign,
         ),
         counter(
+            "chatd_bus_forged",
+            "Frames under this cluster's mark not signed with its key, or sent again, dropped",
+            bus.forged,
+        ),
+        counter(
             "chatd_bus_gaps",
             "Chat messages that came before the one committed ahead of them",
             seq.gaps,

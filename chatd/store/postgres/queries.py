@@ -518,6 +518,7 @@ def sweep_tickets(conn: Connection, before: float) -> int:
 STOMP_LOGIN_KEY = "stomp-login-key"
 # Not a secret: the mark a cluster's nodes put on their frames on the bus (chatd.cluster).
 CLUSTER_MARK = "cluster-mark"
+CLUSTER_BUS_KEY = "cluster-bus-key"  # signs the bus's frames (chatd.cluster.wire)
 
 
 def shared_secret(conn: Connection, name: str, candidate: str) -> str:
