@@ -1,6 +1,7 @@
 """A private PostgreSQL server for the tests: `initdb` into a temporary directory, started
 with `pg_ctl` on a free loopback port with its socket directory beside its data, once per
-test session, and stopped at its end. No system service, no fixed port.
+test session, and stopped at its end. No system service, no fixed port. Should pytest be
+killed instead, its watchdog (tests/reaper.py) stops it and removes its directory.
 
 initdb and postgres refuse to run as root (CI runs as root): then they run as `nobody`,
 owning the directory. Without PostgreSQL's binaries or psycopg the tests that need them
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from .reaper import Reaper, reap
 from .services import free_port, skip_or_fail, start_on_free_ports
 
 # Debian's package puts them in /usr/lib/postgresql/VERSION/bin, off the PATH.
@@ -54,6 +56,7 @@ class PgInstance:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="chatd-pg-"))
+        self.reaper = Reaper(self.root)
         self.data = self.root / "data"
         self.port = free_port()
         self._as: list[str] = []
@@ -61,10 +64,14 @@ class PgInstance:
             shutil.chown(self.root, "nobody")
             self._as = ["runuser", "-u", "nobody", "--"]
         self._names = itertools.count(1)
-        self._run(
-            "initdb", "-D", str(self.data), "-U", self.USER, "--auth=trust", "-E", "UTF8",
-            "--no-sync", "--no-instructions",
-        )  # fmt: skip
+        try:
+            self._run(
+                "initdb", "-D", str(self.data), "-U", self.USER, "--auth=trust", "-E", "UTF8",
+                "--no-sync", "--no-instructions",
+            )  # fmt: skip
+        except BaseException:
+            self.remove()
+            raise
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run(
@@ -112,7 +119,11 @@ class PgInstance:
         return len(rows)
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Once stopped: its directory and its watchdog go; whatever still runs in the
+        directory (after a stop that failed) is killed first, while the watchdog still
+        would, should pytest be killed meanwhile."""
+        reap(self.root)
+        self.reaper.disarm()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """A private RabbitMQ node for the tests, with its STOMP plugin: its data, logs, config and
 Erlang cookie in a temporary directory, its own epmd, every port free and on loopback,
 started once per test session and stopped at its end. No system service, no fixed port.
+Should pytest be killed instead, its watchdog (tests/reaper.py) kills the node and its epmd
+and removes its directory.
 
 Debian's /usr/sbin/rabbitmq-server switches to the `rabbitmq` user and its data in
 /var/lib/rabbitmq; the scripts it wraps (/usr/lib/rabbitmq/bin) run as whoever starts them,
@@ -31,6 +33,7 @@ from urllib.parse import quote
 
 import pytest
 
+from .reaper import Reaper, reap
 from .services import free_port, skip_or_fail, start_on_free_ports
 
 _SEARCH = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin")
@@ -175,6 +178,7 @@ class RabbitInstance:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="chatd-rabbitmq-"))
+        self.reaper = Reaper(self.root)
         self.nodename = f"chatd-test-{os.getpid()}-{next(self._numbers)}@localhost"
         self._server: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
@@ -436,7 +440,11 @@ class RabbitInstance:
         return name
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Once stopped: its directory and its watchdog go; whatever still runs in the
+        directory (after a stop that failed) is killed first, while the watchdog still
+        would, should pytest be killed meanwhile."""
+        reap(self.root)
+        self.reaper.disarm()
 
 
 def _started() -> Iterator[RabbitInstance]:
