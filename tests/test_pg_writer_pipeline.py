@@ -18,7 +18,7 @@ import trio.testing
 from psycopg import pq
 
 from chatd.model import Outgoing, StoredMessage
-from chatd.store import StoreUnavailable
+from chatd.store import StoreError, StoreUnavailable
 from chatd.store.postgres import PgStore, schema
 
 from .pg_instance import PgInstance, pg_dsn, pg_instance  # noqa: F401 (fixtures)
@@ -547,3 +547,17 @@ async def test_the_newest_id_outlives_its_rooms_deletion(store: PgStore) -> None
     assert after.prev_id == newest.id
     with trio.fail_after(20):
         assert await store.last_message_id() == after.id
+
+
+async def test_a_committed_plain_batch_whose_ids_cannot_be_read_is_not_stored_again(
+    store: PgStore,
+) -> None:
+    """Without message_clock's row the batch still commits (nothing refuses it) but
+    answers no previous id: an error for its callers, never a second run of the batch
+    on the general path, which would store every message twice."""
+    room = await store.create_room("r", True, [])
+    with trio.fail_after(20):
+        await store.write(lambda conn: conn.execute("DELETE FROM message_clock"))
+    results = await append(store, 1, [Outgoing(room, "a"), Outgoing(room, "b")])
+    assert all(isinstance(r, StoreError) for r in results), results
+    assert [m.content for m in await history(store, room)] == ["a", "b"]

@@ -13,7 +13,8 @@ Only what this path is sure of goes through it. Text psycopg would refuse (a NUL
 surrogate), a connection in another encoding or not idle, a statement the server
 refuses: `store` answers None and the engine runs the batch again on its general path,
 which says which message failed and why. Nothing is committed by then: the statements up
-to a sync are one transaction, rolled back whole when one fails. A lost connection
+to a sync are one transaction, rolled back whole when one fails. Once committed, nothing
+is run again: an outcome it cannot read is an error. A lost connection
 raises psycopg.OperationalError, as psycopg would, and the batch fails as unavailable.
 """
 
@@ -26,6 +27,7 @@ import psycopg
 from psycopg import pq
 
 from chatd.model import StoredMessage
+from chatd.store.errors import StoreError
 from chatd.store.postgres import queries
 from chatd.store.postgres.schema import Connection
 
@@ -106,7 +108,7 @@ class DirectAppends:
             conn.close()
             raise
         failed = [r for r in results if r.status not in _OK]
-        if failed or not results or results[-1].ntuples != 1:
+        if failed:
             states = {r.error_field(pq.DiagnosticField.SQLSTATE) for r in failed}
             if self._ready is not pgconn or states & _STATEMENT_GONE:
                 # Prepared in this pipeline (perhaps only one of the two was), or gone
@@ -115,10 +117,14 @@ class DirectAppends:
                 self._generation += 1
             return None
         self._ready = pgconn
-        got = results[-1]
+        # Committed from here on: whatever is wrong is raised, never run again (which
+        # would store the messages twice).
+        got = results[-1] if results else None
+        if got is None or got.ntuples != 1:
+            raise StoreError("messages stored, but their ids could not be read")
         prev, ids = got.get_value(0, 0), got.get_value(0, 1)
         if prev is None or ids is None:
-            return None
+            raise StoreError("messages stored, but their ids could not be read")
         return queries.stored_in_order(rows, int(prev), _ids(ids))
 
     def _names(self) -> tuple[bytes, bytes]:
