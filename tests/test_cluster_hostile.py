@@ -6,6 +6,7 @@ mark that lie (ids never committed) or are broken do not stop it either. Private
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -22,6 +23,11 @@ from ._chat import chat, create_room, recv_message, roundtrip
 from .cluster import StartCluster, start_cluster  # noqa: F401 (fixture)
 from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
 from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
+
+
+def now_ms() -> int:
+    """A frame's sending time, as a node stamps it."""
+    return int(time.time() * 1000)
 
 
 async def publish_raw(url: str, *frames: Frame) -> None:
@@ -100,7 +106,7 @@ async def test_a_batch_with_our_mark_but_a_broken_body_is_dropped_and_the_next_o
             b"control control - - - - 2\n{}",  # JSON, but no op
         ]
         broken = [
-            wire.signed_frame("chatd", "x#1", body, cluster.origin, cluster.key, i + 1)
+            wire.signed_frame("chatd", "x#1", body, cluster.origin, cluster.key, i + 1, now_ms())
             for i, body in enumerate(bodies)
         ]
         async with chat(n1, 1) as alice, chat(n2, 2) as bob:
@@ -142,7 +148,7 @@ async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
             part = wire.event_part(f"room.{room}", events.new_message(forged))
             await publish_raw(
                 start_cluster.url,  # type: ignore[attr-defined]
-                wire.batch_frame("chatd", "liar#1", [part], mark, key, 1),
+                wire.batch_frame("chatd", "liar#1", [part], mark, key, 1, now_ms()),
             )
             # Checked against the store (or, believed, this node's newest id).
             await until(lambda: sequencer.refuted >= 1 or sequencer.last >= huge)
@@ -153,7 +159,7 @@ async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
             alive = wire.control_part({"op": "alive", "last": 2 * huge})
             await publish_raw(
                 start_cluster.url,  # type: ignore[attr-defined]
-                wire.batch_frame("chatd", "liar#1", [alive], mark, key, 2),
+                wire.batch_frame("chatd", "liar#1", [alive], mark, key, 2, now_ms()),
             )
             await until(lambda: sequencer.refuted >= 2 or sequencer.last >= huge)
             assert sequencer.last < huge
@@ -177,7 +183,7 @@ async def test_a_broken_frame_with_our_mark_makes_the_node_reload_rooms(
 
         def broken(mark: str) -> Frame:
             body = wire.batch_frame("chatd", "n9#abcdef", [part]).body + b"!"  # a byte too many
-            return wire.signed_frame("chatd", "n9#abcdef", body, mark, cluster.key, 1)
+            return wire.signed_frame("chatd", "n9#abcdef", body, mark, cluster.key, 1, now_ms())
 
         await publish_raw(start_cluster.url, broken("another-mark"))  # type: ignore[attr-defined]
         await until(lambda: cluster.foreign >= 1)
@@ -257,9 +263,16 @@ async def test_frames_under_our_mark_without_our_key_or_sent_again_are_not_taken
                 }}),
             ]  # fmt: skip
             last, forged_before = sequencer.last, cluster.forged
+            unreadable = Frame(
+                "SEND",
+                (("destination", wire.destination("chatd")),
+                 (wire.HEADER, f"{mark} n7#abcdef 2 {now_ms()} " + "é" * 32)),
+                b"x\n",
+            )  # fmt: skip
             await publish_raw(
                 start_cluster.url,  # type: ignore[attr-defined]
-                wire.batch_frame("chatd", "n7#abcdef", parts, mark, b"not the key", 1),
+                wire.batch_frame("chatd", "n7#abcdef", parts, mark, b"not the key", 1, now_ms()),
+                unreadable,  # once, this one ended every node's bus task, and the server
                 replay,
             )
             await until(lambda: cluster.forged >= forged_before + 2)

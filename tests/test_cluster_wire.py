@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from chatd import events
-from chatd.cluster import wire
+from chatd.cluster import bus, wire
 from chatd.cluster.bus import RabbitBroker
 from chatd.config import BusConfig
 from chatd.hub import Hub
@@ -19,6 +19,7 @@ from chatd.rooms import Rooms
 from chatd.stomp import Frame
 
 KEY = b"k" * 32
+SENT = "mark n1 1 2 " + "0" * 32  # a header of the right shape (its signature is not checked)
 
 
 def _message(msg_id: int, content: str = "héllo | there\n") -> StoredMessage:
@@ -37,10 +38,12 @@ def test_a_frame_carries_every_part_in_order_as_its_node_encoded_it() -> None:
         wire.event_part("room.3", typing),
         wire.event_part("user.7", message),
     ]
-    frame = wire.batch_frame("chatd", "n1#abc123", parts, "mark", KEY, 7)
+    frame = wire.batch_frame("chatd", "n1#abc123", parts, "mark", KEY, 7, 1_764_000_000_123)
     assert frame.get("destination") == "/topic/chatd.bus"
     sent = wire.sender(frame)
-    assert (sent.origin, sent.node, sent.number) == ("mark", "n1#abc123", 7)
+    assert (sent.origin, sent.node, sent.number, sent.sent_at) == (
+        "mark", "n1#abc123", 7, 1_764_000_000_123
+    )  # fmt: skip
     assert wire.authentic(frame, sent, KEY)
     got = wire.arrivals(frame, "n1#abc123")
     assert [a.topic for a in got] == ["room.3", wire.CONTROL, "room.3", "user.7"]
@@ -60,21 +63,25 @@ def test_a_frame_carries_every_part_in_order_as_its_node_encoded_it() -> None:
         (None, b"x\n", "not from a chatd node"),
         ("mark", b"x\n", "not from a chatd node"),
         ("mark n1 extra", b"x\n", "not from a chatd node"),
-        ("mark n1 1 sig extra", b"x\n", "not from a chatd node"),
-        ("mark n1 - sig", b"x\n", "frame number"),
-        ("mark n1 1e3 sig", b"x\n", "frame number: not a number"),
-        ("mark n1 1 sig", b"room.1 k - - - - 2", "no part descriptions"),
-        ("mark n1 1 sig", b"room.1 k - - - -\nab", "wrong shape"),
-        ("mark n1 1 sig", b"room.1 k - - - - 3\nab", "past the body"),
-        ("mark n1 1 sig", b"room.1 k - - - - 1\nab", "bytes after the last part"),
-        ("mark n1 1 sig", b"room.1 k - - - - x\nab", "length: not a number"),
-        ("mark n1 1 sig", b"room.1 k 1e3 - - - 2\nab", "message id: not a number"),
-        ("mark n1 1 sig", "room.1 k - - - - ²\nab".encode(), "not ASCII"),
-        ("mark n1 1 sig", b"room.1 k - - - - 1|room.1 k - - - - 5\nab", "past the body"),
+        (SENT + " extra", b"x\n", "not from a chatd node"),
+        ("mark n1 - 2 " + "0" * 32, b"x\n", "no frame number"),
+        ("mark n1 1 - " + "0" * 32, b"x\n", "no frame number or time"),
+        ("mark n1 1e3 2 " + "0" * 32, b"x\n", "frame number: not a number"),
+        ("mark n1 1 2 sig", b"x\n", "signature: not 32 hex digits"),
+        ("mark n1 1 2 " + "A" * 32, b"x\n", "signature: not 32 hex"),
+        ("mark n1 1 2 " + "é" * 32, b"x\n", "signature: not 32 hex digits"),
+        (SENT, b"room.1 k - - - - 2", "no part descriptions"),
+        (SENT, b"room.1 k - - - -\nab", "wrong shape"),
+        (SENT, b"room.1 k - - - - 3\nab", "past the body"),
+        (SENT, b"room.1 k - - - - 1\nab", "bytes after the last part"),
+        (SENT, b"room.1 k - - - - x\nab", "length: not a number"),
+        (SENT, b"room.1 k 1e3 - - - 2\nab", "message id: not a number"),
+        (SENT, "room.1 k - - - - ²\nab".encode(), "not ASCII"),
+        (SENT, b"room.1 k - - - - 1|room.1 k - - - - 5\nab", "past the body"),
         # A message whose previous id is not before its own: the sequencer would deliver
         # it after that one, moving its newest id back (and delivering the rest twice).
-        ("mark n1 1 sig", b"room.1 k 7 7 - - 2\nab", "previous id: not before"),
-        ("mark n1 1 sig", b"room.1 k 7 9 - - 2\nab", "previous id: not before"),
+        (SENT, b"room.1 k 7 7 - - 2\nab", "previous id: not before"),
+        (SENT, b"room.1 k 7 9 - - 2\nab", "previous id: not before"),
     ],
 )
 def test_a_frame_no_chatd_node_made_is_refused_whole(
@@ -89,18 +96,23 @@ def test_a_frame_no_chatd_node_made_is_refused_whole(
 
 
 def test_only_a_frame_signed_with_the_key_as_it_is_is_authentic() -> None:
-    """The signature covers the node, the frame's number and the body: a frame made
+    """The signature covers the node, the frame's number, its time and the body: a frame made
     without the key, or one of them changed, is not authentic."""
     part = wire.event_part("room.3", events.new_message(_message(41)))
-    frame = wire.batch_frame("chatd", "n1#abc123", [part], "mark", KEY, 3)
+    frame = wire.batch_frame("chatd", "n1#abc123", [part], "mark", KEY, 3, 5)
     sent = wire.sender(frame)
     assert wire.authentic(frame, sent, KEY)
     assert not wire.authentic(frame, sent, b"another key")
-    other = wire.batch_frame("chatd", "n1#abc123", [part], "mark", b"another key", 3)
+    other = wire.batch_frame("chatd", "n1#abc123", [part], "mark", b"another key", 3, 5)
     assert not wire.authentic(other, wire.sender(other), KEY)
     changed = Frame(frame.command, frame.headers, frame.body.replace(b"41", b"42"))
     assert not wire.authentic(changed, sent, KEY)
-    for header in (f"mark n2#abc123 3 {sent.signature}", f"mark n1#abc123 4 {sent.signature}"):
+    signature = sent.signature.decode()
+    for header in (
+        f"mark n2#abc123 3 5 {signature}",
+        f"mark n1#abc123 4 5 {signature}",
+        f"mark n1#abc123 3 6 {signature}",
+    ):
         moved = Frame(frame.command, ((wire.HEADER, header),), frame.body)
         assert not wire.authentic(moved, wire.sender(moved), KEY)
 
@@ -110,7 +122,7 @@ def test_a_part_whose_chat_text_is_broken_is_refused_alone() -> None:
     fields = good.meta.split(" ")
     fields[4:6] = ["9999", "c"]  # its /chat text would start past its end
     bad = wire.Part(" ".join(fields), good.body)
-    got = wire.arrivals(wire.batch_frame("chatd", "n1", [bad, good], "", KEY, 1), "n1")
+    got = wire.arrivals(wire.batch_frame("chatd", "n1", [bad, good], "", KEY, 1, 5), "n1")
     with pytest.raises(wire.BadFrame, match="split"):
         wire.event_of(got[0])
     assert wire.event_of(got[1]).body == good.body
@@ -204,10 +216,10 @@ def test_a_frame_of_more_parts_than_any_node_sends_is_refused_before_its_parts_a
     to take this one for dead. No chatd node sends more than MAX_FRAME_PARTS a frame."""
     meta = b"room.1 k - - - - 0"
     many = wire.MAX_ARRIVAL_PARTS + 1
-    frame = Frame("MESSAGE", ((wire.HEADER, "mark n1"),), b"|".join([meta] * many) + b"\n")
+    frame = Frame("MESSAGE", ((wire.HEADER, SENT),), b"|".join([meta] * many) + b"\n")
     with pytest.raises(wire.BadFrame, match="too many parts"):
         wire.arrivals(frame, "n1")
-    fits = Frame("MESSAGE", ((wire.HEADER, "mark n1"),), b"|".join([meta] * (many - 1)) + b"\n")
+    fits = Frame("MESSAGE", ((wire.HEADER, SENT),), b"|".join([meta] * (many - 1)) + b"\n")
     assert len(wire.arrivals(fits, "n1")) == many - 1
     assert wire.MAX_FRAME_PARTS <= wire.MAX_ARRIVAL_PARTS
 
@@ -287,3 +299,43 @@ async def test_nothing_leaves_after_the_bye(autojump_clock: trio.testing.MockClo
     broker._send_frame()
     sent = [wire.control_of(a)["op"] for _, parts in link.frames for a in parts]
     assert sent == ["bye"]
+
+
+async def test_what_a_node_takes_from_the_bus_signed_recent_once_and_nothing_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a frame signed with the cluster's key, sent within FRAME_MAX_AGE of now by
+    its node's clock, and newer than the last one taken from that node, is taken. One
+    signed long ago (a recording replayed to a node that had not heard its node yet) is
+    dropped and the node reloads; a signature that is not hex, or a frame whose handling
+    raises, is dropped without ending the bus task."""
+    now = 1_764_000_000.0
+    broker, _ = _broker(batch_ms=2)
+    broker.origin, broker.key = "mark", KEY
+    broker._wall_clock = lambda: now  # type: ignore[method-assign]
+    applied: list[object] = []
+    broker.on_control = lambda message: applied.append(message["i"])
+
+    def frame(i: int, number: int, sent_at: float, key: bytes = KEY) -> Frame:
+        part = wire.control_part({"op": "n", "i": i})
+        return wire.batch_frame("chatd", "n2#abc", [part], "mark", key, number, int(sent_at * 1000))
+
+    old = now - bus.FRAME_MAX_AGE - 1
+    broker._on_frames([frame(1, 1, old), frame(2, 2, now + bus.FRAME_MAX_AGE + 1)])
+    assert (applied, broker.stale, broker._resync_wanted.is_set()) == ([], 2, True)
+    broker._on_frames([frame(3, 3, now - 5), frame(4, 4, now), frame(4, 4, now)])
+    broker._on_frames([frame(5, 3, now), frame(6, 5, now, b"another key")])
+    assert applied == [3, 4]
+    assert broker.forged == 3  # sent again twice, another key once
+
+    unreadable = Frame("MESSAGE", ((wire.HEADER, "mark n2#abc 6 1 " + "é" * 32),), b"x\n")
+    broker._on_frames([unreadable])  # a str comparison of these would raise TypeError
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(wire, "arrivals", boom)
+    broker._on_frames([frame(7, 7, now)])
+    monkeypatch.undo()
+    broker._on_frames([frame(8, 8, now)])
+    assert applied == [3, 4, 8]

@@ -28,6 +28,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,6 +54,9 @@ _FILL_PAGE = 1000
 # Nodes whose newest frame number is kept (each run of a node is one): many more than a
 # cluster has, so a node's entry goes only long after it stopped.
 _MAX_SENDERS = 4096
+# A signed frame is taken only this close to its sending time (seconds, either way: the
+# nodes' clocks are assumed within a few seconds of each other, as NTP keeps them).
+FRAME_MAX_AGE = 60.0
 _RETRY = 1.0
 # How long `ask` waits for the answers of nodes that are alive but slow (or just died).
 ASK_WAIT = 2.0
@@ -78,6 +82,7 @@ class RabbitBroker:
         clock: Callable[[], float] = trio.current_time,
         origin: str = "",
         key: bytes = b"",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._cfg = cfg
         # This cluster's mark (kept in its database): what another cluster on the same
@@ -86,6 +91,7 @@ class RabbitBroker:
         # This cluster's bus key (in its database): frames are signed with it, and frames
         # not signed with it are not taken (chatd.cluster.wire).
         self.key = key
+        self._wall_clock = wall_clock
         self._frame_number = 0
         # The newest frame number taken from each node: a frame is taken once. Only a
         # signed frame adds a node; the oldest entries go first past _MAX_SENDERS.
@@ -128,6 +134,7 @@ class RabbitBroker:
         self.received = 0
         self.foreign = 0  # frames of another cluster under our name, dropped
         self.forged = 0  # frames with our mark but not our key's signature, or replayed
+        self.stale = 0  # signed frames older (or newer) than FRAME_MAX_AGE, dropped
         self.broken = 0  # frames with our mark that could not be read, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
         self._lost_control = False  # a control message was dropped since the last resync
@@ -204,8 +211,9 @@ class RabbitBroker:
         link = self._link
         self._frame_number += 1
         frame = wire.batch_frame(
-            self._cfg.name, self.node, parts, self.origin, self.key, self._frame_number
-        )
+            self._cfg.name, self.node, parts, self.origin, self.key, self._frame_number,
+            int(self._wall_clock() * 1000),
+        )  # fmt: skip
         if link is not None and link.send(frame):
             self.published += len(parts)
             self.frames += 1
@@ -241,7 +249,12 @@ class RabbitBroker:
         # here in one write, not one write per frame.
         with corked():
             for frame in frames:
-                self._on_frame(frame)
+                try:
+                    self._on_frame(frame)
+                except Exception:
+                    # Whatever one frame makes go wrong must not end the node's bus task
+                    # (and with it the server).
+                    log.exception("cluster: a frame from the bus could not be handled")
 
     def _on_frame(self, frame: Frame) -> None:
         try:
@@ -272,6 +285,19 @@ class RabbitBroker:
                 " vhost",
                 node,
             )
+            return
+        if abs(self._wall_clock() - sent.sent_at / 1000) > FRAME_MAX_AGE:
+            # Signed, but long ago (or ahead of our clock): a recording sent again to a
+            # node that had not heard that node yet, or a delivery stalled that long. Not
+            # taken as it is; what it may have carried is reloaded from the store.
+            self.stale += 1
+            self._forged_log.warning(
+                "cluster: dropped a frame of node %s sent %.0f s from now by its clock;"
+                " reloading rooms",
+                node,
+                sent.sent_at / 1000 - self._wall_clock(),
+            )
+            self._resync_wanted.set()
             return
         self._numbers.pop(node, None)
         self._numbers[node] = sent.number

@@ -6,20 +6,21 @@ frame (it turns each STOMP frame into an AMQP message and back for every node's 
 some 200 µs of its CPU), so at 1,000 messages a second the batching is what keeps the
 broker from needing a core of its own.
 
-A frame: the header `chatd` is "MARK NODE NUMBER SIGNATURE": the cluster's own mark, kept
-in its database, so frames of another cluster sharing the vhost and [bus] name are told
-apart (and reported: a configuration to fix); the sending node; the frame's number in that
-node's run, which only grows; and HMAC-SHA256 of node, number and body with the cluster's
-bus key, also in its database and never on the bus. Anyone allowed on the vhost can read
-the mark, and publish; without the key a frame is not taken (nor is a genuine one sent
-again: its number is not newer than the node's last). The body is one line of part
-descriptions, separated by "|", then the parts' bodies back to back. A part description is
-seven space-separated fields, "-" when absent: the topic (`room.N`, `user.N`, `control`),
-the event's kind, a chat message's id and the id committed before it, where the part's
-`/chat` text starts, what that text is ("c": `Event.chat`, "o": `chat_opt_in`), and the
-part's length. An event keeps the encodings its node made (`Event.body`, the STOMP/JSON
-bytes, then its `/chat` text), so a receiving node rebuilds it without touching JSON; a
-control message is JSON.
+A frame: the header `chatd` is "MARK NODE NUMBER TIME SIGNATURE": the cluster's own mark,
+kept in its database, so frames of another cluster sharing the vhost and [bus] name are
+told apart (and reported: a configuration to fix); the sending node; the frame's number in
+that node's run, which only grows; when it was sent (ms since the epoch); and HMAC-SHA256
+of node, number, time and body with the cluster's bus key, also in its database and never
+on the bus. Anyone allowed on the vhost can read the mark, and publish; without the key a
+frame is not taken, nor is a genuine one sent again (its number is not newer than the
+node's last, or it is older than `chatd.cluster.bus.FRAME_MAX_AGE`, for a node that never
+heard that node). The body is one line of part descriptions, separated by "|", then the
+parts' bodies back to back. A part description is seven space-separated fields, "-" when
+absent: the topic (`room.N`, `user.N`, `control`), the event's kind, a chat message's id
+and the id committed before it, where the part's `/chat` text starts, what that text is
+("c": `Event.chat`, "o": `chat_opt_in`), and the part's length. An event keeps the
+encodings its node made (`Event.body`, the STOMP/JSON bytes, then its `/chat` text), so a
+receiving node rebuilds it without touching JSON; a control message is JSON.
 
 Every frame goes to the routing key `NAME.bus` (NAME being `[bus] name`); each node
 subscribes to `NAME.#` (see `chatd.cluster.bus`).
@@ -102,19 +103,21 @@ def control_part(message: dict[str, Any]) -> Part:
 
 def batch_frame(
     cluster: str, node: str, parts: Sequence[Part], origin: str = "", key: bytes = b"",
-    number: int = 0,
+    number: int = 0, sent_at: int = 0,
 ) -> Frame:  # fmt: skip
     """The frame carrying `parts`."""
     body = b"".join(["|".join(p.meta for p in parts).encode(), b"\n", *(p.body for p in parts)])
-    return signed_frame(cluster, node, body, origin, key, number)
+    return signed_frame(cluster, node, body, origin, key, number, sent_at)
 
 
 def signed_frame(
-    cluster: str, node: str, body: bytes, origin: str, key: bytes, number: int
+    cluster: str, node: str, body: bytes, origin: str, key: bytes, number: int, sent_at: int
 ) -> Frame:
     """A frame of `body`: its header says the cluster's mark, the node, the frame's number
-    in the node's run, and its signature with the cluster's `key`."""
-    sent = f"{origin or '-'} {node} {number} {_signature(key, node, number, body)}"
+    in the node's run, when it was sent (ms since the epoch, the node's clock), and its
+    signature with the cluster's `key`."""
+    signature = _signature(key, node, number, sent_at, body)
+    sent = f"{origin or '-'} {node} {number} {sent_at} {signature}"
     return Frame("SEND", (("destination", destination(cluster)), (HEADER, sent)), body)
 
 
@@ -139,29 +142,37 @@ class Sender:
     origin: str  # the cluster's mark
     node: str
     number: int  # the frame's, in the node's run: only ever grows
-    signature: str
+    sent_at: int  # ms since the epoch, by the sending node's clock
+    signature: bytes  # 32 hex digits
 
 
 def sender(frame: Frame) -> Sender:
     fields = (frame.get(HEADER) or "").split(" ")
-    if len(fields) != 4 or not fields[1]:
+    if len(fields) != 5 or not fields[1]:
         raise BadFrame("not from a chatd node (or from another version)")
-    origin, node, number, signature = fields
-    seq = _number(number, "frame number")
-    if seq is None:
-        raise BadFrame("frame number: none")
-    return Sender("" if origin == "-" else origin, node, seq, signature)
+    origin, node, number, sent_at, signature = fields
+    seq, at = _number(number, "frame number"), _number(sent_at, "time sent")
+    if seq is None or at is None:
+        raise BadFrame("no frame number or time sent")
+    # Anything but what a node writes is refused here, before it is compared (a string of
+    # other characters would make the comparison raise).
+    if not (len(signature) == 32 and signature.isascii() and _HEX.issuperset(signature)):
+        raise BadFrame("signature: not 32 hex digits")
+    return Sender("" if origin == "-" else origin, node, seq, at, signature.encode())
 
 
 def authentic(frame: Frame, sent: Sender, key: bytes) -> bool:
-    """Whether the frame was signed with `key` as it is: body, node and number."""
-    expected = _signature(key, sent.node, sent.number, frame.body)
-    return hmac.compare_digest(expected, sent.signature)
+    """Whether the frame was signed with `key` as it is: body, node, number and time."""
+    expected = _signature(key, sent.node, sent.number, sent.sent_at, frame.body)
+    return hmac.compare_digest(expected.encode(), sent.signature)
 
 
-def _signature(key: bytes, node: str, number: int, body: bytes) -> str:
+_HEX = frozenset("0123456789abcdef")
+
+
+def _signature(key: bytes, node: str, number: int, sent_at: int, body: bytes) -> str:
     # HMAC-SHA256, its first 128 bits in hex: a few microseconds for a frame of a few KB.
-    mac = hmac.new(key, f"{node} {number}\n".encode(), hashlib.sha256)
+    mac = hmac.new(key, f"{node} {number} {sent_at}\n".encode(), hashlib.sha256)
     mac.update(body)
     return mac.hexdigest()[:32]
 

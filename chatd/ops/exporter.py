@@ -134,6 +134,11 @@ def _cluster_families(state: ServerState) -> list[Family]:
             bus.forged,
         ),
         counter(
+            "chatd_bus_stale",
+            "Signed frames older or newer than the bus's time window, dropped (a reload follows)",
+            bus.stale,
+        ),
+        counter(
             "chatd_bus_gaps",
             "Chat messages that came before the one committed ahead of them",
             seq.gaps,
