@@ -223,6 +223,8 @@ class _Worker:
                 if failure is not None:
                     job.error = StoreUnavailable(failure.reason)
                     job.error.__cause__ = failure.__cause__
+                elif isinstance(exc, StoreError):
+                    job.error = exc  # says itself what happened (perhaps: committed)
                 else:
                     job.error = StoreError(f"commit failed: {exc}")
             return
