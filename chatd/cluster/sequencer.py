@@ -245,8 +245,6 @@ class Sequencer(Generic[T]):
         if seen <= newest:
             self._confirmed = max(self._confirmed, seen)
         elif seen == self.last and not self._held:
-            # Also after the newest messages were deleted with their room (if `newest` is
-            # the newest row, not message_clock): harmless, the next one is then a gap.
             self._refuted_log.warning(
                 "cluster: the last message delivered here, %d, is past the store's newest"
                 " %d (a message on the bus that was never committed?); going back to it",
@@ -260,7 +258,7 @@ class Sequencer(Generic[T]):
         self.refuted += 1
         self._refuted_log.warning(
             "cluster: %s claims message %d is committed, but the store's newest is %d;"
-            " ignored (a node of another version, or a forged frame with the cluster's mark)",
+            " ignored (a node of another version, or with a bug: frames are signed)",
             source or "a node on the bus",
             message_id,
             newest,

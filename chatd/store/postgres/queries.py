@@ -220,14 +220,15 @@ _APPEND_MANY = (
     " SELECT (SELECT last_id FROM old), array(SELECT id FROM ins ORDER BY id)"
 )
 
-# The same, for libpq's own calls (chatd.store.postgres.direct): parameters numbered.
+
 def _numbered(sql: str) -> str:
+    """`sql` with its `%s` placeholders as libpq's own `$1`, `$2`..."""
     first, *rest = sql.split("%s")
     return first + "".join(f"${i}{part}" for i, part in enumerate(rest, 1))
 
 
+# The same, for libpq's own calls (chatd.store.postgres.direct).
 APPEND_MANY_NUMBERED = _numbered(_APPEND_MANY)
-
 
 
 @dataclass(frozen=True, slots=True)
