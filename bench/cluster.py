@@ -1,7 +1,8 @@
 """`bench/run.py cluster`: one chatd node against two and three, side by side (issue 16).
 
     .venv/bin/python bench/run.py cluster [--setups memory,1,2,3] [--subscribers 1000]
-        [--messages 1000] [--publishers 6] [--latency-rate 1000] [--latency-receivers 20]
+        [--messages 1000] [--publishers 6] [--paced-rate 50] [--latency-rate 1000]
+        [--latency-receivers 20]
         [--store-publishers 48] [--rt] [--chatd-rev REV] [--json]
 
 Starts one private PostgreSQL and one private RabbitMQ (tests/pg_instance.py and
@@ -10,18 +11,26 @@ then for each setup a fresh database and vhost and that many `chatd serve` proce
 with its own config and state directory (bench/run.py's start_chatd), every one with
 `[store] backend = "postgresql"`, `[bus] backend = "rabbitmq"` and the same JWT secret.
 The setup `memory` is one node on the same PostgreSQL with the in-memory bus: the single
-node the bus's cost is measured against. Three phases on each setup, each with the load
+node the bus's cost is measured against. Four phases on each setup, each with the load
 generator (bench/loadgen, STOMP over WebSocket, every client on its own node):
 
 1. fanout: one room of --subscribers subscribers dealt round-robin over the nodes, and
    --publishers publishers (dealt the same way, subscribed too) sending --messages
    between them flat out (a window of --window each). Deliveries/s, and every receiver
    checks it got every publisher's messages in sequence, with stored ids only growing.
-2. latency: one publisher on node 1 at --latency-rate msg/s for --latency-seconds, and
+   Flat out, the load generator sets the pace (its core is 86-92 % busy), so how many
+   messages each write to a subscriber carries, and with it chatd's CPU per delivery,
+   moves from run to run by as much as the bus costs (x0.7-x2.2 of one node, 2026-12-01).
+2. paced: the same room of --subscribers subscribers dealt over every node, and one
+   publisher on node 1 at --paced-rate msg/s for --paced-seconds (after the warm-up):
+   every setup does the same work at the same pace, so its server CPU per delivery is
+   what the bus costs; the target's figure (the bus adds at most 20 %). Checked like
+   fanout.
+3. latency: one publisher on node 1 at --latency-rate msg/s for --latency-seconds, and
    --latency-receivers receivers on the other nodes (on node 1 itself with one node):
    p50/p99/max send -> delivered at the far receivers, after --latency-warmup seconds at
    the same rate (checked, not timed). Checked like fanout.
-3. store: --store-publishers publishers, each in a room of its own, dealt over the nodes,
+4. store: --store-publishers publishers, each in a room of its own, dealt over the nodes,
    each keeping --store-window SENDs waiting for their RECEIPT (sent after the commit):
    messages stored/s, counted in PostgreSQL.
 
@@ -80,7 +89,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "PostgreSQL, in-memory bus: the baseline of the CPU ratios) or `sqlite` "
         "(chatd's default single node: SQLite, in-memory bus)",
     )
-    p.add_argument("--phases", default="fanout,latency,store")
+    p.add_argument("--phases", default="fanout,paced,latency,store")
     p.add_argument("--subscribers", type=int, default=1000)
     p.add_argument(
         "--publishers",
@@ -98,6 +107,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--window", type=int, default=100, help="fanout: messages in flight per publisher"
     )
+    p.add_argument(
+        "--paced-rate", type=float, default=50.0,
+        help="paced: messages/s into the room of --subscribers (deliveries/s = rate x"
+        " (subscribers + 1))",
+    )  # fmt: skip
+    p.add_argument("--paced-seconds", type=float, default=10.0)
     p.add_argument("--latency-rate", type=float, default=1000.0)
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--latency-receivers", type=int, default=20)
@@ -141,7 +156,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if s not in ("memory", "sqlite") and not (s.isdigit() and int(s) >= 1):
             p.error(f"--setups: {s!r} is not `memory`, `sqlite` or a number of nodes")
     args.phase_list = [s.strip() for s in args.phases.split(",") if s.strip()]
-    if unknown := set(args.phase_list) - {"fanout", "latency", "store"}:
+    if unknown := set(args.phase_list) - {"fanout", "paced", "latency", "store"}:
         p.error(f"--phases: unknown {sorted(unknown)}")
     # What bench/run.py's start_chatd reads.
     args.scenario = "cluster"
@@ -397,6 +412,15 @@ def plan(
         each = math.ceil(args.messages / args.publishers)
         return [subs + pubs], clients, {"rate": 0, "window": args.window, "messages": each,
                                         "verify": True}  # fmt: skip
+    if phase == "paced":
+        subs = list(range(1, args.subscribers + 1))
+        pub = pub_base + 300_001
+        clients = [{"user": pub, "room": 0, "pub": 0, "node": 0, "tag": "sender"}]
+        clients += [{"user": u, "room": 0, "pub": -1, "node": i % n, "tag": "room"}
+                    for i, u in enumerate(subs)]  # fmt: skip
+        paced = {"rate": args.paced_rate, "durationS": args.paced_seconds,
+                 "warmupS": args.latency_warmup, "verify": True}  # fmt: skip
+        return [subs + [pub]], clients, paced
     if phase == "latency":
         recv = [LATENCY_USER_BASE + 1 + i for i in range(args.latency_receivers)]
         pub = pub_base + 100_001
@@ -561,7 +585,7 @@ def phase_figures(phase: str, c: Cluster, samples: dict[str, dict[str, Any]],
     f["other_top"] = top
     f["bus"] = {k: int(v - a["bus"].get(k, 0)) for k, v in b["bus"].items()}
     f["machine_busy_pct"] = round(100 * (b["busy"] - a["busy"]) / wall, 1) if wall > 0 else None
-    if phase in ("fanout", "latency"):
+    if phase in ("fanout", "paced", "latency"):
         f["deliveries_per_s"] = round(load["deliveries_per_s"] or 0, 1)
         per = 1e6 / received if received else None
         f["chatd_cpu_us_per_delivery"] = round(cpu["chatd"] * per, 2) if per else None
@@ -614,12 +638,12 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
 
     base = baseline(setups)
 
-    def ratio(s: dict[str, Any], key: str, extra: str | None = None) -> Any:
+    def ratio(s: dict[str, Any], key: str, extra: str | None = None, ph: str = "fanout") -> Any:
         def total(x: dict[str, Any]) -> float | None:
-            v = get(x, "fanout", key)
+            v = get(x, ph, key)
             if v is None:
                 return None
-            return v + (get(x, "fanout", extra) or 0) if extra else v
+            return v + (get(x, ph, extra) or 0) if extra else v
 
         t0, t = total(base), total(s)
         return round(t / t0, 2) if t0 and t is not None else None
@@ -679,6 +703,36 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
             f"{get(s, 'fanout', 'latency', 'p99_ms')}"
         ),
     )
+    row("paced: deliveries/s", lambda s: get(s, "paced", "deliveries_per_s"))
+    row(
+        "paced: lost, reordered (every receiver)",
+        lambda s: (
+            None
+            if get(s, "paced", "verify") is None
+            else f"{get(s, 'paced', 'receivers_lost')}, {get(s, 'paced', 'reordered')}"
+        ),
+    )
+    row("paced: chatd CPU µs / delivery", lambda s: get(s, "paced", "chatd_cpu_us_per_delivery"))
+    row(
+        "paced: RabbitMQ CPU µs / delivery",
+        lambda s: get(s, "paced", "rabbitmq_cpu_us_per_delivery"),
+    )
+    row(
+        f"paced: chatd CPU / delivery vs {base['label']}",
+        lambda s: ratio(s, "chatd_cpu_us_per_delivery", ph="paced"),
+    )
+    row(
+        f"paced: chatd + RabbitMQ CPU / delivery vs {base['label']}",
+        lambda s: ratio(s, "chatd_cpu_us_per_delivery", "rabbitmq_cpu_us_per_delivery", ph="paced"),
+    )
+    row(
+        "paced: latency p50 / p99 (ms, every receiver)",
+        lambda s: (
+            None
+            if get(s, "paced", "latency") is None
+            else f"{get(s, 'paced', 'latency', 'p50_ms')} / {get(s, 'paced', 'latency', 'p99_ms')}"
+        ),
+    )
     row("latency: deliveries/s", lambda s: get(s, "latency", "deliveries_per_s"))
     for q in ("p50_ms", "p99_ms", "max_ms"):
         row(
@@ -700,7 +754,7 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
         "latency: RabbitMQ CPU µs / delivery",
         lambda s: get(s, "latency", "rabbitmq_cpu_us_per_delivery"),
     )
-    for ph in ("fanout", "latency", "store"):
+    for ph in ("fanout", "paced", "latency", "store"):
         row(
             f"{ph}: bus publications received, gaps, read from the store (all nodes)",
             lambda s, ph=ph: (
@@ -732,7 +786,7 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
         "store: RabbitMQ CPU µs / stored message",
         lambda s: get(s, "store", "rabbitmq_cpu_us_per_stored"),
     )
-    for ph in ("fanout", "latency", "store"):
+    for ph in ("fanout", "paced", "latency", "store"):
         row(
             f"{ph}: chatd CPU % of a core (all nodes)", lambda s, ph=ph: get(s, ph, "chatd_cpu_pct")
         )
@@ -762,7 +816,9 @@ def verdict(res: dict[str, Any]) -> list[str]:
     out = []
     setups = res["setups"]
     base_setup = baseline(setups)
-    base = base_setup["phases"].get("fanout", {}).get("chatd_cpu_us_per_delivery")
+    # The bus's CPU is judged at the same pace (paced) when measured, else flat out.
+    cpu_phase = "paced" if "paced" in base_setup["phases"] else "fanout"
+    base = base_setup["phases"].get(cpu_phase, {}).get("chatd_cpu_us_per_delivery")
     for s in setups:
         ph = s["phases"]
         bits = []
@@ -770,16 +826,17 @@ def verdict(res: dict[str, Any]) -> list[str]:
         if far:
             ok = far["p99_ms"] < TARGET_P99_MS
             bits.append(f"p99 {far['p99_ms']} ms {'<' if ok else '>='} {TARGET_P99_MS:g} ms")
-        fo = ph.get("fanout", {})
+        fo = ph.get(cpu_phase, {})
         if base and fo.get("chatd_cpu_us_per_delivery") and s["setup"] not in ("memory", "sqlite"):
             r = fo["chatd_cpu_us_per_delivery"] / base
             bits.append(
-                f"chatd CPU/delivery x{r:.2f} of {base_setup['label']} "
+                f"chatd CPU/delivery ({cpu_phase}) x{r:.2f} of {base_setup['label']} "
                 f"({'within' if r <= TARGET_BUS_CPU else 'over'} +20 %)"
             )
-        lost = sum(ph.get(p, {}).get("receivers_lost", 0) for p in ("fanout", "latency"))
-        reord = sum(ph.get(p, {}).get("reordered", 0) for p in ("fanout", "latency"))
-        checked = sum(ph.get(p, {}).get("received", 0) for p in ("fanout", "latency"))
+        checked_phases = ("fanout", "paced", "latency")
+        lost = sum(ph.get(p, {}).get("receivers_lost", 0) for p in checked_phases)
+        reord = sum(ph.get(p, {}).get("reordered", 0) for p in checked_phases)
+        checked = sum(ph.get(p, {}).get("received", 0) for p in checked_phases)
         bits.append(f"{checked:,} deliveries checked: {lost} lost, {reord} reordered")
         out.append(f"- {s['label']}: " + "; ".join(bits))
     return out
@@ -823,7 +880,8 @@ def main(argv: list[str], run: ModuleType) -> int:
     res = {
         "scenario": "cluster", "server_version": version, "rabbitmq": svc.rabbit_version(),
         "params": {k: getattr(args, k) for k in (
-            "setups", "subscribers", "publishers", "messages", "window", "latency_rate",
+            "setups", "subscribers", "publishers", "messages", "window", "paced_rate",
+            "paced_seconds", "latency_rate",
             "latency_seconds", "latency_warmup", "latency_receivers", "store_publishers",
             "store_window", "store_seconds", "size", "workers", "rt")},
         "setups": setups, "seconds": round(time.time() - t_start, 1),
@@ -847,6 +905,6 @@ def main(argv: list[str], run: ModuleType) -> int:
                     print(
                         f"{s['label']}, {ph}: {f['errors']} client errors: {f['error_samples'][:3]}"
                     )
-    checked = [s["phases"].get(p, {}) for s in setups for p in ("fanout", "latency")]
+    checked = [s["phases"].get(p, {}) for s in setups for p in ("fanout", "paced", "latency")]
     bad = any(f.get("receivers_lost") or f.get("reordered") for f in checked)
     return 2 if bad else 0
