@@ -339,3 +339,30 @@ async def test_what_a_node_takes_from_the_bus_signed_recent_once_and_nothing_rai
     monkeypatch.undo()
     broker._on_frames([frame(8, 8, now)])
     assert applied == [3, 4, 8]
+
+
+async def test_a_frame_signed_before_this_node_joined_the_bus_is_a_recording() -> None:
+    """RabbitMQ routes a frame only to the queues bound when it is published, so one
+    signed before this node subscribed (more than CLOCK_SKEW before: the clocks'
+    allowance) never reached it honestly. Such a recording, replayed within FRAME_MAX_AGE
+    to a node that had not yet heard its node (it just started or reconnected: no number
+    of that node's to compare with), is dropped, and the node reloads."""
+    now = 1_764_000_000.0
+    broker, _ = _broker(batch_ms=2)
+    broker.origin, broker.key = "mark", KEY
+    broker._wall_clock = lambda: now
+    broker._joined_at = now - 1
+    applied: list[object] = []
+    broker.on_control = lambda message: applied.append(message["i"])
+
+    def frame(i: int, number: int, sent_at: float) -> Frame:
+        part = wire.control_part({"op": "n", "i": i})
+        return wire.batch_frame("chatd", "n2#abc", [part], "mark", KEY, number, int(sent_at * 1000))
+
+    recorded = now - 1 - bus.CLOCK_SKEW - 1  # well within FRAME_MAX_AGE
+    broker._on_frames([frame(1, 1, recorded)])
+    assert (applied, broker.stale, broker._resync_wanted.is_set()) == ([], 1, True)
+    # Sent just before we subscribed by the sender's clock, a little behind ours: taken;
+    # and the ones after it.
+    broker._on_frames([frame(2, 2, now - 1 - bus.CLOCK_SKEW + 1), frame(3, 3, now)])
+    assert (applied, broker.stale) == ([2, 3], 1)

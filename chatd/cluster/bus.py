@@ -25,6 +25,7 @@ message chain, or hear our newest id in our heartbeat, and read the store.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -57,6 +58,11 @@ _MAX_SENDERS = 4096
 # A signed frame is taken only this close to its sending time (seconds, either way: the
 # nodes' clocks are assumed within a few seconds of each other, as NTP keeps them).
 FRAME_MAX_AGE = 60.0
+# RabbitMQ routes a frame only to the queues bound when it is published, so none signed
+# before this node subscribed can reach it honestly: one signed more than this (the
+# clocks' allowance) before that is a recording, replayed to a node that has not heard
+# its node yet (it just started or reconnected), and is not taken.
+CLOCK_SKEW = 5.0
 _RETRY = 1.0
 # How long `ask` waits for the answers of nodes that are alive but slow (or just died).
 ASK_WAIT = 2.0
@@ -96,6 +102,7 @@ class RabbitBroker:
         # The newest frame number taken from each node: a frame is taken once. Only a
         # signed frame adds a node; the oldest entries go first past _MAX_SENDERS.
         self._numbers: dict[str, int] = {}
+        self._joined_at = -math.inf  # our clock when this connection subscribed
         self._address = parse_bus_url(cfg.url)
         self.name = cfg.node_name or f"{socket.gethostname()}-{os.getpid()}"
         # On the bus, the name and this run's own mark: a node that restarts is a new
@@ -286,16 +293,20 @@ class RabbitBroker:
                 node,
             )
             return
-        if abs(self._wall_clock() - sent.sent_at / 1000) > FRAME_MAX_AGE:
-            # Signed, but long ago (or ahead of our clock): a recording sent again to a
-            # node that had not heard that node yet, or a delivery stalled that long. Not
-            # taken as it is; what it may have carried is reloaded from the store.
+        sent_at, now = sent.sent_at / 1000, self._wall_clock()
+        if abs(now - sent_at) > FRAME_MAX_AGE or sent_at < self._joined_at - CLOCK_SKEW:
+            # Signed, but long ago (or ahead of our clock), or before we subscribed: a
+            # recording sent again to a node that had not heard that node yet, or a
+            # delivery stalled that long, or clocks far apart. Not taken as it is; what
+            # it may have carried is reloaded from the store.
             self.stale += 1
             self._forged_log.warning(
-                "cluster: dropped a frame of node %s sent %.0f s from now by its clock;"
-                " reloading rooms",
+                "cluster: dropped a frame of node %s sent %.0f s from now by its clock,"
+                " %.0f s from when this node joined the bus; reloading rooms (are the"
+                " nodes' clocks in sync?)",
                 node,
-                sent.sent_at / 1000 - self._wall_clock(),
+                sent_at - now,
+                sent_at - self._joined_at,
             )
             self._resync_wanted.set()
             return
@@ -444,6 +455,7 @@ class RabbitBroker:
 
             nursery.start_soon(running)
             try:
+                self._joined_at = self._wall_clock()
                 await link.subscribe(wire.subscription(self._cfg.name), "chatd")
             except trio.TooSlowError:
                 why = "no receipt for the subscription"

@@ -13,14 +13,15 @@ that node's run, which only grows; when it was sent (ms since the epoch); and HM
 of node, number, time and body with the cluster's bus key, also in its database and never
 on the bus. Anyone allowed on the vhost can read the mark, and publish; without the key a
 frame is not taken, nor is a genuine one sent again (its number is not newer than the
-node's last, or it is older than `chatd.cluster.bus.FRAME_MAX_AGE`, for a node that never
-heard that node). The body is one line of part descriptions, separated by "|", then the
-parts' bodies back to back. A part description is seven space-separated fields, "-" when
-absent: the topic (`room.N`, `user.N`, `control`), the event's kind, a chat message's id
-and the id committed before it, where the part's `/chat` text starts, what that text is
-("c": `Event.chat`, "o": `chat_opt_in`), and the part's length. An event keeps the
-encodings its node made (`Event.body`, the STOMP/JSON bytes, then its `/chat` text), so a
-receiving node rebuilds it without touching JSON; a control message is JSON.
+node's last, or, for a node that never heard that node, it is older than
+`chatd.cluster.bus.FRAME_MAX_AGE` or than the receiver's subscription). The body is one
+line of part descriptions, separated by "|", then the parts' bodies back to back. A part
+description is seven space-separated fields, "-" when absent: the topic (`room.N`,
+`user.N`, `control`), the event's kind, a chat message's id and the id committed before
+it, where the part's `/chat` text starts, what that text is ("c": `Event.chat`, "o":
+`chat_opt_in`), and the part's length. An event keeps the encodings its node made
+(`Event.body`, the STOMP/JSON bytes, then its `/chat` text), so a receiving node rebuilds
+it without touching JSON; a control message is JSON.
 
 Every frame goes to the routing key `NAME.bus` (NAME being `[bus] name`); each node
 subscribes to `NAME.#` (see `chatd.cluster.bus`).
