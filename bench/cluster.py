@@ -653,6 +653,20 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
     def row(label: str, fn: Any) -> None:
         out.append((label, [fn(s) for s in setups]))
 
+    def lost_reordered(ph: str) -> Any:
+        return lambda s: (
+            None
+            if get(s, ph, "verify") is None
+            else f"{get(s, ph, 'receivers_lost')}, {get(s, ph, 'reordered')}"
+        )
+
+    def p50_p99(ph: str) -> Any:
+        return lambda s: (
+            None
+            if get(s, ph, "latency") is None
+            else f"{get(s, ph, 'latency', 'p50_ms')} / {get(s, ph, 'latency', 'p99_ms')}"
+        )
+
     row("fanout: deliveries/s (flat out)", lambda s: get(s, "fanout", "deliveries_per_s"))
     row(
         "fanout: deliveries received / expected",
@@ -666,14 +680,7 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
         lambda s: None if not get(s, "fanout", "verify")
         else f"{get(s, 'fanout', 'verify', 'receivers_complete'):,} / "
              f"{get(s, 'fanout', 'verify', 'receivers'):,}")  # fmt: skip
-    row(
-        "fanout: lost, reordered (every receiver)",
-        lambda s: (
-            None
-            if get(s, "fanout", "verify") is None
-            else f"{get(s, 'fanout', 'receivers_lost')}, {get(s, 'fanout', 'reordered')}"
-        ),
-    )
+    row("fanout: lost, reordered (every receiver)", lost_reordered("fanout"))
     row(
         "fanout: chatd CPU µs / delivery (all nodes)",
         lambda s: get(s, "fanout", "chatd_cpu_us_per_delivery"),
@@ -694,24 +701,9 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
         f"fanout: chatd + RabbitMQ CPU / delivery vs {base['label']}",
         lambda s: ratio(s, "chatd_cpu_us_per_delivery", "rabbitmq_cpu_us_per_delivery"),
     )
-    row(
-        "fanout: latency p50 / p99 (ms, flat out: the window's queue)",
-        lambda s: (
-            None
-            if get(s, "fanout", "latency") is None
-            else f"{get(s, 'fanout', 'latency', 'p50_ms')} / "
-            f"{get(s, 'fanout', 'latency', 'p99_ms')}"
-        ),
-    )
+    row("fanout: latency p50 / p99 (ms, flat out: the window's queue)", p50_p99("fanout"))
     row("paced: deliveries/s", lambda s: get(s, "paced", "deliveries_per_s"))
-    row(
-        "paced: lost, reordered (every receiver)",
-        lambda s: (
-            None
-            if get(s, "paced", "verify") is None
-            else f"{get(s, 'paced', 'receivers_lost')}, {get(s, 'paced', 'reordered')}"
-        ),
-    )
+    row("paced: lost, reordered (every receiver)", lost_reordered("paced"))
     row("paced: chatd CPU µs / delivery", lambda s: get(s, "paced", "chatd_cpu_us_per_delivery"))
     row(
         "paced: RabbitMQ CPU µs / delivery",
@@ -725,28 +717,14 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
         f"paced: chatd + RabbitMQ CPU / delivery vs {base['label']}",
         lambda s: ratio(s, "chatd_cpu_us_per_delivery", "rabbitmq_cpu_us_per_delivery", ph="paced"),
     )
-    row(
-        "paced: latency p50 / p99 (ms, every receiver)",
-        lambda s: (
-            None
-            if get(s, "paced", "latency") is None
-            else f"{get(s, 'paced', 'latency', 'p50_ms')} / {get(s, 'paced', 'latency', 'p99_ms')}"
-        ),
-    )
+    row("paced: latency p50 / p99 (ms, every receiver)", p50_p99("paced"))
     row("latency: deliveries/s", lambda s: get(s, "latency", "deliveries_per_s"))
     for q in ("p50_ms", "p99_ms", "max_ms"):
         row(
             f"latency: sender node → other nodes, {q.replace('_ms', '')} (ms)",
             lambda s, q=q: get(s, "latency", "latency_by_tag", "far", q),
         )
-    row(
-        "latency: lost, reordered (every receiver)",
-        lambda s: (
-            None
-            if get(s, "latency", "verify") is None
-            else f"{get(s, 'latency', 'receivers_lost')}, {get(s, 'latency', 'reordered')}"
-        ),
-    )
+    row("latency: lost, reordered (every receiver)", lost_reordered("latency"))
     row(
         "latency: chatd CPU µs / delivery", lambda s: get(s, "latency", "chatd_cpu_us_per_delivery")
     )
