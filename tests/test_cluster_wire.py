@@ -366,3 +366,43 @@ async def test_a_frame_signed_before_this_node_joined_the_bus_is_a_recording() -
     # and the ones after it.
     broker._on_frames([frame(2, 2, now - 1 - bus.CLOCK_SKEW + 1), frame(3, 3, now)])
     assert (applied, broker.stale) == ([2, 3], 1)
+
+
+async def test_a_frame_of_ours_that_is_lost_makes_the_node_ask_every_node_for_its_users(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Presence travels as changes ("up", "down"): one lost with a frame that cannot be
+    read, or is too old to be taken, stood until its node's next hello (a user shown
+    online long after leaving). After such frames the node's reload also asks every node
+    for its users (a hello, answered with their snapshots), once per reload however many
+    frames; a reload for another reason (a node's "resync") asks nothing."""
+    now = 1_764_000_000.0
+    broker, link = _broker(batch_ms=2)
+    broker.origin, broker.key = "mark", KEY
+    broker._wall_clock = lambda: now
+
+    def hellos() -> int:
+        ops = [wire.control_of(a)["op"] for _, parts in link.frames for a in parts]
+        return ops.count("hello")
+
+    part = wire.control_part({"op": "down", "user": 5})
+    body = wire.batch_frame("chatd", "n2#abc", [part]).body + b"!"  # a byte too many
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker._resyncs)
+        nursery.start_soon(broker._frames)
+        await trio.testing.wait_all_tasks_blocked()
+        broker._on_frames(
+            [wire.signed_frame("chatd", "n2#abc", body, "mark", KEY, n, int(now * 1000))
+             for n in (1, 2, 3)]
+        )  # fmt: skip
+        await trio.testing.wait_all_tasks_blocked()
+        assert (broker.broken, hellos()) == (3, 1)
+        long_ago = int((now - bus.FRAME_MAX_AGE - 1) * 1000)
+        stale = wire.batch_frame("chatd", "n2#abc", [part], "mark", KEY, 4, long_ago)
+        broker._on_frames([stale])
+        await trio.sleep(2)  # the reloads' pace
+        assert (broker.stale, hellos()) == (1, 2)
+        broker._on_control("n2#abc", {"op": "resync"})
+        await trio.sleep(2)
+        assert hellos() == 2
+        nursery.cancel_scope.cancel()

@@ -145,6 +145,7 @@ class RabbitBroker:
         self.broken = 0  # frames with our mark that could not be read, dropped
         self.dropped = 0  # publications that could not be handed to RabbitMQ
         self._lost_control = False  # a control message was dropped since the last resync
+        self._presence_wanted = False  # a frame was lost: ask every node for its users
         self._gone = False  # said bye: nothing more leaves (see aclose)
 
     def unavailable(self) -> str | None:
@@ -308,7 +309,7 @@ class RabbitBroker:
                 sent_at - now,
                 sent_at - self._joined_at,
             )
-            self._resync_wanted.set()
+            self._lost_frame()
             return
         self._numbers.pop(node, None)
         self._numbers[node] = sent.number
@@ -330,7 +331,7 @@ class RabbitBroker:
             self._bad_log.warning(
                 "cluster: dropped a frame from node %s: %s; reloading rooms", node, exc
             )
-            self._resync_wanted.set()
+            self._lost_frame()
             return
         for got in parts:
             self._on_part(got)
@@ -343,7 +344,7 @@ class RabbitBroker:
                 try:
                     message = wire.control_of(got)
                 except wire.BadFrame:
-                    self._resync_wanted.set()  # a control message lost: as a broken frame
+                    self._lost_frame()  # a control message lost: as a broken frame
                     raise
                 self._on_control(got.node, message)
             elif topic.startswith("room."):
@@ -360,6 +361,13 @@ class RabbitBroker:
             # Whatever a frame makes go wrong here must not end the node's bus task (and
             # with it the server).
             log.exception("cluster: a publication from the bus could not be handled")
+
+    def _lost_frame(self) -> None:
+        """What a frame of ours we could not take may have carried is made good: rooms and
+        members reloaded from the store, and every node's users asked for again (presence
+        travels as changes: one lost would stand until that node's next hello)."""
+        self._presence_wanted = True
+        self._resync_wanted.set()
 
     def _on_control(self, sender: str, message: dict[str, Any]) -> None:
         if self.presence.received(sender, message):
@@ -479,6 +487,9 @@ class RabbitBroker:
         while True:
             await self._resync_wanted.wait()
             self._resync_wanted = trio.Event()
+            if self._presence_wanted and self._link is not None:
+                self._presence_wanted = False
+                self.presence.joined()  # every node answers with its users
             try:
                 await self.on_resync()
                 self.sequencer.catch_up(await self._store.last_message_id())
