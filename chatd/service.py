@@ -447,8 +447,9 @@ class ChatService:
     async def resync(self) -> None:
         """After this node missed control messages (the bus was away): rooms, members,
         invites and revocations as the store has them; sessions leave the rooms their
-        user left. A room changed here or by a control message while the store was read
-        is as memory has it: newer than what was read."""
+        user left, and the users here get the room events they missed on their user
+        destination. A room changed here or by a control message while the store was
+        read is as memory has it: newer than what was read."""
         touched: set[int] = set()
         self._resync_touched = touched
         try:
@@ -457,23 +458,36 @@ class ChatService:
             self._resync_touched = None
         rows = [row for row in rows if row.id not in touched]
         known = {row.id for row in rows}
+        # The user events the missed control messages came with were lost with them: what
+        # the users here would have been told, worked out from the difference.
+        missed: list[tuple[int, str, Room]] = []
         for room in self.rooms.all():
             if room.id not in known and room.id not in touched:
                 self.rooms.remove_room(room.id)
                 self._room_gone(room)
+                missed += [(uid, "room_removed", room) for uid in sorted(room.members)]
         for row in rows:
             held = self.rooms.get(row.id)
             if held is None:
-                self.rooms.add_room(
-                    Room(row.id, row.name, row.public, set(row.members), set(row.invited))
-                )
+                room = Room(row.id, row.name, row.public, set(row.members), set(row.invited))
+                self.rooms.add_room(room)
+                missed += [(uid, "room_joined", room) for uid in sorted(room.members)]
+                missed += [(uid, "room_invited", room) for uid in sorted(room.invited)]
                 continue
+            changed = (held.name, held.public) != (row.name, row.public)
             _update(held, row.name, row.public)
-            for uid in held.members - row.members:
+            for uid in sorted(held.members - row.members):
                 self._member_removed(held.id, uid)
-            for uid in row.members - held.members:
+                missed.append((uid, "room_removed", held))
+            for uid in sorted(row.members - held.members):
                 self.rooms.add_member(held.id, uid)
+                missed.append((uid, "room_joined", held))
+            missed += [(uid, "room_invited", held) for uid in sorted(row.invited - held.invited)]
             held.invited = set(row.invited)
+            if changed:
+                missed += [(uid, "room_updated", held) for uid in sorted(held.members)]
+        for uid, kind, room in missed:
+            self.hub.deliver_user(uid, events.room_membership(kind, room.describe(), uid))
         # Revocations made meanwhile (an admin's at another node, a user's logout): a
         # token or login refused there is refused here too. (Only at start does the
         # store have a loader; it opens its own connection, so off the loop.)

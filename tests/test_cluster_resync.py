@@ -12,7 +12,7 @@ import trio
 
 from chatd.cluster import bus
 
-from ._chat import chat, create_room, expect_close, recv_message, roundtrip
+from ._chat import admin_headers, chat, create_room, expect_close, recv_message, roundtrip
 from .cluster import StartCluster, start_cluster  # noqa: F401 (fixture)
 from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
 from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
@@ -164,3 +164,55 @@ async def test_control_messages_dropped_at_a_full_send_queue_are_made_good(
         link.max_pending = bound
         await resynced.wait()
         assert n2.state.rooms.get(room) is not None
+
+
+async def test_room_events_a_node_missed_off_the_bus_reach_its_users_once_back(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What an admin did at n1 while n2 was off the bus reached n2's memory at the reload,
+    but the user events that came with it were lost with the control messages: user 2,
+    watching its user destination at n2, is told of each once n2 is back (and of nothing
+    twice: its reload finds the rest as it was)."""
+    with trio.fail_after(90):
+        n1, n2 = await start_cluster(2)
+        kept = await create_room(n1, [1, 2], name="kept")
+        leaving = await create_room(n1, [1, 2], name="leaving")
+        gone = await create_room(n1, [1, 2], name="gone")
+        private = await create_room(n1, [1], name="private")
+        cluster = n2.state.cluster
+        retrying, back, resynced = held_off_the_bus(cluster, monkeypatch)
+        async with stomp_user(n2, 2, user_queue=True) as watcher:
+            await cluster._link.aclose()
+            await retrying.wait()
+            headers = admin_headers(n1)
+            async with n1.client() as http:
+                for method, path, body in (
+                    ("POST", "/admin/rooms", {"name": "new", "members": [1, 2], "public": False}),
+                    ("PATCH", f"/admin/rooms/{kept}", {"name": "renamed"}),
+                    ("DELETE", f"/admin/rooms/{leaving}/members/2", None),
+                    ("DELETE", f"/admin/rooms/{gone}", None),
+                    ("POST", f"/admin/rooms/{private}/invites", {"userId": 2}),
+                ):
+                    resp = await http.request(method, path, json=body, headers=headers)
+                    assert resp.status_code in (200, 201), resp.text
+                    if path == "/admin/rooms":
+                        new = int(resp.json()["id"])
+            back.set()
+            await resynced.wait()
+            got = []
+            while len(got) < 5:
+                _, event = await watcher.expect_message()
+                if event["type"] != "user_status_changed":  # presence comes and goes
+                    got.append((event["type"], event["roomId"]))
+            assert sorted(got) == sorted([
+                ("room_joined", new), ("room_updated", kept), ("room_removed", leaving),
+                ("room_removed", gone), ("room_invited", private),
+            ])  # fmt: skip
+            # Nothing twice: the next room event it hears is the next one made.
+            last = await create_room(n1, [1, 2], name="last")
+            _, event = await next_event_of(watcher, "room_joined")
+            assert event["roomId"] == last
+        async with chat(n1, 1) as alice, chat(n2, 2) as bob:
+            sent = await roundtrip(alice, new, "in the room made while n2 was away")
+            assert await recv_message(bob) == sent
