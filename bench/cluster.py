@@ -70,6 +70,9 @@ LATENCY_USER_BASE = 500_000  # latency receivers' user ids
 TARGET_P99_MS = 15.0
 STALL_SECONDS = 600  # the load generator's longest silence between checkpoints
 TARGET_BUS_CPU = 1.20  # at most 20 % more server CPU per delivery than one node
+# The phases whose receivers check every delivery (the store phase counts rows instead).
+DELIVERING = ("fanout", "paced", "latency")
+PHASES = (*DELIVERING, "store")
 
 
 def log(msg: str) -> None:
@@ -156,7 +159,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if s not in ("memory", "sqlite") and not (s.isdigit() and int(s) >= 1):
             p.error(f"--setups: {s!r} is not `memory`, `sqlite` or a number of nodes")
     args.phase_list = [s.strip() for s in args.phases.split(",") if s.strip()]
-    if unknown := set(args.phase_list) - {"fanout", "paced", "latency", "store"}:
+    if unknown := set(args.phase_list) - set(PHASES):
         p.error(f"--phases: unknown {sorted(unknown)}")
     # What bench/run.py's start_chatd reads.
     args.scenario = "cluster"
@@ -585,7 +588,7 @@ def phase_figures(phase: str, c: Cluster, samples: dict[str, dict[str, Any]],
     f["other_top"] = top
     f["bus"] = {k: int(v - a["bus"].get(k, 0)) for k, v in b["bus"].items()}
     f["machine_busy_pct"] = round(100 * (b["busy"] - a["busy"]) / wall, 1) if wall > 0 else None
-    if phase in ("fanout", "paced", "latency"):
+    if phase in DELIVERING:
         f["deliveries_per_s"] = round(load["deliveries_per_s"] or 0, 1)
         per = 1e6 / received if received else None
         f["chatd_cpu_us_per_delivery"] = round(cpu["chatd"] * per, 2) if per else None
@@ -732,7 +735,7 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
         "latency: RabbitMQ CPU µs / delivery",
         lambda s: get(s, "latency", "rabbitmq_cpu_us_per_delivery"),
     )
-    for ph in ("fanout", "paced", "latency", "store"):
+    for ph in PHASES:
         row(
             f"{ph}: bus publications received, gaps, read from the store (all nodes)",
             lambda s, ph=ph: (
@@ -764,7 +767,7 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
         "store: RabbitMQ CPU µs / stored message",
         lambda s: get(s, "store", "rabbitmq_cpu_us_per_stored"),
     )
-    for ph in ("fanout", "paced", "latency", "store"):
+    for ph in PHASES:
         row(
             f"{ph}: chatd CPU % of a core (all nodes)", lambda s, ph=ph: get(s, ph, "chatd_cpu_pct")
         )
@@ -811,10 +814,9 @@ def verdict(res: dict[str, Any]) -> list[str]:
                 f"chatd CPU/delivery ({cpu_phase}) x{r:.2f} of {base_setup['label']} "
                 f"({'within' if r <= TARGET_BUS_CPU else 'over'} +20 %)"
             )
-        checked_phases = ("fanout", "paced", "latency")
-        lost = sum(ph.get(p, {}).get("receivers_lost", 0) for p in checked_phases)
-        reord = sum(ph.get(p, {}).get("reordered", 0) for p in checked_phases)
-        checked = sum(ph.get(p, {}).get("received", 0) for p in checked_phases)
+        lost = sum(ph.get(p, {}).get("receivers_lost", 0) for p in DELIVERING)
+        reord = sum(ph.get(p, {}).get("reordered", 0) for p in DELIVERING)
+        checked = sum(ph.get(p, {}).get("received", 0) for p in DELIVERING)
         bits.append(f"{checked:,} deliveries checked: {lost} lost, {reord} reordered")
         out.append(f"- {s['label']}: " + "; ".join(bits))
     return out
@@ -883,6 +885,6 @@ def main(argv: list[str], run: ModuleType) -> int:
                     print(
                         f"{s['label']}, {ph}: {f['errors']} client errors: {f['error_samples'][:3]}"
                     )
-    checked = [s["phases"].get(p, {}) for s in setups for p in ("fanout", "paced", "latency")]
+    checked = [s["phases"].get(p, {}) for s in setups for p in DELIVERING]
     bad = any(f.get("receivers_lost") or f.get("reordered") for f in checked)
     return 2 if bad else 0
