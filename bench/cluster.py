@@ -116,6 +116,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         " (subscribers + 1))",
     )  # fmt: skip
     p.add_argument("--paced-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--paced-spread", choices=("all", "one"), default="all",
+        help="paced: the subscribers dealt over every node (the target's figure), or all"
+        " on node 2 (the publisher on node 1): the bus's hop without the deliveries split"
+        " over processes",
+    )  # fmt: skip
     p.add_argument("--latency-rate", type=float, default=1000.0)
     p.add_argument("--latency-seconds", type=float, default=20.0)
     p.add_argument("--latency-receivers", type=int, default=20)
@@ -247,6 +253,19 @@ def cpu_of(pids: list[int], run: ModuleType) -> float:
     for pid in pids:
         with contextlib.suppress(OSError, ValueError):  # ended meanwhile
             total += run.cpu_seconds(pid)
+    return total
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary context switches of every thread of `pid`: how often it slept and was
+    woken (its event loop waiting for the next event, its threads for work)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
     return total
 
 
@@ -419,7 +438,10 @@ def plan(
         subs = list(range(1, args.subscribers + 1))
         pub = pub_base + 300_001
         clients = [{"user": pub, "room": 0, "pub": 0, "node": 0, "tag": "sender"}]
-        clients += [{"user": u, "room": 0, "pub": -1, "node": i % n, "tag": "room"}
+        # Dealt over every node, or all on one node that is not the publisher's: the
+        # bus's hop without deliveries split over processes.
+        on = (lambda i: i % n) if args.paced_spread == "all" else (lambda i: min(1, n - 1))
+        clients += [{"user": u, "room": 0, "pub": -1, "node": on(i), "tag": "room"}
                     for i, u in enumerate(subs)]  # fmt: skip
         paced = {"rate": args.paced_rate, "durationS": args.paced_seconds,
                  "warmupS": args.latency_warmup, "verify": True}  # fmt: skip
@@ -493,6 +515,8 @@ def run_phase(args: argparse.Namespace, run: ModuleType, svc: Services, c: Clust
                 for g, pids in groups.items():
                     s[g] = cpu_of(pids(), run)
                 s["rss_kb"] = [run.rss_kb(pid) for pid in c.pids]
+                s["node_cpu"] = [cpu_of([pid], run) for pid in c.pids]
+                s["node_switches"] = [context_switches(pid) for pid in c.pids]
                 s["stored"] = svc.stored(c.dsn) if c.dsn else c.nodes[0].stored_count()
                 s["bus"] = bus_counters(c)
                 samples[name] = s
@@ -581,6 +605,10 @@ def phase_figures(phase: str, c: Cluster, samples: dict[str, dict[str, Any]],
         "chatd_cpu_pct": round(100 * cpu["chatd"] / wall, 1) if wall > 0 else None,
         "loadgen_cpu_pct": round(100 * load["loadgen_cpu_s"] / wall, 1) if wall > 0 else None,
         "rss_mb": [round(kb / 1024, 1) for kb in b["rss_kb"]],
+        # Node by node (node 1 first, where the paced and latency phases publish).
+        "node_cpu_s": [round(y - x, 3) for x, y in zip(a["node_cpu"], b["node_cpu"], strict=True)],
+        "node_wakeups": [y - x for x, y in zip(a["node_switches"], b["node_switches"],
+                                              strict=True)],
     }  # fmt: skip
     # The services are ours too, not noise (PostgreSQL's postmaster is not our child).
     noise, top = run.interference(a["procs"], b["procs"], {os.getpid(), *c.pids, *svc_pids})
@@ -861,7 +889,7 @@ def main(argv: list[str], run: ModuleType) -> int:
         "scenario": "cluster", "server_version": version, "rabbitmq": svc.rabbit_version(),
         "params": {k: getattr(args, k) for k in (
             "setups", "subscribers", "publishers", "messages", "window", "paced_rate",
-            "paced_seconds", "latency_rate",
+            "paced_seconds", "paced_spread", "latency_rate",
             "latency_seconds", "latency_warmup", "latency_receivers", "store_publishers",
             "store_window", "store_seconds", "size", "workers", "rt")},
         "setups": setups, "seconds": round(time.time() - t_start, 1),

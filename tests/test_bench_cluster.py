@@ -54,6 +54,7 @@ def test_cluster_smoke() -> None:
             assert phase["verify"]["no_id"] == 0, phase["verify"]
             assert phase["errors"] == 0, phase["error_samples"]
             assert phase["chatd_cpu_us_per_delivery"] is not None
+            assert len(phase["node_cpu_s"]) == len(phase["node_wakeups"]) == setup["nodes"]
         # Every message is checked; those of the warm-up are not timed.
         assert latency["received"] == latency["expected"] == 3 * latency["sent"], latency
         assert 0 < latency["latency_by_tag"]["far"]["count"] < 2 * latency["sent"]
