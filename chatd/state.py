@@ -83,7 +83,6 @@ class ServerState:
         hub = Hub(rooms)
         metrics = Metrics()
         store.set_commit_observer(metrics.observe_commit)
-        store.set_hooks_scope(wire.corked)
         revocations = auth.revocations = Revocations(store.load_revocations_sync())
         broker: Broker
         if cfg.bus.backend == "rabbitmq":
@@ -108,6 +107,7 @@ class ServerState:
         )  # fmt: skip
         if cluster is not None:
             cluster.on_resync = service.resync
+        store.set_hooks_scope(wire.corked if cluster is None else cluster.hooks_scope)
         general = (
             GeneralBroker(
                 cfg.stomp.broker_destinations,

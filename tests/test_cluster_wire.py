@@ -406,3 +406,42 @@ async def test_a_frame_of_ours_that_is_lost_makes_the_node_ask_every_node_for_it
         await trio.sleep(2)
         assert hellos() == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_commits_publications_leave_in_one_frame_at_the_end_of_its_hooks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A commit's hooks run in `hooks_scope`: what they publish leaves at the end of the
+    scope, with no task to wake, when the window is open; inside the window it waits for
+    the frame task, as any publication does. Nested scopes join the outermost."""
+    broker, link = _broker(batch_ms=5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker._frames)
+        start = trio.current_time()
+        with broker.hooks_scope():
+            broker.publish_control({"op": "n", "i": 0})
+            with broker.hooks_scope():
+                broker.publish_control({"op": "n", "i": 1})
+            assert link.frames == []
+            broker.publish_control({"op": "n", "i": 2})
+            assert link.frames == []
+        # Sent by the scope itself: no other task has run.
+        assert [(t - start, len(p)) for t, p in link.frames] == [(0, 3)]
+        await trio.sleep(0.001)
+        with broker.hooks_scope():  # within the window: the task sends it at its end
+            broker.publish_control({"op": "n", "i": 3})
+        assert len(link.frames) == 1
+        await trio.sleep(0.01)
+        assert [(round((t - start) * 1000), len(p)) for t, p in link.frames] == [(0, 3), (5, 1)]
+        await trio.sleep(1)
+        with broker.hooks_scope():
+            pass  # nothing published: nothing sent, the window untouched
+        assert len(link.frames) == 2
+        at = trio.current_time()
+        broker.publish_control({"op": "n", "i": 4})  # outside a scope: the task, at once
+        await trio.testing.wait_all_tasks_blocked()
+        assert link.frames[-1][0] == at
+        order = [wire.control_of(a)["i"] for _, parts in link.frames for a in parts]
+        assert order == list(range(5))
+        assert (broker.published, broker.frames, broker.dropped) == (5, 3, 0)
+        nursery.cancel_scope.cancel()

@@ -24,13 +24,14 @@ message chain, or hear our newest id in our heartbeat, and read the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
@@ -135,6 +136,8 @@ class RabbitBroker:
         self._parts_bytes = 0
         self._parts_waiting = trio.Event()
         self._batch_window = cfg.batch_ms / 1000
+        self._sent_at = -math.inf  # when the last frame left by the batch window's rule
+        self._batching = 0  # `batched()` blocks open
         # A batch the link's queue can take whole, however low max_pending_bytes is set:
         # a frame past that bound is dropped with every publication in it.
         self._max_frame_bytes = min(wire.MAX_FRAME_BYTES, cfg.max_pending_bytes // 4)
@@ -209,8 +212,31 @@ class RabbitBroker:
         self._parts_bytes += part.size
         if len(self._parts) >= wire.MAX_FRAME_PARTS or self._parts_bytes >= self._max_frame_bytes:
             self._send_frame()
-        else:
+        elif not self._batching:  # else `hooks_scope` sends them
             self._parts_waiting.set()
+
+    @contextlib.contextmanager
+    def hooks_scope(self) -> Iterator[None]:
+        """Where a commit's hooks run (ServerState.build): corked, as on a single node
+        (one write per connection for what they deliver here), and what they publish
+        leaves in one frame at the end: at once when the batch window is open, with no
+        task to wake for it and before the local writes, else by `_frames` when it
+        opens."""
+        with corked():
+            self._batching += 1
+            try:
+                yield
+            finally:
+                self._batching -= 1
+                if not self._batching and self._parts:
+                    if trio.current_time() >= self._sent_at + self._batch_window:
+                        self._send_due()
+                    else:
+                        self._parts_waiting.set()
+
+    def _send_due(self) -> None:
+        self._sent_at = trio.current_time()
+        self._send_frame()
 
     def _send_frame(self) -> None:
         parts, self._parts, self._parts_bytes = self._parts, [], 0
@@ -238,17 +264,16 @@ class RabbitBroker:
         """For the node's life: sends what was published. A frame leaves as soon as this
         task runs (after the task that published, so a commit's publications share one)
         and no sooner than the batch window after the one before it."""
-        sent_at = -float("inf")
         while True:
             await self._parts_waiting.wait()
-            due = sent_at + self._batch_window
+            due = self._sent_at + self._batch_window
             if due > trio.current_time():
                 await trio.sleep_until(due)
             # Reset only now: what came during the wait leaves in this frame, and must not
             # wake the task for an empty turn that would push the next frame a window on.
             self._parts_waiting = trio.Event()
-            sent_at = trio.current_time()
-            self._send_frame()
+            if self._parts:  # else a `batched()` block sent them meanwhile
+                self._send_due()
 
     # --- arriving ---------------------------------------------------------------------
 

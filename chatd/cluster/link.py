@@ -4,14 +4,17 @@ chatd's own sans-I/O codec (`chatd.stomp`) speaks it, as a client this time (the
 Spring's broker relay talks to RabbitMQ): no AMQP library, nothing that needs asyncio.
 A `Link` is connected by `Link.open`, then `run` reads frames and writes what `send`
 queued until the connection ends, which it does by raising `LinkLost`. Heart-beats both
-ways find a dead peer. What `send` queues is bounded in bytes: past the bound a frame is
-dropped and counted, never held (the other nodes catch up from the store).
+ways find a dead peer. Like a session's `WireWriter`, `send` writes straight to the idle
+socket, and only what the kernel does not take waits for the write loop. What it queues
+is bounded in bytes: past the bound a frame is dropped and counted, never held (the other
+nodes catch up from the store).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -41,12 +44,16 @@ class LinkLost(Exception):
 class Link:
     def __init__(self, stream: trio.SocketStream, max_pending: int) -> None:
         self._stream = stream
+        self._fd = stream.socket.fileno()
         self._reader = FrameReader(
             max_frame_size=MAX_FRAME_BYTES, max_headers=1000, max_header_length=MAX_HEADER_BYTES
         )
         self._writer = FrameWriter()
         self._pending = bytearray()
         self._has_pending = trio.Event()
+        self._writing = False  # the write loop is mid-send: nothing may go around it
+        self._written_at = trio.current_time()  # for heart-beats: when we last wrote
+        self._heard_at = self._written_at  # and when RabbitMQ last sent something
         self.max_pending = max_pending
         self.dropped = 0  # frames not queued: the bound was reached
         self._send_every: float | None = None
@@ -105,10 +112,14 @@ class Link:
             self._silent_for = max(server_sends, HEARTBEAT_MS) / 1000 * HEARTBEAT_TOLERANCE
 
     async def _send_now(self, data: bytes) -> None:
+        self._writing = True
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise LinkLost(f"connection lost while writing: {exc}") from None
+        finally:
+            self._writing = False
+        self._written_at = trio.current_time()
 
     async def _next_frame(self) -> Frame:
         while (frame := self._buffered_frame()) is None:
@@ -117,15 +128,10 @@ class Link:
 
     async def _receive(self) -> None:
         try:
-            if self._silent_for is None:
-                data = await self._stream.receive_some(_READ)
-            else:
-                with trio.fail_after(self._silent_for):
-                    data = await self._stream.receive_some(_READ)
-        except trio.TooSlowError:
-            raise LinkLost(f"RabbitMQ silent for {self._silent_for:g} s") from None
+            data = await self._stream.receive_some(_READ)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise LinkLost(f"connection lost while reading: {exc}") from None
+        self._heard_at = trio.current_time()
         try:
             self._reader.receive_data(data)
         except RuntimeError:
@@ -139,6 +145,18 @@ class Link:
         if self._closed or len(self._pending) + len(data) > self.max_pending:
             self.dropped += 1
             return False
+        if not self._pending and not self._writing:
+            try:
+                n = os.write(self._fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                n = 0  # broken: the write loop's send finds out and ends the link
+            if n:
+                self._written_at = trio.current_time()
+                if n == len(data):
+                    return True
+                data = data[n:]
         self._pending += data
         self._has_pending.set()
         return True
@@ -178,6 +196,7 @@ class Link:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(guarded, self._write_loop)
+            nursery.start_soon(guarded, self._watch_silence)
             nursery.start_soon(guarded, functools.partial(self._read_loop, on_frames))
         return why
 
@@ -200,6 +219,17 @@ class Link:
                     messages.append(frame)
             if messages:
                 on_frames(messages)
+
+    async def _watch_silence(self) -> None:
+        """RabbitMQ silent for `_silent_for` (no frame, no heart-beat) is taken for dead.
+        One timer beside the reads, not a deadline around each: every frame from the bus
+        is a read, and most come to a node asleep, its caches cold."""
+        if self._silent_for is None:
+            await trio.sleep_forever()
+        silent_for = self._silent_for
+        while (due := self._heard_at + silent_for) > trio.current_time():
+            await trio.sleep_until(due)
+        raise LinkLost(f"RabbitMQ silent for {silent_for:g} s")
 
     def _buffered_frame(self) -> Frame | None:
         """The next frame already received (heart-beats pass), or None when more bytes
@@ -230,11 +260,14 @@ class Link:
                 self._has_pending = trio.Event()
                 if self._send_every is None:
                     await self._has_pending.wait()
-                else:
-                    with trio.move_on_after(self._send_every):
-                        await self._has_pending.wait()
+                    continue
+                # A heart-beat once nothing was written for `_send_every`, directly
+                # (`send`) or here.
+                with trio.move_on_at(self._written_at + self._send_every):
+                    await self._has_pending.wait()
                 if not self._pending:
-                    await self._send_now(self._writer.heartbeat())
+                    if trio.current_time() >= self._written_at + self._send_every:
+                        await self._send_now(self._writer.heartbeat())
                     continue
             data = bytes(self._pending)
             self._pending.clear()
