@@ -146,6 +146,7 @@ class RabbitBroker:
         self.forged = 0  # frames with our mark but not our key's signature, or replayed
         self.stale = 0  # signed frames older (or newer) than FRAME_MAX_AGE, dropped
         self.broken = 0  # frames with our mark that could not be read, dropped
+        self._skipped_before = 0  # frames past the link's limits, on links now closed
         self.dropped = 0  # publications that could not be handed to RabbitMQ
         self._lost_control = False  # a control message was dropped since the last resync
         self._presence_wanted = False  # a frame was lost: ask every node for its users
@@ -153,6 +154,12 @@ class RabbitBroker:
 
     def unavailable(self) -> str | None:
         return self._why_not
+
+    @property
+    def oversized(self) -> int:
+        """Frames from RabbitMQ passed over for their size (chatd.cluster.link)."""
+        link = self._link
+        return self._skipped_before + (link.skipped if link is not None else 0)
 
     async def wait_joined(self) -> None:
         """Returns once this node is on the bus (subscribed: it hears every publication
@@ -470,6 +477,7 @@ class RabbitBroker:
                 why = await self._connected(link, where)
             finally:
                 self._link = None
+                self._skipped_before += link.skipped
                 self._joined = trio.Event()
                 await link.aclose()
             self._why_not = f"RabbitMQ at {where}: {why}"

@@ -7,7 +7,10 @@ queued until the connection ends, which it does by raising `LinkLost`. Heart-bea
 ways find a dead peer. Like a session's `WireWriter`, `send` writes straight to the idle
 socket, and only what the kernel does not take waits for the write loop. What it queues
 is bounded in bytes: past the bound a frame is dropped and counted, never held (the other
-nodes catch up from the store).
+nodes catch up from the store). A frame from RabbitMQ past the reader's limits (a client
+of the vhost published it: no node sends such a frame) is passed over and counted, and the
+connection stays: one outsider's frame, copied to every node's queue, must not take the
+whole cluster off the bus.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from chatd.config import BusAddress
+from chatd.ops.logs import RateLimitedLog
 from chatd.stomp import CLOSED, NEED_DATA, Frame, FrameReader, FrameWriter, StompError
 
 log = logging.getLogger("chatd.cluster")
@@ -46,8 +50,13 @@ class Link:
         self._stream = stream
         self._fd = stream.socket.fileno()
         self._reader = FrameReader(
-            max_frame_size=MAX_FRAME_BYTES, max_headers=1000, max_header_length=MAX_HEADER_BYTES
+            max_frame_size=MAX_FRAME_BYTES,
+            max_headers=1000,
+            max_header_length=MAX_HEADER_BYTES,
+            skip_oversized=True,
         )
+        self._skipped_seen = 0
+        self._skipped_log = RateLimitedLog(log, 60.0, trio.current_time)
         self._writer = FrameWriter()
         self._pending = bytearray()
         self._has_pending = trio.Event()
@@ -62,6 +71,11 @@ class Link:
         self._receipt_waits: dict[str, trio.Event] = {}
         self._closed = False
         self._flushed = trio.Event()
+
+    @property
+    def skipped(self) -> int:
+        """Frames from RabbitMQ passed over for their size."""
+        return self._reader.skipped
 
     @classmethod
     async def open(cls, address: BusAddress, max_pending: int) -> Link:
@@ -241,12 +255,23 @@ class Link:
                 # A frame this codec cannot read leaves it broken: the connection ends
                 # (and is made again) rather than the node.
                 raise LinkLost(f"unreadable frame from RabbitMQ: {exc}") from None
+            if self._reader.skipped != self._skipped_seen:
+                self._report_skipped()
             if isinstance(event, Frame):
                 return event
             if event is CLOSED:
                 raise LinkLost("RabbitMQ closed the connection")
             if event is NEED_DATA:
                 return None
+
+    def _report_skipped(self) -> None:
+        self._skipped_seen = self._reader.skipped
+        self._skipped_log.warning(
+            "cluster: passed over a frame from RabbitMQ past this node's limits (%s):"
+            " no chatd node sends one, so something else publishes on the vhost; give the"
+            " cluster a vhost of its own",
+            self._reader.skip_reason,
+        )
 
     async def flushed(self) -> None:
         """Returns once everything queued so far has been written."""

@@ -134,6 +134,11 @@ def _cluster_families(state: ServerState) -> list[Family]:
             bus.forged,
         ),
         counter(
+            "chatd_bus_oversized",
+            "Frames from RabbitMQ past this node's size limits (not chatd's), passed over",
+            bus.oversized,
+        ),
+        counter(
             "chatd_bus_stale",
             "Signed frames older or newer than the bus's time window, dropped (a reload follows)",
             bus.stale,

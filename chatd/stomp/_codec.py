@@ -67,6 +67,17 @@ _MAX_LENGTH_DIGITS: Final = 20
 _COMMAND: Final = 0
 _HEADERS: Final = 1
 _BODY: Final = 2
+# Passing over a frame past the limits (`skip_oversized`): its header lines, then its body.
+_SKIP_HEADERS: Final = 3
+_SKIP_BODY: Final = 4
+# Of a header line passed over, only this much is kept: enough for "content-length:" and
+# its digits.
+_SKIP_LINE_HEAD: Final = 40
+_CONTENT_LENGTH: Final = b"content-length:"
+
+
+class _Oversized(RemoteProtocolError):
+    """A limit was reached: the frame is well formed so far, only too big."""
 
 
 def _check_version(version: str) -> str:
@@ -119,6 +130,11 @@ class FrameReader:
     Limits: ``max_frame_size`` bounds the bytes of one frame up to (not
     including) its terminating NUL, ``max_headers`` the number of header lines
     and ``max_header_length`` the length of one header line without its EOL.
+    A frame past them is an error, or, with ``skip_oversized``, passed over
+    without being kept (a count in ``skipped``, why in ``skip_reason``) and the
+    next one read: for a peer that relays what others wrote (a broker), where
+    one outsider's frame must not end the connection. Passing over keeps no
+    more than a line's first bytes, whatever the frame's size.
     """
 
     __slots__ = (
@@ -136,6 +152,11 @@ class FrameReader:
         "_headers",
         "_content_length",
         "_frame_size",
+        "skip_oversized",
+        "skipped",
+        "skip_reason",
+        "_skip_left",
+        "_skip_line",
     )
 
     def __init__(
@@ -144,6 +165,7 @@ class FrameReader:
         max_headers: int = 100,
         max_header_length: int = 8192,
         version: str = V12,
+        skip_oversized: bool = False,
     ) -> None:
         if max_frame_size < 1 or max_headers < 0 or max_header_length < 1:
             raise ValueError("limits must be positive")
@@ -163,6 +185,11 @@ class FrameReader:
         self._headers: tuple[tuple[str, str], ...] = ()
         self._content_length: int | None = None
         self._frame_size = 0
+        self.skip_oversized = skip_oversized
+        self.skipped = 0
+        self.skip_reason = ""
+        self._skip_left: int | None = None  # body bytes still to pass over, if known
+        self._skip_line: bytes | None = None  # the head of a header line being passed over
 
     @property
     def version(self) -> str:
@@ -200,12 +227,22 @@ class FrameReader:
             raise self._broken_error()
         try:
             while True:
-                if self._state == _COMMAND:
-                    event = self._read_command()
-                elif self._state == _HEADERS:
-                    event = self._read_header_line()
-                else:
-                    event = self._read_body()
+                try:
+                    if self._state == _COMMAND:
+                        event = self._read_command()
+                    elif self._state == _HEADERS:
+                        event = self._read_header_line()
+                    elif self._state == _BODY:
+                        event = self._read_body()
+                    elif self._state == _SKIP_HEADERS:
+                        event = self._skip_headers()
+                    else:
+                        event = self._skip_body()
+                except _Oversized as exc:
+                    if not self.skip_oversized:
+                        raise
+                    self._start_skipping(exc)
+                    continue
                 if event is not None:
                     return event
         except RemoteProtocolError as exc:
@@ -227,13 +264,13 @@ class FrameReader:
         return NEED_DATA
 
     def _too_large(self) -> RemoteProtocolError:
-        return RemoteProtocolError(
+        return _Oversized(
             "Frame too large",
             f"Frame exceeds the maximum frame size of {self.max_frame_size} bytes",
         )
 
     def _line_too_long(self) -> RemoteProtocolError:
-        return RemoteProtocolError(
+        return _Oversized(
             "Header line too long",
             f"A header line exceeds the maximum of {self.max_header_length} bytes",
         )
@@ -344,7 +381,7 @@ class FrameReader:
             self._finish_headers()
             return None
         if len(self._raw_headers) >= self.max_headers:
-            raise RemoteProtocolError(
+            raise _Oversized(
                 "Too many headers",
                 f"Frame has more than the maximum of {self.max_headers} headers",
             )
@@ -391,15 +428,18 @@ class FrameReader:
                 length = parse_digits(value, _MAX_LENGTH_DIGITS)
                 if length is None:
                     if value.isdigit() and value.isascii():
-                        raise self._too_large()  # a number, far beyond any frame size
+                        # A number far beyond any frame size: no frame to pass over.
+                        too_large = self._too_large()
+                        raise RemoteProtocolError(too_large.message, too_large.detail)
                     raise RemoteProtocolError(
                         "Invalid content-length",
                         "content-length must be a non-negative decimal integer, "
                         f"got {value[:40]!r}",
                     )
-                if self._frame_size + length > self.max_frame_size:
-                    raise self._too_large()
                 self._content_length = length
+                if self._frame_size + length > self.max_frame_size:
+                    self._state = _BODY  # what is passed over, with `skip_oversized`
+                    raise self._too_large()
                 break
         self._state = _BODY
 
@@ -430,6 +470,94 @@ class FrameReader:
         frame = Frame(self._command, self._headers, body)
         self._headers = ()
         return frame
+
+
+    # -- passing over a frame past the limits (skip_oversized) --------------
+
+    def _start_skipping(self, exc: RemoteProtocolError) -> None:
+        self.skip_reason = exc.detail
+        self._scan = 0
+        if self._state == _BODY:
+            # Headers read: the body is passed over by its content-length, or up to its NUL.
+            self._skip_left = self._content_length
+            self._state = _SKIP_BODY
+            return
+        # Among the header lines (the buffer starts at one): the first content-length
+        # wins, whether read already or among those passed over.
+        self._content_length = None
+        for name, value in self._raw_headers:
+            if name == "content-length":
+                self._content_length = self._skipped_length(value.encode())
+                break
+        self._raw_headers = []
+        self._skip_line = None
+        self._state = _SKIP_HEADERS
+
+    def _skipped_length(self, value: bytes) -> int:
+        length = parse_digits(value.decode("ascii", "replace"), _MAX_LENGTH_DIGITS)
+        if length is None:
+            raise RemoteProtocolError(
+                "Invalid content-length",
+                f"content-length must be a non-negative decimal integer, got {value[:40]!r}",
+            )
+        return length
+
+    def _skip_headers(self) -> Event | None:
+        buf = self._buf
+        while True:
+            head = self._skip_line or b""
+            idx = buf.find(b"\n")
+            if idx < 0:
+                if buf.find(_NUL) >= 0:
+                    raise _nul_in_headers()
+                self._skip_line = head + bytes(buf[: _SKIP_LINE_HEAD + 1 - len(head)])
+                buf.clear()
+                return self._need_data("passing over headers")
+            line = head + bytes(buf[: min(idx, _SKIP_LINE_HEAD + 1 - len(head))])
+            if buf.find(_NUL, 0, idx) >= 0:
+                raise _nul_in_headers()
+            del buf[: idx + 1]
+            self._skip_line = None
+            if line in (b"", b"\r"):
+                self._skip_left = self._content_length
+                self._state = _SKIP_BODY
+                return None
+            if self._content_length is None and line.startswith(_CONTENT_LENGTH):
+                if len(line) > _SKIP_LINE_HEAD:
+                    raise RemoteProtocolError(
+                        "Invalid content-length", "content-length is far too long a number"
+                    )
+                self._content_length = self._skipped_length(
+                    line[len(_CONTENT_LENGTH) :].removesuffix(b"\r")
+                )
+
+    def _skip_body(self) -> Event | None:
+        buf = self._buf
+        left = self._skip_left
+        if left is not None:
+            taken = min(len(buf), left)
+            del buf[:taken]
+            self._skip_left = left = left - taken
+            if left or not buf:
+                return self._need_data("passing over a body")
+            if buf[0] != _NUL:
+                raise RemoteProtocolError(
+                    "Content-length mismatch",
+                    "Expected a NUL byte after the body given by content-length",
+                )
+            del buf[:1]
+        else:
+            end = buf.find(_NUL)
+            if end < 0:
+                buf.clear()
+                return self._need_data("passing over a body")
+            del buf[: end + 1]
+        self.skipped += 1
+        self._skip_left = self._content_length = None
+        self._headers = ()
+        self._scan = 0
+        self._state = _COMMAND
+        return None
 
 
 def _nul_in_headers() -> RemoteProtocolError:
