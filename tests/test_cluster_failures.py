@@ -11,6 +11,8 @@ import httpx
 import trio
 from trio_websocket import open_websocket_url
 
+from chatd.model import Outgoing
+
 from ._chat import chat, create_room, history, recv, recv_message, roundtrip, send
 from .chatd_proc import chatd_argv, child_env, run_chatd, write_config
 from .cluster import NODE_TIMEOUT, StartCluster, cluster_sections, start_cluster  # noqa: F401
@@ -132,3 +134,29 @@ async def test_postgresql_stopped_sends_are_refused_and_the_cluster_recovers_by_
                 await trio.to_thread.run_sync(pg_instance.start)
             back = await roundtrip(alice, room, "back")
             assert await recv_message(bob) == back
+
+
+async def test_a_message_committed_but_never_published_reaches_everyone_without_a_next_one(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+) -> None:
+    """As a node killed between its commit and its hooks, or a commit answered as failed
+    (the connection cut during COMMIT) though it was applied, which the client's retry
+    then finds stored: the message is in the store and on no bus. Nothing chains behind
+    it until the room's next message, yet every node delivers it by itself, the
+    committing node included (its hooks did not run either). (A reload still running
+    from the nodes' start may read it first; the sequencer's own test of the idle check,
+    which does it otherwise, fails without it.)"""
+    with trio.fail_after(60):
+        n1, n2 = await start_cluster(2)
+        room = await create_room(n1, [1, 2])
+        async with chat(n1, 1) as alice, chat(n2, 2) as bob:
+            first = await roundtrip(alice, room, "first")
+            assert await recv_message(bob) == first
+            ((orphan, _),) = await n1.state.store.append_messages(
+                1, "alice", None, [Outgoing(room, "committed, never published")], 60.0
+            )
+            for reader in (alice, bob):
+                got = await recv_message(reader)
+                assert (got["id"], got["content"]) == (orphan.id, "committed, never published")
+            after = await roundtrip(alice, room, "after")
+            assert await recv_message(bob) == after

@@ -377,3 +377,44 @@ async def test_a_real_message_dropped_as_delivered_after_a_forged_chain_makes_th
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     assert got == ["forged", "bus 12"] and seq.last == 12 and store.newest_reads == 2
+
+
+async def test_a_message_committed_but_never_published_is_read_within_two_checks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its node died between commit and hooks (or its commit was answered as failed, yet
+    applied): nothing chains behind it until the room's next message, so no gap shows.
+    The store's newest at one idle check, still not delivered at the next, is read."""
+    got: list[str] = []
+    store = Store([10])
+    seq = sequencer_on(store, got.append, gap_wait=0.05, check_wait=2.0)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        await trio.sleep(2.5)  # one check: nothing behind
+        store.ids.append(11)  # committed; never on the bus
+        await trio.sleep(2.0)  # the check that sees it
+        assert got == [] and store.reads == []
+        await trio.sleep(2.0)  # the next one reads it
+        assert got == ["m11"] and seq.last == 11 and seq.filled == 1
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert got == ["m11"] and len(store.reads) == 1
+
+
+async def test_a_message_the_bus_brings_between_two_checks_is_not_read_from_the_store(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: list[str] = []
+    store = Store([10])
+    seq = sequencer_on(store, got.append, gap_wait=0.05, check_wait=2.0)
+    seq.start_at(10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        await trio.sleep(2.5)
+        store.ids.append(11)  # committed, its frame still on the way at the next check
+        await trio.sleep(2.0)
+        seq.offer(11, 10, "bus 11")
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert got == ["bus 11"] and store.reads == []
