@@ -330,18 +330,24 @@ class RabbitBroker:
         if abs(now - sent_at) > FRAME_MAX_AGE or sent_at < self._joined_at - CLOCK_SKEW:
             # Signed, but long ago (or ahead of our clock), or before we subscribed: a
             # recording sent again to a node that had not heard that node yet, or a
-            # delivery stalled that long, or clocks far apart. Not taken as it is; what
-            # it may have carried is reloaded from the store.
+            # delivery stalled that long, or clocks far apart. Not taken as it is. From
+            # a node heard before, the next of its frames: what it carried is reloaded
+            # from the store, once (its number is taken). From one never heard, a
+            # recording: this node reloaded when it joined, after anything such a frame
+            # could say, and a reload for each replay would be anyone's to ask for.
             self.stale += 1
+            heard = self._numbers.get(node)
             self._forged_log.warning(
                 "cluster: dropped a frame of node %s sent %.0f s from now by its clock,"
-                " %.0f s from when this node joined the bus; reloading rooms (are the"
-                " nodes' clocks in sync?)",
+                " %.0f s from when this node joined the bus%s",
                 node,
                 sent_at - now,
                 sent_at - self._joined_at,
+                "; reloading rooms (are the nodes' clocks in sync?)" if heard else "",
             )
-            self._lost_frame()
+            if heard is not None:
+                self._numbers[node] = sent.number
+                self._lost_frame()
             return
         self._numbers.pop(node, None)
         self._numbers[node] = sent.number

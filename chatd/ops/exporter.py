@@ -140,7 +140,8 @@ def _cluster_families(state: ServerState) -> list[Family]:
         ),
         counter(
             "chatd_bus_stale",
-            "Signed frames older or newer than the bus's time window, dropped (a reload follows)",
+            "Signed frames older or newer than the bus's time window, dropped"
+            " (a reload follows one of a node heard before)",
             bus.stale,
         ),
         counter(
