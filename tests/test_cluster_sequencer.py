@@ -418,3 +418,27 @@ async def test_a_message_the_bus_brings_between_two_checks_is_not_read_from_the_
         await trio.sleep(10)
         nursery.cancel_scope.cancel()
     assert got == ["bus 11"] and store.reads == []
+
+
+async def test_a_long_catch_up_is_read_a_slice_at_a_time_without_waiting_between(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After a long time off the bus, what was committed meanwhile is read FILL_IDS ids
+    at a time (never all into memory, or to the clients, at once; the event loop free
+    between slices), one slice straight after the other, and all of it in order."""
+    got: list[str] = []
+    n = 3 * sequencer.FILL_IDS + 500
+    store = Store(list(range(1, n + 1)))
+    seq = sequencer_on(store, got.append, gap_wait=0.05)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        start = trio.current_time()
+        seq.catch_up(n + 10, "a node's heartbeat, past the store's newest")
+        while seq.last < n:
+            await trio.sleep(0.001)
+        took = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert got == [f"m{i}" for i in range(1, n + 1)]
+    assert [upto - after for after, upto in store.reads] == [sequencer.FILL_IDS] * 3 + [500]
+    assert took < 2 * seq.gap_wait  # the one before the first read, none between slices
+    assert seq.refuted == 1  # the claim past the store's newest, once

@@ -43,6 +43,10 @@ log = logging.getLogger("chatd.cluster")
 
 T = TypeVar("T")
 
+# Ids read from the store in one turn, at most: after a long time off the bus a node reads
+# what it missed a slice at a time, never all of it into memory at once and to its
+# clients in one go, with the event loop free between slices.
+FILL_IDS = 1000
 # Held messages up to this many; at the bound, fill from the store at once rather than
 # wait longer, and a message that finds it full is not kept but read from the store later
 # (it is committed), so a gap the store cannot close yet (the store away) holds no more.
@@ -182,8 +186,10 @@ class Sequencer(Generic[T]):
     async def run(self) -> None:
         """For the node's life: closes gaps and catches up from the store."""
         self._checked_at = trio.current_time()
+        more = False  # the last read stopped at FILL_IDS: the next follows at once
         while True:
             if not self._held and self._wanted <= self.last:
+                more = False
                 self._gap_since = None
                 # Spaced by gap_wait at least, however many messages a liar sends.
                 wait = self.gap_wait if self._check_soon else self.check_wait
@@ -198,15 +204,16 @@ class Sequencer(Generic[T]):
                 self._gap_since = trio.current_time()
             # The bus usually brings the missing ones within a millisecond or two.
             deadline = self._gap_since + self.gap_wait
-            if len(self._held) < MAX_HELD and trio.current_time() < deadline:
+            if not more and len(self._held) < MAX_HELD and trio.current_time() < deadline:
                 self._wakeup = trio.Event()
                 with trio.move_on_at(deadline):
                     await self._wakeup.wait()
                 continue
-            await self._read_store()
+            more = await self._read_store()
             self._gap_since = None
 
-    async def _read_store(self) -> None:
+    async def _read_store(self) -> bool:
+        """Reads what is missing, FILL_IDS ids at most; True when there is more to read."""
         # What the bus claimed before the store is asked: the store's newest then covers
         # every one of them that was committed (a node publishes after its commit).
         claims = list(self._held.items())
@@ -215,11 +222,14 @@ class Sequencer(Generic[T]):
         try:
             newest = await self._newest()
             upto = min(upto, newest)
+            more = upto > self.last + FILL_IDS
+            if more:
+                upto = self.last + FILL_IDS
             got = await self._fill(self.last, upto) if upto > self.last else []
         except Exception as exc:
             log.warning("cluster: cannot read missed messages from the store yet: %s", exc)
             await trio.sleep(self.retry_wait)
-            return
+            return False
         for message_id, item in got:
             if self.last < message_id <= upto:
                 self.filled += 1
@@ -228,15 +238,16 @@ class Sequencer(Generic[T]):
         self._confirmed = max(self._confirmed, upto)
         # Claims beyond the store's newest are not committed: dropped, not waited for
         # (they never would be, and each wait would read the store again).
-        if self._wanted == wanted:
+        if self._wanted == wanted and not more:
             self._wanted = 0  # reached, or beyond the store
-        if wanted > newest:
+        if wanted > newest and not more:
             self._refuted(wanted, wanted_by, newest)
         for prev, entry in claims:
             if entry[0] > newest and self._held.get(prev) is entry:
                 del self._held[prev]
                 self._refuted(entry[0], self._source(entry[1]), newest)
         self._drain()
+        return more
 
     async def _check(self) -> None:
         """`last` against the store, when idle: a message that chained exactly but was
