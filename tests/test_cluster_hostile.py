@@ -22,7 +22,7 @@ from chatd.stomp import Frame
 from ._chat import chat, create_room, recv_message, roundtrip
 from .cluster import StartCluster, start_cluster  # noqa: F401 (fixture)
 from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
-from .rabbitmq_instance import rabbit_instance, rabbit_url  # noqa: F401 (fixtures)
+from .rabbitmq_instance import RabbitInstance, rabbit_instance, rabbit_url  # noqa: F401
 
 
 def now_ms() -> int:
@@ -291,3 +291,22 @@ async def test_frames_under_our_mark_without_our_key_or_sent_again_are_not_taken
             sent = await roundtrip(alice, room, "after")
             assert await recv_message(bob) == sent
             assert sequencer.refuted == 0
+
+
+async def test_each_nodes_queue_at_rabbitmq_is_bounded_in_bytes(
+    start_cluster: StartCluster,  # noqa: F811 (fixture)
+    rabbit_instance: RabbitInstance,  # noqa: F811 (fixture)
+) -> None:
+    """A node too slow to read (or a flood from the vhost) must not fill RabbitMQ's
+    memory: at its alarm RabbitMQ blocks every publisher, the other nodes too. Each
+    node's queue keeps at most [bus] max_pending_bytes, dropping its oldest frames (the
+    node then finds their numbers skipped, and reloads)."""
+    with trio.fail_after(60):
+        await start_cluster(2, bus={"max_pending_bytes": 1 << 20})
+        vhost = parse_bus_url(start_cluster.url).vhost  # type: ignore[attr-defined]
+        listed = await trio.to_thread.run_sync(
+            rabbit_instance.ctl, "list_queues", "-p", vhost, "name", "arguments"
+        )
+    queues = [line for line in listed.splitlines() if line.startswith("stomp-subscription")]
+    assert len(queues) == 2, listed
+    assert all('{"x-max-length-bytes",1048576}' in line for line in queues), listed

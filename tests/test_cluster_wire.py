@@ -457,3 +457,59 @@ async def test_a_commits_publications_leave_in_one_frame_at_the_end_of_its_hooks
         assert order == list(range(5))
         assert (broker.published, broker.frames, broker.dropped) == (5, 3, 0)
         nursery.cancel_scope.cancel()
+
+
+async def test_frames_of_a_node_that_never_came_make_this_node_reload() -> None:
+    """A node's frames are numbered one after the other. Since this node joined, a number
+    skipped is frames lost on the way (this node's queue at RabbitMQ, bounded, dropped its
+    oldest): the messages in them show as gaps in the chain, but control messages and
+    presence changes would be lost for good, so the node reloads (and says hello) as for
+    any frame lost. Numbers from before a join are not compared: the join reloads."""
+    now = 1_764_000_000.0
+    broker, _ = _broker(batch_ms=2)
+    broker.origin, broker.key = "mark", KEY
+    broker._wall_clock = lambda: now
+    applied: list[object] = []
+    broker.on_control = lambda message: applied.append(message["i"])
+
+    def frame(number: int) -> Frame:
+        part = wire.control_part({"op": "n", "i": number})
+        return wire.batch_frame("chatd", "n2#abc", [part], "mark", KEY, number, int(now * 1000))
+
+    broker._on_frames([frame(7), frame(8), frame(9)])
+    assert (applied, broker.missed, broker._resync_wanted.is_set()) == ([7, 8, 9], 0, False)
+    broker._on_frames([frame(12)])
+    assert (applied, broker.missed, broker._resync_wanted.is_set()) == ([7, 8, 9, 12], 2, True)
+    assert broker._presence_wanted  # and every node is asked for its users
+    broker._resync_wanted = trio.Event()
+    broker._heard_since_join.clear()  # as a (re)join does
+    broker._on_frames([frame(20), frame(21)])
+    assert (broker.missed, broker._resync_wanted.is_set()) == (2, False)
+
+
+async def test_a_frame_the_link_refused_gives_its_number_to_the_next(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The sender knows what it dropped (and makes control messages good itself); its
+    next frame must not look to the others as if frames were lost on the way."""
+    cfg = BusConfig(backend="rabbitmq", url="stomp://u:p@127.0.0.1:1/", batch_ms=2)
+    broker = RabbitBroker(cfg, Hub(Rooms()), _NoStore())  # type: ignore[arg-type]
+    link = _BoundedLink(1000)
+    broker._link = link  # type: ignore[assignment]
+    sent: list[int] = []
+    original = link.send
+
+    def numbered(frame: Frame) -> bool:
+        ok = original(frame)
+        if ok:
+            sent.append(wire.sender(frame).number)
+        return ok
+
+    link.send = numbered  # type: ignore[method-assign]
+    broker.publish_control({"op": "n"})
+    broker._send_frame()
+    broker.publish_control({"op": "n", "pad": "x" * 2000})  # past the link's bound: dropped
+    broker._send_frame()
+    broker.publish_control({"op": "n"})
+    broker._send_frame()
+    assert sent == [1, 2] and broker.dropped == 1

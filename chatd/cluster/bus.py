@@ -147,6 +147,8 @@ class RabbitBroker:
         self.stale = 0  # signed frames older (or newer) than FRAME_MAX_AGE, dropped
         self.broken = 0  # frames with our mark that could not be read, dropped
         self._skipped_before = 0  # frames past the link's limits, on links now closed
+        self.missed = 0  # frames of other nodes that never came (numbers skipped)
+        self._heard_since_join: set[str] = set()  # nodes whose frame numbers are compared
         self.dropped = 0  # publications that could not be handed to RabbitMQ
         self._lost_control = False  # a control message was dropped since the last resync
         self._presence_wanted = False  # a frame was lost: ask every node for its users
@@ -259,6 +261,9 @@ class RabbitBroker:
             self.published += len(parts)
             self.frames += 1
         else:
+            # The number goes to the next frame: the others take a skipped one for frames
+            # lost on the way and reload, while this node makes good what it knows it lost.
+            self._frame_number -= 1
             self._lost(parts)
 
     def _lost(self, parts: list[wire.Part]) -> None:
@@ -349,10 +354,19 @@ class RabbitBroker:
                 self._numbers[node] = sent.number
                 self._lost_frame()
             return
-        self._numbers.pop(node, None)
+        last = self._numbers.pop(node, None)
         self._numbers[node] = sent.number
         if len(self._numbers) > _MAX_SENDERS:
             del self._numbers[next(iter(self._numbers))]
+        if node in self._heard_since_join and last is not None and sent.number != last + 1:
+            # Frames of that node's lost on the way: this node's queue at RabbitMQ was
+            # full and dropped its oldest, or that node's own send queue was. Messages
+            # show as a gap in the chain; what control messages and presence changes
+            # they carried is made good as for any frame lost.
+            self.missed += sent.number - last - 1
+            self._lost_frame()
+        elif len(self._heard_since_join) < _MAX_SENDERS:
+            self._heard_since_join.add(node)
         if node.rpartition("#")[0] == self.name:
             self._bad_log.warning(
                 "cluster: another node on the bus is also named %s; give each its own"
@@ -503,7 +517,12 @@ class RabbitBroker:
             nursery.start_soon(running)
             try:
                 self._joined_at = self._wall_clock()
-                await link.subscribe(wire.subscription(self._cfg.name), "chatd")
+                # Numbers before this join are not compared: what was missed meanwhile
+                # is reloaded for the join itself.
+                self._heard_since_join.clear()
+                await link.subscribe(
+                    wire.subscription(self._cfg.name), "chatd", self._cfg.max_pending_bytes
+                )
             except trio.TooSlowError:
                 why = "no receipt for the subscription"
                 nursery.cancel_scope.cancel()

@@ -175,8 +175,17 @@ class Link:
         self._has_pending.set()
         return True
 
-    async def subscribe(self, destination: str, sub_id: str) -> None:
-        """Subscribe, and return once RabbitMQ has bound it (its RECEIPT)."""
+    async def subscribe(self, destination: str, sub_id: str, max_queue_bytes: int = 0) -> None:
+        """Subscribe, and return once RabbitMQ has bound it (its RECEIPT). With
+        `max_queue_bytes`, the queue RabbitMQ makes for it keeps no more than that many
+        bytes of frames not yet sent here, dropping the oldest (a node too slow to read
+        must not fill RabbitMQ's memory: at its alarm RabbitMQ blocks every publisher,
+        the other nodes too)."""
+        bound = (
+            (("x-max-length-bytes", str(max_queue_bytes)), ("x-overflow", "drop-head"))
+            if max_queue_bytes
+            else ()
+        )
         self._receipts += 1
         receipt = f"r{self._receipts}"
         done = self._receipt_waits[receipt] = trio.Event()
@@ -188,6 +197,7 @@ class Link:
                     ("id", sub_id),
                     ("ack", "auto"),
                     ("receipt", receipt),
+                    *bound,
                 ),
             )
         )

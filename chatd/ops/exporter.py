@@ -134,6 +134,11 @@ def _cluster_families(state: ServerState) -> list[Family]:
             bus.forged,
         ),
         counter(
+            "chatd_bus_missed",
+            "Frames of other nodes that never came (a reload follows)",
+            bus.missed,
+        ),
+        counter(
             "chatd_bus_oversized",
             "Frames from RabbitMQ past this node's size limits (not chatd's), passed over",
             bus.oversized,
