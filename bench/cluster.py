@@ -765,13 +765,17 @@ def rows(setups: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
     )
     for ph in PHASES:
         row(
-            f"{ph}: bus publications received, gaps, read from the store (all nodes)",
+            f"{ph}: bus publications received, gaps, read from the store, frames missed"
+            " (all nodes)",
             lambda s, ph=ph: (
                 None
                 if not get(s, ph, "bus")
                 else ", ".join(
                     f"{get(s, ph, 'bus', k) or 0:,}"
-                    for k in ("chatd_bus_received", "chatd_bus_gaps", "chatd_bus_filled")
+                    for k in (
+                        "chatd_bus_received", "chatd_bus_gaps", "chatd_bus_filled",
+                        "chatd_bus_missed",
+                    )  # fmt: skip
                 )
             ),
         )
