@@ -70,9 +70,9 @@ _BODY: Final = 2
 # Passing over a frame past the limits (`skip_oversized`): its header lines, then its body.
 _SKIP_HEADERS: Final = 3
 _SKIP_BODY: Final = 4
-# Of a header line passed over, only this much is kept: enough for "content-length:" and
-# its digits.
-_SKIP_LINE_HEAD: Final = 40
+# Of a header line passed over, only this much is kept: enough for "content-length:", its
+# digits (with some leading zeros) and a CR.
+_SKIP_LINE_HEAD: Final = 64
 _CONTENT_LENGTH: Final = b"content-length:"
 
 
@@ -518,7 +518,9 @@ class FrameReader:
                 raise _nul_in_headers()
             del buf[: idx + 1]
             self._skip_line = None
-            if line in (b"", b"\r"):
+            if len(line) <= _SKIP_LINE_HEAD:
+                line = line.removesuffix(b"\r")
+            if not line:
                 self._skip_left = self._content_length
                 self._state = _SKIP_BODY
                 return None
@@ -527,9 +529,7 @@ class FrameReader:
                     raise RemoteProtocolError(
                         "Invalid content-length", "content-length is far too long a number"
                     )
-                self._content_length = self._skipped_length(
-                    line[len(_CONTENT_LENGTH) :].removesuffix(b"\r")
-                )
+                self._content_length = self._skipped_length(line[len(_CONTENT_LENGTH) :])
 
     def _skip_body(self) -> Event | None:
         buf = self._buf
