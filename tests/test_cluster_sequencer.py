@@ -442,3 +442,31 @@ async def test_a_long_catch_up_is_read_a_slice_at_a_time_without_waiting_between
     assert [upto - after for after, upto in store.reads] == [sequencer.FILL_IDS] * 3 + [500]
     assert took < 2 * seq.gap_wait  # the one before the first read, none between slices
     assert seq.refuted == 1  # the claim past the store's newest, once
+
+
+async def test_a_bus_running_seconds_behind_is_not_overtaken_by_store_reads(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A backlog in this node's queue at RabbitMQ: every message comes 3 s after its
+    commit, more than check_wait. The idle check sees the store ahead at every check,
+    but `last` moves between checks: the bus is bringing them, and the store is not read
+    (it was, for half the messages, when only the store's newest was compared)."""
+    got: list[str] = []
+    store = Store([10])
+    seq = sequencer_on(store, got.append, gap_wait=0.05, check_wait=2.0)
+    seq.start_at(10)
+
+    async def late(i: int) -> None:
+        await trio.sleep(3.0)
+        seq.offer(i, i - 1, f"bus {i}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seq.run)
+        for i in range(11, 311):  # 10 a second for 30 s
+            store.ids.append(i)
+            nursery.start_soon(late, i)
+            await trio.sleep(0.1)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert got == [f"bus {i}" for i in range(11, 311)]
+    assert store.reads == [] and seq.filled == 0

@@ -513,3 +513,24 @@ async def test_a_frame_the_link_refused_gives_its_number_to_the_next(
     broker.publish_control({"op": "n"})
     broker._send_frame()
     assert sent == [1, 2] and broker.dropped == 1
+
+
+def test_the_nodes_compared_for_skipped_numbers_are_those_whose_numbers_are_kept() -> None:
+    """Past _MAX_SENDERS node runs (restarts) heard without this node rejoining, the
+    oldest number goes, and with it the comparison; a node heard later is still
+    compared (the set stopped taking new nodes once full, and the check with them)."""
+    now = 1_764_000_000.0
+    broker, _ = _broker(batch_ms=2)
+    broker.origin, broker.key = "mark", KEY
+    broker._wall_clock = lambda: now
+
+    def frame(node: str, number: int) -> Frame:
+        part = wire.control_part({"op": "n"})
+        return wire.batch_frame("chatd", node, [part], "mark", KEY, number, int(now * 1000))
+
+    broker._on_frames([frame(f"n{i}#abc", 1) for i in range(bus._MAX_SENDERS + 10)])
+    assert broker._heard_since_join == set(broker._numbers)
+    assert len(broker._numbers) == bus._MAX_SENDERS
+    late = f"n{bus._MAX_SENDERS + 9}#abc"
+    broker._on_frames([frame(late, 3)])
+    assert (broker.missed, broker._resync_wanted.is_set()) == (1, True)

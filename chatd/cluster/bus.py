@@ -357,7 +357,9 @@ class RabbitBroker:
         last = self._numbers.pop(node, None)
         self._numbers[node] = sent.number
         if len(self._numbers) > _MAX_SENDERS:
-            del self._numbers[next(iter(self._numbers))]
+            oldest = next(iter(self._numbers))
+            del self._numbers[oldest]
+            self._heard_since_join.discard(oldest)
         if node in self._heard_since_join and last is not None and sent.number != last + 1:
             # Frames of that node's lost on the way: this node's queue at RabbitMQ was
             # full and dropped its oldest, or that node's own send queue was. Messages
@@ -365,8 +367,8 @@ class RabbitBroker:
             # they carried is made good as for any frame lost.
             self.missed += sent.number - last - 1
             self._lost_frame()
-        elif len(self._heard_since_join) < _MAX_SENDERS:
-            self._heard_since_join.add(node)
+        else:
+            self._heard_since_join.add(node)  # (bounded: a subset of `_numbers`' keys)
         if node.rpartition("#")[0] == self.name:
             self._bad_log.warning(
                 "cluster: another node on the bus is also named %s; give each its own"

@@ -24,9 +24,10 @@ store's newest is brought back to it.
 The same check finds a message committed but never published: its node died between the
 commit and its hooks, or the commit was answered as failed (the connection cut during
 COMMIT) though it was applied. No message chains behind it until the room's next one, so
-no gap shows; but the store's newest at one check not delivered by the next is read from
-the store, within two `check_wait`. (Not at the first: most such ids are on the bus at
-that moment.)
+no gap shows; but the store's newest at one check, not delivered by the next with
+nothing delivered in between, is read from the store, within two `check_wait`. (Not at
+the first: most such ids are on the bus at that moment; nor while `last` moves: a bus
+running behind is bringing them.)
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Sequencer(Generic[T]):
         self._checked_at = 0.0
         self._check_soon = False
         self._behind = 0  # the store's newest at the last check, when past `last`
+        self._last_at_check = 0  # and `last` then
         self._held: dict[int, tuple[int, T]] = {}  # by prev_id: (id, item)
         self._gap_since: float | None = None
         self._wakeup = trio.Event()
@@ -263,9 +265,13 @@ class Sequencer(Generic[T]):
             return  # the store away: the next check
         if seen <= newest:
             self._confirmed = max(self._confirmed, seen)
-            if self.last < self._behind:
+            if self.last < self._behind and self.last == self._last_at_check:
+                # Nothing delivered since: no message came after it either (the next
+                # one, in any room, would chain to it and show the gap). While `last`
+                # moves, a bus running behind is bringing them, and the store is not read.
                 self.catch_up(self._behind, "the store")
             self._behind = newest if newest > self.last else 0
+            self._last_at_check = self.last
         elif seen == self.last and not self._held:
             self._refuted_log.warning(
                 "cluster: the last message delivered here, %d, is past the store's newest"
