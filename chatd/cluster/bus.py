@@ -348,7 +348,7 @@ class RabbitBroker:
                 node,
                 sent_at - now,
                 sent_at - self._joined_at,
-                "; reloading rooms (are the nodes' clocks in sync?)" if heard else "",
+                "; reloading rooms (are the nodes' clocks in sync?)" if heard is not None else "",
             )
             if heard is not None:
                 self._numbers[node] = sent.number

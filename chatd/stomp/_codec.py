@@ -431,11 +431,7 @@ class FrameReader:
                         # A number far beyond any frame size: no frame to pass over.
                         too_large = self._too_large()
                         raise RemoteProtocolError(too_large.message, too_large.detail)
-                    raise RemoteProtocolError(
-                        "Invalid content-length",
-                        "content-length must be a non-negative decimal integer, "
-                        f"got {value[:40]!r}",
-                    )
+                    raise _invalid_length(value)
                 self._content_length = length
                 if self._frame_size + length > self.max_frame_size:
                     self._state = _BODY  # what is passed over, with `skip_oversized`
@@ -471,7 +467,6 @@ class FrameReader:
         self._headers = ()
         return frame
 
-
     # -- passing over a frame past the limits (skip_oversized) --------------
 
     def _start_skipping(self, exc: RemoteProtocolError) -> None:
@@ -487,19 +482,16 @@ class FrameReader:
         self._content_length = None
         for name, value in self._raw_headers:
             if name == "content-length":
-                self._content_length = self._skipped_length(value.encode())
+                self._content_length = self._skipped_length(value)
                 break
         self._raw_headers = []
         self._skip_line = None
         self._state = _SKIP_HEADERS
 
-    def _skipped_length(self, value: bytes) -> int:
-        length = parse_digits(value.decode("ascii", "replace"), _MAX_LENGTH_DIGITS)
+    def _skipped_length(self, value: str) -> int:
+        length = parse_digits(value, _MAX_LENGTH_DIGITS)
         if length is None:
-            raise RemoteProtocolError(
-                "Invalid content-length",
-                f"content-length must be a non-negative decimal integer, got {value[:40]!r}",
-            )
+            raise _invalid_length(value)
         return length
 
     def _skip_headers(self) -> Event | None:
@@ -529,7 +521,9 @@ class FrameReader:
                     raise RemoteProtocolError(
                         "Invalid content-length", "content-length is far too long a number"
                     )
-                self._content_length = self._skipped_length(line[len(_CONTENT_LENGTH) :])
+                self._content_length = self._skipped_length(
+                    line[len(_CONTENT_LENGTH) :].decode("ascii", "replace")
+                )
 
     def _skip_body(self) -> Event | None:
         buf = self._buf
@@ -558,6 +552,13 @@ class FrameReader:
         self._scan = 0
         self._state = _COMMAND
         return None
+
+
+def _invalid_length(value: str) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        "Invalid content-length",
+        f"content-length must be a non-negative decimal integer, got {value[:40]!r}",
+    )
 
 
 def _nul_in_headers() -> RemoteProtocolError:
