@@ -48,6 +48,7 @@ class LinkLost(Exception):
 class Link:
     def __init__(self, stream: trio.SocketStream, max_pending: int) -> None:
         self._stream = stream
+        self._sock = stream.socket
         self._fd = stream.socket.fileno()
         self._reader = FrameReader(
             max_frame_size=MAX_FRAME_BYTES,
@@ -141,10 +142,29 @@ class Link:
         return frame
 
     async def _receive(self) -> None:
-        try:
-            data = await self._stream.receive_some(_READ)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise LinkLost(f"connection lost while reading: {exc}") from None
+        # What `SocketStream.receive_some` does, by hand, as a session's transport reads
+        # (chatd.net.ws_transport): every frame from the bus wakes the node from sleep,
+        # its caches cold, and each layer of trio's above the wait (the stream's, the
+        # socket's, their context managers) costs there several times what it costs
+        # warm. The checkpoints are trio's (cancelled before a byte is taken, never
+        # after), but a read after the wait is not followed by one: the wait was one.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:
+            try:
+                data = os.read(self._fd, _READ)
+                break
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise LinkLost(f"connection lost while reading: {exc}") from None
+            try:
+                await trio.lowlevel.wait_readable(self._sock)
+            except trio.ClosedResourceError as exc:
+                raise LinkLost(f"connection lost while reading: {exc}") from None
+            waited = True
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         self._heard_at = trio.current_time()
         try:
             self._reader.receive_data(data)
