@@ -1,5 +1,5 @@
 """What a node does with frames on the bus that no chatd node of this cluster sent: another
-application publishing to amq.topic under the cluster's name, or a node of another cluster
+application publishing to amq.direct under the cluster's name, or a node of another cluster
 given the same [bus] name. It drops them and keeps serving. Frames with this cluster's
 mark that lie (ids never committed) or are broken do not stop it either. Private services
 (tests/pg_instance.py, tests/rabbitmq_instance.py); every wait has a timeout."""
@@ -7,7 +7,8 @@ mark that lie (ids never committed) or are broken do not stop it either. Private
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 import trio.testing
@@ -30,15 +31,27 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def publish_raw(url: str, *frames: Frame) -> None:
-    """Publish `frames` on the bus as a client of RabbitMQ that is not a chatd node, and
-    return once RabbitMQ has them (a receipt on a subscription sent after them)."""
+def free_slot(nodes: Sequence[Any]) -> int:
+    """A slot none of `nodes` holds: a frame sent to its key reaches every one of them."""
+    held = {n.state.cluster.slot for n in nodes}
+    assert None not in held  # every node on the bus
+    return next(k for k in range(wire.SLOTS) if k not in held)
+
+
+async def publish_raw(url: str, *frames: Frame, nodes: Sequence[Any]) -> None:
+    """Publish `frames` on the bus as a client of RabbitMQ that is not a chatd node, to a
+    slot's key that every one of `nodes` hears, and return once RabbitMQ has them (a
+    receipt on a subscription sent after them)."""
+    destination = wire.destination("chatd", free_slot(nodes))
     link = await Link.open(parse_bus_url(url), 1 << 26)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(link.run, lambda frame: None)
             for frame in frames:
-                assert link.send(frame)
+                headers = [h for h in frame.headers if h[0] != "destination"]
+                assert link.send(
+                    Frame("SEND", (("destination", destination), *headers), frame.body)
+                )
             await link.subscribe("/topic/outsider.nothing", "outsider")
             nursery.cancel_scope.cancel()
     finally:
@@ -58,7 +71,7 @@ async def test_a_frame_past_the_links_limits_is_passed_over_and_no_node_leaves_t
         room = await create_room(nodes[0], [1, 2])
         links = [n.state.cluster._link for n in nodes]
         assert all(links)
-        destination = wire.destination("chatd")
+        destination = wire.destination("chatd", free_slot(nodes))
         long_header = Frame(
             "SEND", (("destination", destination), ("x-note", "x" * (1 << 20 | 1))), b"{}"
         )
@@ -67,7 +80,7 @@ async def test_a_frame_past_the_links_limits_is_passed_over_and_no_node_leaves_t
             (("destination", destination), *((f"x-h{i}", "v") for i in range(1200))),
             b"{}",
         )
-        await publish_raw(start_cluster.url, long_header, many_headers)  # type: ignore[attr-defined]
+        await publish_raw(start_cluster.url, long_header, many_headers, nodes=nodes)  # type: ignore[attr-defined]
         await until(lambda: all(n.state.cluster.oversized == 2 for n in nodes))
         assert [n.state.cluster._link for n in nodes] == links  # nobody reconnected
         assert all(n.state.cluster.unavailable() is None for n in nodes)
@@ -95,7 +108,7 @@ async def test_another_clusters_frames_under_the_same_name_are_not_delivered_her
             event = events.new_message(theirs)
             part = wire.event_part(f"room.{room}", event)
             frame = wire.batch_frame("chatd", "staging-1#abcdef", [part], "another-mark")
-            await publish_raw(start_cluster.url, frame)  # type: ignore[attr-defined]
+            await publish_raw(start_cluster.url, frame, nodes=[n1, n2])  # type: ignore[attr-defined]
             sent = await roundtrip(alice, room, "ours again")
             assert await recv_message(bob) == sent
 
@@ -120,7 +133,7 @@ async def test_a_batch_with_our_mark_but_a_broken_body_is_dropped_and_the_next_o
             for i, body in enumerate(bodies)
         ]
         async with chat(n1, 1) as alice, chat(n2, 2) as bob:
-            await publish_raw(start_cluster.url, *broken)  # type: ignore[attr-defined]
+            await publish_raw(start_cluster.url, *broken, nodes=[n1, n2])  # type: ignore[attr-defined]
             sent = await roundtrip(alice, room, "after the broken ones")
             assert await recv_message(bob) == sent
 
@@ -159,6 +172,7 @@ async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
             await publish_raw(
                 start_cluster.url,  # type: ignore[attr-defined]
                 wire.batch_frame("chatd", "liar#1", [part], mark, key, 1, now_ms()),
+                nodes=[n1, n2],
             )
             # Checked against the store (or, believed, this node's newest id).
             await until(lambda: sequencer.refuted >= 1 or sequencer.last >= huge)
@@ -170,6 +184,7 @@ async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(
             await publish_raw(
                 start_cluster.url,  # type: ignore[attr-defined]
                 wire.batch_frame("chatd", "liar#1", [alive], mark, key, 2, now_ms()),
+                nodes=[n1, n2],
             )
             await until(lambda: sequencer.refuted >= 2 or sequencer.last >= huge)
             assert sequencer.last < huge
@@ -195,11 +210,11 @@ async def test_a_broken_frame_with_our_mark_makes_the_node_reload_rooms(
             body = wire.batch_frame("chatd", "n9#abcdef", [part]).body + b"!"  # a byte too many
             return wire.signed_frame("chatd", "n9#abcdef", body, mark, cluster.key, 1, now_ms())
 
-        await publish_raw(start_cluster.url, broken("another-mark"))  # type: ignore[attr-defined]
+        await publish_raw(start_cluster.url, broken("another-mark"), nodes=[n1, n2])  # type: ignore[attr-defined]
         await until(lambda: cluster.foreign >= 1)
         assert cluster.broken == 0  # not taken for ours: no reload
 
-        await publish_raw(start_cluster.url, broken(cluster.origin))  # type: ignore[attr-defined]
+        await publish_raw(start_cluster.url, broken(cluster.origin), nodes=[n1, n2])  # type: ignore[attr-defined]
         await until(lambda: n2.state.rooms.get(room) is not None)
         await until(lambda: n1.state.rooms.get(room) is not None)
         assert cluster.broken == 1
@@ -212,14 +227,14 @@ async def test_a_broken_frame_with_our_mark_makes_the_node_reload_rooms(
 
 
 async def frames_on_the_bus(url: str, during: Callable[[], Awaitable[object]]) -> list[Frame]:
-    """The frames RabbitMQ delivers on the cluster's topic while `during` runs, as any
-    client allowed on the vhost can read them."""
+    """The frames RabbitMQ delivers on the cluster's keys (every slot's) while `during`
+    runs, as any client allowed on the vhost can read them."""
     got: list[Frame] = []
     link = await Link.open(parse_bus_url(url), 1 << 26)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(link.run, got.extend)
-            await link.subscribe(wire.subscription("chatd"), "eavesdropper")
+            await link.subscribe(wire.subscriptions("chatd"), "eavesdropper")
             await during()
             # Its own receipt comes after everything published before it.
             await link.subscribe("/topic/outsider.nothing", "after")
@@ -254,12 +269,8 @@ async def test_frames_under_our_mark_without_our_key_or_sent_again_are_not_taken
             mark = wire.sender(genuine[0]).origin
             assert mark == cluster.origin
             # As RabbitMQ delivered it, published again.
-            replay = Frame(
-                "SEND",
-                (("destination", wire.destination("chatd")),
-                 (wire.HEADER, genuine[0].get(wire.HEADER) or "")),
-                genuine[0].body,
-            )  # fmt: skip
+            replay = Frame("SEND", ((wire.HEADER, genuine[0].get(wire.HEADER) or ""),),
+                           genuine[0].body)  # fmt: skip
 
             forged = StoredMessage(
                 sequencer.last + 1000, room, 1, "alice", None, "forged", "TEXT",
@@ -274,16 +285,14 @@ async def test_frames_under_our_mark_without_our_key_or_sent_again_are_not_taken
             ]  # fmt: skip
             last, forged_before = sequencer.last, cluster.forged
             unreadable = Frame(
-                "SEND",
-                (("destination", wire.destination("chatd")),
-                 (wire.HEADER, f"{mark} n7#abcdef 2 {now_ms()} " + "é" * 32)),
-                b"x\n",
-            )  # fmt: skip
+                "SEND", ((wire.HEADER, f"{mark} n7#abcdef 2 {now_ms()} " + "é" * 32),), b"x\n"
+            )
             await publish_raw(
                 start_cluster.url,  # type: ignore[attr-defined]
                 wire.batch_frame("chatd", "n7#abcdef", parts, mark, b"not the key", 1, now_ms()),
                 unreadable,  # once, this one ended every node's bus task, and the server
                 replay,
+                nodes=[n1, n2],
             )
             await until(lambda: cluster.forged >= forged_before + 2)
             assert sequencer.last == last
@@ -307,6 +316,6 @@ async def test_each_nodes_queue_at_rabbitmq_is_bounded_in_bytes(
         listed = await trio.to_thread.run_sync(
             rabbit_instance.ctl, "list_queues", "-p", vhost, "name", "arguments"
         )
-    queues = [line for line in listed.splitlines() if line.startswith("stomp-subscription")]
+    queues = [line for line in listed.splitlines() if line.startswith("chatd.slot.")]
     assert len(queues) == 2, listed
     assert all('{"x-max-length-bytes",1048576}' in line for line in queues), listed

@@ -38,8 +38,8 @@ def test_a_frame_carries_every_part_in_order_as_its_node_encoded_it() -> None:
         wire.event_part("room.3", typing),
         wire.event_part("user.7", message),
     ]
-    frame = wire.batch_frame("chatd", "n1#abc123", parts, "mark", KEY, 7, 1_764_000_000_123)
-    assert frame.get("destination") == "/topic/chatd.bus"
+    frame = wire.batch_frame("chatd", "n1#abc123", parts, "mark", KEY, 7, 1_764_000_000_123, 5)
+    assert frame.get("destination") == "/exchange/amq.direct/chatd.5"
     sent = wire.sender(frame)
     assert (sent.origin, sent.node, sent.number, sent.sent_at) == (
         "mark", "n1#abc123", 7, 1_764_000_000_123
@@ -87,7 +87,7 @@ def test_a_frame_carries_every_part_in_order_as_its_node_encoded_it() -> None:
 def test_a_frame_no_chatd_node_made_is_refused_whole(
     header: str | None, body: bytes, why: str
 ) -> None:
-    headers: tuple[tuple[str, str], ...] = (("destination", "/topic/chatd.bus"),)
+    headers: tuple[tuple[str, str], ...] = (("destination", "/exchange/amq.direct/chatd.0"),)
     if header is not None:
         headers += ((wire.HEADER, header),)
     frame = Frame("MESSAGE", headers, body)

@@ -31,6 +31,7 @@ import os
 import secrets
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -110,6 +111,12 @@ class RabbitBroker:
         # node to the others (what they knew of the old one expires with it), and two
         # nodes given the same name are told apart and reported.
         self.node = f"{self.name}#{secrets.token_hex(3)}"
+        # The slot this node holds on the bus (chatd.cluster.wire), None while off it. A
+        # node asks first for the one its name gives, so a restart usually finds it free
+        # again; one held by another node, it asks for the next.
+        self.slot: int | None = None
+        self._next_slot = zlib.crc32(self.name.encode()) % wire.SLOTS
+        self._slots_refused = 0  # slots refused in a row
         self._hub = hub
         self._store = store
         self._clock = clock
@@ -255,7 +262,7 @@ class RabbitBroker:
         self._frame_number += 1
         frame = wire.batch_frame(
             self._cfg.name, self.node, parts, self.origin, self.key, self._frame_number,
-            int(self._wall_clock() * 1000),
+            int(self._wall_clock() * 1000), self.slot or 0,
         )  # fmt: skip
         if link is not None and link.send(frame):
             self.published += len(parts)
@@ -495,19 +502,38 @@ class RabbitBroker:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self._cfg.reconnect_max_seconds)
                 continue
+            slot = self._next_slot
             try:
-                why = await self._connected(link, where)
+                why = await self._connected(link, where, slot)
             finally:
                 self._link = None
+                self.slot = None
                 self._skipped_before += link.skipped
-                self._joined = trio.Event()
+                if self._joined.is_set():  # else whoever waits for it waits on
+                    self._joined = trio.Event()
                 await link.aclose()
+            if link.error == wire.SLOT_TAKEN:
+                # Another node's connection holds that slot's queue: the next slot, at once,
+                # until every slot was asked for in a row.
+                self._next_slot = (slot + 1) % wire.SLOTS
+                self._slots_refused += 1
+                if self._slots_refused < wire.SLOTS:
+                    log.info("cluster: slot %d is another node's; asking for %d", slot,
+                             self._next_slot)  # fmt: skip
+                    continue
+                self._slots_refused = 0
+                why = f"every one of the {wire.SLOTS} slots is another node's (the most nodes)"
+                self._why_not = f"RabbitMQ at {where}: {why}"
+                self._lost_log.warning("cluster: cannot join the bus: %s; retrying", why)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, self._cfg.reconnect_max_seconds)
+                continue
             self._why_not = f"RabbitMQ at {where}: {why}"
             self._lost_log.warning("cluster: lost the bus: %s; reconnecting", why)
             backoff = 0.1
             await trio.sleep(backoff)
 
-    async def _connected(self, link: Link, where: str) -> str:
+    async def _connected(self, link: Link, where: str, slot: int) -> str:
         why = "closed"
         async with trio.open_nursery() as nursery:
 
@@ -522,18 +548,22 @@ class RabbitBroker:
                 # Numbers before this join are not compared: what was missed meanwhile
                 # is reloaded for the join itself.
                 self._heard_since_join.clear()
+                name = self._cfg.name
                 await link.subscribe(
-                    wire.subscription(self._cfg.name), "chatd", self._cfg.max_pending_bytes
-                )
+                    wire.subscriptions(name, slot), "chatd", self._cfg.max_pending_bytes,
+                    wire.queue(name, slot),
+                )  # fmt: skip
             except trio.TooSlowError:
                 why = "no receipt for the subscription"
                 nursery.cancel_scope.cancel()
                 return why
+            self.slot = slot
+            self._slots_refused = 0
             self._link = link
             self._why_not = None
             self._joined.set()
             self._lost_log.reset()
-            log.info("cluster: node %s joined the bus at %s", self.name, where)
+            log.info("cluster: node %s joined the bus at %s (slot %d)", self.name, where, slot)
             self._lost_control = False
             self.presence.joined()
             # What this node missed while away: control messages (the rooms, reloaded)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -72,6 +72,7 @@ class Link:
         self._receipt_waits: dict[str, trio.Event] = {}
         self._closed = False
         self._flushed = trio.Event()
+        self.error: str | None = None  # RabbitMQ's ERROR frame that ended the link, if one
 
     @property
     def skipped(self) -> int:
@@ -195,32 +196,36 @@ class Link:
         self._has_pending.set()
         return True
 
-    async def subscribe(self, destination: str, sub_id: str, max_queue_bytes: int = 0) -> None:
-        """Subscribe, and return once RabbitMQ has bound it (its RECEIPT). With
-        `max_queue_bytes`, the queue RabbitMQ makes for it keeps no more than that many
-        bytes of frames not yet sent here, dropping the oldest (a node too slow to read
-        must not fill RabbitMQ's memory: at its alarm RabbitMQ blocks every publisher,
-        the other nodes too)."""
-        bound = (
-            (("x-max-length-bytes", str(max_queue_bytes)), ("x-overflow", "drop-head"))
-            if max_queue_bytes
-            else ()
-        )
+    async def subscribe(
+        self,
+        destinations: str | Sequence[str],
+        sub_id: str,
+        max_queue_bytes: int = 0,
+        queue: str = "",
+    ) -> None:
+        """Subscribe to each destination, and return once RabbitMQ has bound them all (a
+        RECEIPT after the last). With `queue`, every one binds that queue, declared
+        exclusive to this connection: RabbitMQ refuses it (an ERROR, `resource_locked`,
+        which ends the link) while another connection holds it. With `max_queue_bytes`,
+        the queue keeps no more than that many bytes of frames not yet sent here,
+        dropping the oldest (a node too slow to read must not fill RabbitMQ's memory: at
+        its alarm RabbitMQ blocks every publisher, the other nodes too)."""
+        if isinstance(destinations, str):
+            destinations = [destinations]
+        shared: list[tuple[str, str]] = [("ack", "auto")]
+        if max_queue_bytes:
+            shared += [("x-max-length-bytes", str(max_queue_bytes)), ("x-overflow", "drop-head")]
+        if queue:
+            shared += [("x-queue-name", queue), ("exclusive", "true")]
         self._receipts += 1
         receipt = f"r{self._receipts}"
         done = self._receipt_waits[receipt] = trio.Event()
-        self.send(
-            Frame(
-                "SUBSCRIBE",
-                (
-                    ("destination", destination),
-                    ("id", sub_id),
-                    ("ack", "auto"),
-                    ("receipt", receipt),
-                    *bound,
-                ),
-            )
-        )
+        last = len(destinations) - 1
+        for i, destination in enumerate(destinations):
+            headers = [("destination", destination), ("id", f"{sub_id}-{i}" if last else sub_id)]
+            if i == last:
+                headers.append(("receipt", receipt))
+            self.send(Frame("SUBSCRIBE", (*headers, *shared)))
         with trio.fail_after(CONNECT_TIMEOUT):
             await done.wait()
 
@@ -258,7 +263,8 @@ class Link:
                     if waiter is not None:
                         waiter.set()
                 elif frame.command == "ERROR":
-                    raise LinkLost(f"RabbitMQ sent an ERROR frame: {frame.get('message', '')}")
+                    self.error = frame.get("message", "") or ""
+                    raise LinkLost(f"RabbitMQ sent an ERROR frame: {self.error}")
                 elif frame.command == "MESSAGE":
                     messages.append(frame)
             if messages:

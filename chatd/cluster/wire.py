@@ -23,8 +23,11 @@ it, where the part's `/chat` text starts, what that text is ("c": `Event.chat`, 
 (`Event.body`, the STOMP/JSON bytes, then its `/chat` text), so a receiving node rebuilds
 it without touching JSON; a control message is JSON.
 
-Every frame goes to the routing key `NAME.bus` (NAME being `[bus] name`); each node
-subscribes to `NAME.#` (see `chatd.cluster.bus`).
+Every node holds one of `SLOTS` slots while it is on the bus: its queue, `NAME.slot.K` (NAME
+being `[bus] name`), exclusive to its connection, so RabbitMQ itself refuses the slot to any
+other node (`resource_locked`) until that connection ends. A node sends its frames to
+amq.direct with the routing key `NAME.K` and binds its queue to every other slot's key: a
+frame reaches every node but its sender (see `chatd.cluster.bus`).
 """
 
 from __future__ import annotations
@@ -59,12 +62,26 @@ class BadFrame(ValueError):
     """A frame on the bus that no chatd node sent (or a newer one's): dropped, logged."""
 
 
-def destination(cluster: str) -> str:
-    return f"/topic/{cluster}.bus"
+# The most nodes a cluster has on the bus at once: each node's queue is bound to every
+# other slot's key, one subscription each.
+SLOTS = 32
+# RabbitMQ's ERROR for a slot's queue held by another node's connection.
+SLOT_TAKEN = "resource_locked"
 
 
-def subscription(cluster: str) -> str:
-    return f"/topic/{cluster}.#"
+def destination(cluster: str, slot: int) -> str:
+    """Where the node in `slot` sends its frames."""
+    return f"/exchange/amq.direct/{cluster}.{slot}"
+
+
+def subscriptions(cluster: str, slot: int | None = None) -> list[str]:
+    """What the node in `slot` hears: every other slot's frames (every slot's without)."""
+    return [destination(cluster, k) for k in range(SLOTS) if k != slot]
+
+
+def queue(cluster: str, slot: int) -> str:
+    """The queue of the node in `slot`: holding it (exclusively) is holding the slot."""
+    return f"{cluster}.slot.{slot}"
 
 
 def _opt(value: int | None) -> str:
@@ -104,22 +121,23 @@ def control_part(message: dict[str, Any]) -> Part:
 
 def batch_frame(
     cluster: str, node: str, parts: Sequence[Part], origin: str = "", key: bytes = b"",
-    number: int = 0, sent_at: int = 0,
+    number: int = 0, sent_at: int = 0, slot: int = 0,
 ) -> Frame:  # fmt: skip
-    """The frame carrying `parts`."""
+    """The frame carrying `parts`, from the node in `slot`."""
     body = b"".join(["|".join(p.meta for p in parts).encode(), b"\n", *(p.body for p in parts)])
-    return signed_frame(cluster, node, body, origin, key, number, sent_at)
+    return signed_frame(cluster, node, body, origin, key, number, sent_at, slot)
 
 
 def signed_frame(
-    cluster: str, node: str, body: bytes, origin: str, key: bytes, number: int, sent_at: int
-) -> Frame:
-    """A frame of `body`: its header says the cluster's mark, the node, the frame's number
-    in the node's run, when it was sent (ms since the epoch, the node's clock), and its
-    signature with the cluster's `key`."""
+    cluster: str, node: str, body: bytes, origin: str, key: bytes, number: int, sent_at: int,
+    slot: int = 0,
+) -> Frame:  # fmt: skip
+    """A frame of `body` from the node in `slot`: its header says the cluster's mark, the
+    node, the frame's number in the node's run, when it was sent (ms since the epoch, the
+    node's clock), and its signature with the cluster's `key`."""
     signature = _signature(key, node, number, sent_at, body)
     sent = f"{origin or '-'} {node} {number} {sent_at} {signature}"
-    return Frame("SEND", (("destination", destination(cluster)), (HEADER, sent)), body)
+    return Frame("SEND", (("destination", destination(cluster, slot)), (HEADER, sent)), body)
 
 
 @dataclass(frozen=True, slots=True)
