@@ -151,8 +151,8 @@ class BusConfig:
     backend: str = _choice("memory", "memory", "rabbitmq")
     # stomp://user:password@host:port/vhost (RabbitMQ's STOMP plugin). Never logged.
     url: str = ""
-    # The routing-key prefix of this cluster's traffic on amq.topic: nodes with the same
-    # name form one cluster, so two clusters can share a RabbitMQ vhost.
+    # The prefix of this cluster's routing keys on amq.direct and of its nodes' queues:
+    # nodes with the same name form one cluster, so two clusters can share a vhost.
     name: str = "chatd"
     # This node's name in logs and on the bus; empty: host name and process id.
     node_name: str = ""

@@ -6,13 +6,14 @@ the sequencer, so in the one order the store committed them). Publications leave
 batches (`chatd.cluster.wire`): what is published while a frame is being made ready
 goes in it; a frame leaves at once after a quiet spell, and at most every
 `[bus] batch_ms` under load, so a busy node sends a few hundred frames a second however
-many messages it publishes. Each node subscribes to
-all of its cluster's traffic with one queue (`NAME.#` on amq.topic, a queue RabbitMQ
-makes for the subscription and deletes with the connection) and decodes only what a
-session here wants: each part's description says its room or user, and `Hub.wants_room` /
+many messages it publishes. Each node hears all of its cluster's traffic but its own on
+one queue, its slot's (`chatd.cluster.wire`: exclusive to its connection, deleted with
+it, bound to every other slot's key on amq.direct), and decodes only what a session here
+wants: each part's description says its room or user, and `Hub.wants_room` /
 `wants_topic` say whether anyone here listens. One queue per node rather than one
 binding per room keeps RabbitMQ's work flat however many rooms there are, and a
 node's traffic in one order (a control message before the publications that follow it).
+Its own frames never come back: a node delivers what it publishes here at once.
 
 When the connection to RabbitMQ ends, the node keeps serving its own sessions, says so
 on /readyz, and reconnects with backoff; once back it reloads rooms from the store

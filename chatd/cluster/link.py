@@ -34,7 +34,7 @@ CONNECT_TIMEOUT = 10.0
 HEARTBEAT_MS = 5000
 HEARTBEAT_TOLERANCE = 2.5
 MAX_FRAME_BYTES = 64 * 1024 * 1024
-# Anyone allowed to publish on the vhost's amq.topic can put headers of their own on a
+# Anyone allowed to publish on the vhost's amq.direct can put headers of their own on a
 # frame, and RabbitMQ passes them on: a long one is bounded by the frame, not refused.
 MAX_HEADER_BYTES = 1024 * 1024
 _READ = 65536

@@ -1,4 +1,4 @@
-"""What travels between nodes on the bus, as STOMP frames to RabbitMQ's amq.topic.
+"""What travels between nodes on the bus, as STOMP frames to RabbitMQ's amq.direct.
 
 A node's publications (events and control messages) go out in batches: one frame carries
 every publication made since the node's last frame, in order. RabbitMQ's work is per
