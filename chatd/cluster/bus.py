@@ -498,6 +498,7 @@ class RabbitBroker:
             try:
                 link = await Link.open(self._address, self._cfg.max_pending_bytes)
             except Exception as exc:
+                self._slots_refused = 0
                 self._why_not = f"RabbitMQ at {where}: {exc}"
                 self._lost_log.warning("cluster: %s; retrying", self._why_not)
                 await trio.sleep(backoff)
@@ -507,32 +508,38 @@ class RabbitBroker:
             try:
                 why = await self._connected(link, where, slot)
             finally:
+                joined = self._joined.is_set()
                 self._link = None
                 self.slot = None
                 self._skipped_before += link.skipped
-                if self._joined.is_set():  # else whoever waits for it waits on
+                if joined:  # else whoever waits for it waits on
                     self._joined = trio.Event()
                 await link.aclose()
             if link.error == wire.SLOT_TAKEN:
-                # Another node's connection holds that slot's queue: the next slot, at once,
-                # until every slot was asked for in a row.
+                # That slot's queue is held by another node's connection (or was declared
+                # by something else): the next slot, at once, until every slot was
+                # refused in a row.
                 self._next_slot = (slot + 1) % wire.SLOTS
                 self._slots_refused += 1
                 if self._slots_refused < wire.SLOTS:
-                    log.info("cluster: slot %d is another node's; asking for %d", slot,
-                             self._next_slot)  # fmt: skip
+                    log.info("cluster: slot %d is taken; asking for %d", slot, self._next_slot)
                     continue
-                self._slots_refused = 0
-                why = f"every one of the {wire.SLOTS} slots is another node's (the most nodes)"
-                self._why_not = f"RabbitMQ at {where}: {why}"
-                self._lost_log.warning("cluster: cannot join the bus: %s; retrying", why)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, self._cfg.reconnect_max_seconds)
-                continue
+                first = wire.queue(self._cfg.name, 0)
+                why = (
+                    f"every one of the {wire.SLOTS} slots is taken: by other nodes (a cluster"
+                    f" has at most {wire.SLOTS}), or by queues named {first} and so on that"
+                    " something else declared on the vhost"
+                )
+            self._slots_refused = 0
             self._why_not = f"RabbitMQ at {where}: {why}"
-            self._lost_log.warning("cluster: lost the bus: %s; reconnecting", why)
-            backoff = 0.1
-            await trio.sleep(backoff)
+            if joined:
+                self._lost_log.warning("cluster: lost the bus: %s; reconnecting", why)
+            else:
+                self._lost_log.warning("cluster: cannot join the bus: %s; retrying", why)
+            # At once after a connection that served; growing while none is let join (a
+            # refused subscription, every slot taken), not ten attempts a second.
+            backoff = 0.1 if joined else min(backoff * 2, self._cfg.reconnect_max_seconds)
+            await trio.sleep(0.1 if joined else backoff)
 
     async def _connected(self, link: Link, where: str, slot: int) -> str:
         why = "closed"
