@@ -36,36 +36,18 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chatd import events  # noqa: E402
+from bus_frame_micro import listening_broker, signed_frames  # noqa: E402
+
 from chatd.cluster import bus, wire  # noqa: E402
-from chatd.cluster.bus import RabbitBroker  # noqa: E402
 from chatd.cluster.link import Link, LinkLost  # noqa: E402
-from chatd.config import BusConfig  # noqa: E402
-from chatd.hub import Hub  # noqa: E402
-from chatd.model import StoredMessage  # noqa: E402
-from chatd.rooms import Rooms  # noqa: E402
 from chatd.stomp import Frame, FrameReader, FrameWriter  # noqa: E402
-
-KEY = b"k" * 32
-
-
-class _Store:
-    async def last_message_id(self) -> int:
-        return 0
 
 
 def delivered_frames(n: int) -> list[bytes]:
     """n MESSAGE frames as RabbitMQ writes a node's frames to another node."""
-    now = time.time()
     writer = FrameWriter()
     out = []
-    for i in range(1, n + 1):
-        msg = StoredMessage(
-            i, 1, 7, "user7", None, "x" * 100, "text", "2026-12-01T00:00:00Z", now, None,
-            None, prev_id=i - 1,
-        )  # fmt: skip
-        part = wire.event_part("room.1", events.new_message(msg))
-        sent = wire.batch_frame("chatd", "n2#abc", [part], "mark", KEY, i, int(now * 1000))
+    for i, sent in enumerate(signed_frames(n), 1):
         headers = (
             ("subscription", "chatd-3"), ("destination", "/exchange/amq.direct/chatd.4"),
             ("message-id", f"T_chatd-3@@session@@{i}"), ("redelivered", "false"),
@@ -91,16 +73,8 @@ def cpu_seconds() -> float:
     return used.ru_utime + used.ru_stime
 
 
-def broker() -> RabbitBroker:
-    cfg = BusConfig(backend="rabbitmq", url="stomp://u:p@127.0.0.1:1/", batch_ms=2)
-    b = RabbitBroker(cfg, Hub(Rooms()), _Store())  # type: ignore[arg-type]
-    b.origin, b.key = "mark", KEY
-    b.sequencer.start_at(0)
-    return b
-
-
 async def with_trio(sock: socket.socket, mode: str) -> tuple[float, int]:
-    taker = broker()
+    taker = listening_broker()
     got = 0
 
     def on_frames(frames: list[Frame]) -> None:
@@ -128,7 +102,7 @@ async def with_trio(sock: socket.socket, mode: str) -> tuple[float, int]:
 
 
 def blocking(sock: socket.socket) -> tuple[float, int]:
-    taker = broker()
+    taker = listening_broker()
     sock.setblocking(True)
     reader = FrameReader(max_frame_size=1 << 26, max_headers=1000, max_header_length=1 << 20)
     got = 0

@@ -26,6 +26,7 @@ from chatd.config import BusConfig  # noqa: E402
 from chatd.hub import Hub  # noqa: E402
 from chatd.model import StoredMessage  # noqa: E402
 from chatd.rooms import Rooms  # noqa: E402
+from chatd.stomp import Frame  # noqa: E402
 
 KEY = b"k" * 32
 
@@ -35,11 +36,17 @@ class _Store:
         return 0
 
 
-async def measure(n: int) -> float:
+def listening_broker() -> RabbitBroker:
+    """A node's broker, on no bus, with nobody here in any room."""
     cfg = BusConfig(backend="rabbitmq", url="stomp://u:p@127.0.0.1:1/", batch_ms=2)
     broker = RabbitBroker(cfg, Hub(Rooms()), _Store())  # type: ignore[arg-type]
     broker.origin, broker.key = "mark", KEY
     broker.sequencer.start_at(0)
+    return broker
+
+
+def signed_frames(n: int) -> list[Frame]:
+    """n frames of node n2, each one chat message to room 1 chained to the one before."""
     now = time.time()
     frames = []
     for i in range(1, n + 1):
@@ -49,6 +56,12 @@ async def measure(n: int) -> float:
         )  # fmt: skip
         part = wire.event_part("room.1", events.new_message(msg))
         frames.append(wire.batch_frame("chatd", "n2#abc", [part], "mark", KEY, i, int(now * 1000)))
+    return frames
+
+
+async def measure(n: int) -> float:
+    broker = listening_broker()
+    frames = signed_frames(n)
     started = time.perf_counter()
     for frame in frames:
         broker._on_frames([frame])
