@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from .conftest import Server, make_config, serve_in
 
@@ -20,6 +21,13 @@ HEARTBEAT = 0.25
 NODE_TIMEOUT = 1.5
 
 StartCluster = Callable[..., Any]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until the nodes, in this process, reach `condition` (the caller's fail_after
+    bounds it)."""
+    while not condition():
+        await trio.testing.wait_all_tasks_blocked(0.005)
 
 
 def cluster_sections(dsn: str, url: str, name: str, **sections: dict[str, Any]) -> dict[str, Any]:

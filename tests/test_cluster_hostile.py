@@ -21,7 +21,7 @@ from chatd.model import StoredMessage
 from chatd.stomp import Frame
 
 from ._chat import chat, create_room, recv_message, roundtrip
-from .cluster import StartCluster, start_cluster  # noqa: F401 (fixture)
+from .cluster import StartCluster, start_cluster, until  # noqa: F401 (fixture)
 from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
 from .rabbitmq_instance import RabbitInstance, rabbit_instance, rabbit_url  # noqa: F401
 
@@ -139,13 +139,6 @@ async def test_a_batch_with_our_mark_but_a_broken_body_is_dropped_and_the_next_o
 
 
 # --- frames with our mark that lie, or are broken -------------------------------------
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Until the nodes, in this process, reach `condition` (the caller's fail_after
-    bounds it)."""
-    while not condition():
-        await trio.testing.wait_all_tasks_blocked(0.005)
 
 
 async def test_ids_claimed_past_the_stores_newest_do_not_stop_a_node_delivering(

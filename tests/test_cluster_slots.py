@@ -20,7 +20,7 @@ from chatd.config import parse_bus_url
 from chatd.stomp import Frame
 
 from ._chat import chat, create_room, recv_message, roundtrip
-from .cluster import StartCluster, cluster_sections, start_cluster  # noqa: F401 (fixture)
+from .cluster import StartCluster, cluster_sections, start_cluster, until  # noqa: F401 (fixture)
 from .conftest import make_config, serve_in
 from .pg_instance import pg_dsn, pg_instance  # noqa: F401 (fixtures)
 from .rabbitmq_instance import RabbitInstance, rabbit_instance, rabbit_url  # noqa: F401
@@ -29,11 +29,6 @@ from .rabbitmq_instance import RabbitInstance, rabbit_instance, rabbit_url  # no
 def slot_of(name: str) -> int:
     """The slot a node named `name` asks for first."""
     return zlib.crc32(name.encode()) % wire.SLOTS
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await trio.testing.wait_all_tasks_blocked(0.005)
 
 
 @asynccontextmanager

@@ -539,7 +539,7 @@ class RabbitBroker:
             # At once after a connection that served; growing while none is let join (a
             # refused subscription, every slot taken), not ten attempts a second.
             backoff = 0.1 if joined else min(backoff * 2, self._cfg.reconnect_max_seconds)
-            await trio.sleep(0.1 if joined else backoff)
+            await trio.sleep(backoff)
 
     async def _connected(self, link: Link, where: str, slot: int) -> str:
         why = "closed"
@@ -566,7 +566,6 @@ class RabbitBroker:
                 nursery.cancel_scope.cancel()
                 return why
             self.slot = slot
-            self._slots_refused = 0
             self._link = link
             self._why_not = None
             self._joined.set()

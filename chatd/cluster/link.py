@@ -48,7 +48,6 @@ class LinkLost(Exception):
 class Link:
     def __init__(self, stream: trio.SocketStream, max_pending: int) -> None:
         self._stream = stream
-        self._sock = stream.socket
         self._fd = stream.socket.fileno()
         self._reader = FrameReader(
             max_frame_size=MAX_FRAME_BYTES,
@@ -160,7 +159,7 @@ class Link:
             except OSError as exc:
                 raise LinkLost(f"connection lost while reading: {exc}") from None
             try:
-                await trio.lowlevel.wait_readable(self._sock)
+                await trio.lowlevel.wait_readable(self._stream.socket)
             except trio.ClosedResourceError as exc:
                 raise LinkLost(f"connection lost while reading: {exc}") from None
             waited = True
